@@ -1,0 +1,112 @@
+"""ℓ∞ projected gradient descent (PGD), written once for both challenges.
+
+The threat model is three small operations, each usable on its own:
+  random_start -> (sign_step -> project) x num_steps.
+`pgd` chains them for any callable mapping inputs to logits. It is plain TF code meant to
+run inside a `tf.function` (the training step calls it there); `make_pgd` compiles it on
+its own. The step order is the original's: random start (then clip to the pixel range),
+then each step: x += step_size * sign(grad), clip to the ε-ball, clip to the pixel range.
+
+The k steps are unrolled with a Python loop inside one compiled function. On our CPU this
+was ~1.35x faster than a `tf.range`/`tf.while_loop` loop (same outputs, bit for bit) and as
+fast as one compiled step called k times; unlike the latter it lets the attack and the
+weight update share one compiled replica step, which also avoids k host round trips on a
+GPU. The price is a graph k times the model's, traced once.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from common import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDParams:
+  epsilon: float
+  num_steps: int
+  step_size: float
+  random_start: bool = True
+  loss_func: str = 'xent'
+  clip_min: float = 0.0
+  clip_max: float = 1.0
+
+
+def random_start(x_nat, epsilon, clip_min, clip_max, seed=None):
+  """x_nat + U(-ε, ε), clipped to the pixel range. `seed`: optional shape-[2] int tensor
+  for a stateless (reproducible, resumable) draw."""
+  shape = tf.shape(x_nat)
+  if seed is None:
+    noise = tf.random.uniform(shape, -epsilon, epsilon, dtype=x_nat.dtype)
+  else:
+    noise = tf.random.stateless_uniform(shape, seed, -epsilon, epsilon, dtype=x_nat.dtype)
+  return tf.clip_by_value(x_nat + noise, clip_min, clip_max)
+
+
+def sign_step(x, grad, step_size):
+  return x + step_size * tf.sign(grad)
+
+
+def project(x, x_nat, epsilon, clip_min, clip_max):
+  """Clip to the ε-ball around x_nat, then to the pixel range (in that order)."""
+  x = tf.clip_by_value(x, x_nat - epsilon, x_nat + epsilon)
+  return tf.clip_by_value(x, clip_min, clip_max)
+
+
+def input_gradient(model_fn, x, labels, loss_fn):
+  """∇ₓ Σ loss_fn(labels, model_fn(x)); only x is watched, so no weight gradients."""
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(loss_fn(labels, model_fn(x)))
+  return tape.gradient(loss, x)
+
+
+def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None):
+  """Returns adversarial examples within params.epsilon of x_nat (ℓ∞), in the pixel range.
+
+  model_fn: callable x -> logits (e.g. `lambda x: model(x, training=False)`).
+  loss_fn: per-example loss (labels, logits) -> [batch]; default: params.loss_func.
+  """
+  loss_fn = loss_fn or losses.attack_loss(params.loss_func)
+  x_nat = tf.convert_to_tensor(x_nat)
+  if params.epsilon == 0:
+    return tf.stop_gradient(x_nat)  # the ε-ball is x_nat itself: natural training
+  if params.random_start:
+    x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed)
+  else:
+    x = tf.identity(x_nat)
+  for _ in range(params.num_steps):
+    grad = input_gradient(model_fn, x, labels, loss_fn)
+    x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
+                params.clip_min, params.clip_max)
+  return tf.stop_gradient(x)
+
+
+def make_pgd(model_fn, params: PGDParams):
+  """`pgd` compiled once: a function (x_nat, labels) -> x_adv."""
+  loss_fn = losses.attack_loss(params.loss_func)  # fails early on an unknown name
+  return tf.function(lambda x_nat, labels: pgd(model_fn, x_nat, labels, params,
+                                               loss_fn=loss_fn))
+
+
+class LinfPGDAttack:
+  """The original challenges' attack object, for users' scripts.
+
+  `LinfPGDAttack(model, epsilon, k, a, random_start, loss_func).perturb(x_nat, y)` returns
+  a float32 numpy array. `model` is a Keras model returning logits. The pixel range is
+  the challenge's (each challenge's `pgd_attack` module fixes it).
+  """
+  clip_min = 0.0
+  clip_max = 1.0
+
+  def __init__(self, model, epsilon, num_steps, step_size, random_start, loss_func):
+    self.model = model
+    self.params = PGDParams(float(epsilon), int(num_steps), float(step_size),
+                            bool(random_start), loss_func, self.clip_min, self.clip_max)
+    self._attack = make_pgd(lambda x: model(x, training=False), self.params)
+
+  def perturb(self, x_nat, y, sess=None):
+    """`sess` is ignored; it is accepted so that scripts written for the TF1 original run."""
+    del sess
+    x_nat = np.asarray(x_nat, dtype=np.float32)
+    return self._attack(tf.constant(x_nat), tf.constant(np.asarray(y, np.int64))).numpy()

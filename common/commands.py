@@ -1,0 +1,139 @@
+"""The four commands of a challenge (train, eval, pgd_attack, run_attack) as importable
+functions of (challenge, config). Each challenge's scripts are thin absl mains over these."""
+import contextlib
+import datetime
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from common import checkpoints, distribute, files, submission, training
+from common.data import Split
+from common.errors import ChallengeError
+from common.evaluation import Evaluator
+
+FLAGS = flags.FLAGS
+
+
+def train(challenge, config, strategy=None):
+  return training.train(challenge, config, strategy)
+
+
+def _evaluation_setup(challenge, config):
+  """(strategy, device scope) for evaluation: eval_on_cpu pins it to the CPU."""
+  if config.eval_on_cpu:
+    return tf.distribute.get_strategy(), tf.device('/cpu:0')
+  return distribute.get_strategy(), contextlib.nullcontext()
+
+
+def _model_and_evaluator(challenge, config, strategy):
+  with strategy.scope():
+    model = challenge.build_model(config)
+  return model, Evaluator(model, challenge.attack_params(config), strategy)
+
+
+def define_eval_flags():
+  flags.DEFINE_boolean('once', False, 'evaluate the latest checkpoint once and exit')
+  flags.DEFINE_float('poll_seconds', 10.0, 'how often to look for a new checkpoint')
+
+
+def evaluate(challenge, config, once=None, poll_seconds=None, log=print, max_polls=None):
+  """Evaluates each new checkpoint of model_dir (the latest, as it appears) until
+  interrupted; with `once`, the latest one, then returns its Results."""
+  once = FLAGS.once if once is None else once
+  poll_seconds = FLAGS.poll_seconds if poll_seconds is None else poll_seconds
+  strategy, device = _evaluation_setup(challenge, config)
+  eval_dir = os.path.join(config.model_dir, 'eval')
+  with device:
+    model, evaluator = _model_and_evaluator(challenge, config, strategy)
+    test = challenge.load_data(config).test.head(config.num_eval_examples)
+    writer = None
+    last_path, waiting, polls = None, False, 0
+    while True:
+      path = checkpoints.latest(config.model_dir)
+      if path is None and once:
+        raise ChallengeError(f'nothing to evaluate: no checkpoint in {config.model_dir}')
+      if path is not None and path != last_path:
+        log(f'\nCheckpoint {path}, evaluating ...   ({datetime.datetime.now()})')
+        last_path, waiting = path, False
+        try:
+          step = checkpoints.restore_model(model, path)
+        except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+          log(f'Checkpoint {path} could not be read ({type(e).__name__}); it was probably '
+              'rotated out by train.py. Skipping it.')
+          continue
+        results = evaluator.attack(test, config.eval_batch_size)
+        writer = writer or tf.summary.create_file_writer(eval_dir)
+        with writer.as_default(step=step):
+          for tag, value in (('xent adv eval', results.avg_adv_xent),
+                             ('xent adv', results.avg_adv_xent),
+                             ('xent nat', results.avg_nat_xent),
+                             ('accuracy adv eval', results.adv_accuracy),
+                             ('accuracy adv', results.adv_accuracy),
+                             ('accuracy nat', results.nat_accuracy)):
+            tf.summary.scalar(tag, value)
+        writer.flush()
+        log('natural: {:.2f}%'.format(100 * results.nat_accuracy))
+        log('adversarial: {:.2f}%'.format(100 * results.adv_accuracy))
+        log('avg nat loss: {:.4f}'.format(results.avg_nat_xent))
+        log('avg adv loss: {:.4f}'.format(results.avg_adv_xent))
+        if once:
+          return results
+        continue
+      if max_polls is not None and polls >= max_polls:
+        return None
+      polls += 1
+      if not waiting:
+        log('No checkpoint yet, waiting ...' if path is None else
+            f'Waiting for the next checkpoint ...   ({datetime.datetime.now()})   ', end='')
+        waiting = True
+      else:
+        log('.', end='')
+      sys.stdout.flush()
+      time.sleep(poll_seconds)
+
+
+def _restored_model_and_evaluator(challenge, config, strategy):
+  path = checkpoints.require_latest(config.model_dir)
+  model, evaluator = _model_and_evaluator(challenge, config, strategy)
+  checkpoints.restore_model(model, path)
+  return evaluator
+
+
+def pgd_attack(challenge, config, log=print):
+  """Attacks the latest checkpoint on the first num_eval_examples test images and saves
+  them (float32, the model's input layout) to store_adv_path."""
+  strategy = distribute.get_strategy()
+  evaluator = _restored_model_and_evaluator(challenge, config, strategy)
+  test = challenge.load_data(config).test.head(config.num_eval_examples)
+  batch_size = config.eval_batch_size
+  log('Iterating over {} batches'.format(math.ceil(len(test) / batch_size)))
+  results = evaluator.attack(test, batch_size, keep_adversarial=True, log=lambda i: log(
+      'batch size: {}'.format(min(batch_size, len(test) - i * batch_size))))
+  log('Storing examples')
+  files.save_npy(config.store_adv_path, results.adversarial.astype(np.float32))
+  log('Examples stored in {}'.format(config.store_adv_path))
+  log('natural accuracy {:.2f}%, adversarial accuracy {:.2f}%'.format(
+      100 * results.nat_accuracy, 100 * results.adv_accuracy))
+  return results
+
+
+def run_attack(challenge, config, log=print):
+  """Validates the submission at store_adv_path against the whole test set, then scores it
+  with the latest checkpoint and saves the predictions (int64) to pred_path."""
+  checkpoints.require_latest(config.model_dir)
+  test = challenge.load_data(config).test
+  params = challenge.attack_params(config)
+  x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
+                          challenge.pixel_max)
+  evaluator = _restored_model_and_evaluator(challenge, config, distribute.get_strategy())
+  predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
+  accuracy = float(np.mean(predictions == test.labels))
+  log('Accuracy: {:.2f}%'.format(100.0 * accuracy))
+  files.save_npy(config.pred_path, predictions)
+  log('Output saved at {}'.format(config.pred_path))
+  return accuracy

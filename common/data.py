@@ -1,0 +1,62 @@
+"""Input pipelines shared by both challenges (arrays in memory -> tf.data)."""
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray  # float32, the model's input layout and pixel range
+  labels: np.ndarray  # int64
+
+  def __len__(self):
+    return len(self.labels)
+
+  def head(self, n: int) -> 'Split':
+    return Split(self.images[:n], self.labels[:n])
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+  train: Split
+  test: Split  # in the original order: submissions are checked against it by index
+  validation: Optional[Split] = None
+
+
+def training_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,
+                     augment: Optional[Callable] = None) -> tf.data.Dataset:
+  """Endless batches of `split`: each epoch a fresh permutation, without replacement.
+
+  Epoch e's order is a stateless function of (seed, e), so the stream is reproducible
+  and a resumed run at `start_step` sees exactly the batches an uninterrupted run would.
+  A batch may span two epochs, as in the TF1 tutorial loader the original used.
+  `augment(images, seed)` (optional) maps a batch of images, with a per-batch seed.
+  """
+  n = len(split)
+  first_epoch, offset = divmod(start_step * batch_size, n)
+  images, labels = tf.constant(split.images), tf.constant(split.labels)
+
+  def epoch_order(epoch):
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+
+  def gather(step, indices):
+    x, y = tf.gather(images, indices), tf.gather(labels, indices)
+    if augment is not None:
+      x = augment(x, tf.stack([tf.constant(seed, tf.int64) + 1, step]))
+    return x, y
+
+  indices = (tf.data.Dataset.counter(first_epoch).map(epoch_order).unbatch()
+             .skip(offset).batch(batch_size, drop_remainder=True))
+  steps = tf.data.Dataset.counter(start_step)
+  return (tf.data.Dataset.zip(steps, indices)
+          .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
+  """The split in order, in batches (the last one may be smaller)."""
+  return (tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+          .batch(batch_size).prefetch(tf.data.AUTOTUNE))

@@ -1,0 +1,93 @@
+"""Evaluation over a test split: natural and PGD accuracy and loss, adversarial examples,
+and plain predictions (for scoring submissions). Batches run in compiled steps under a
+strategy; results come back in the split's order."""
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from common import attack, data, losses
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+@dataclasses.dataclass
+class Results:
+  num_examples: int
+  nat_correct: int
+  adv_correct: int
+  nat_xent: float  # summed over examples
+  adv_xent: float
+  adversarial: Optional[np.ndarray] = None
+
+  @property
+  def nat_accuracy(self):
+    return self.nat_correct / self.num_examples
+
+  @property
+  def adv_accuracy(self):
+    return self.adv_correct / self.num_examples
+
+  @property
+  def avg_nat_xent(self):
+    return self.nat_xent / self.num_examples
+
+  @property
+  def avg_adv_xent(self):
+    return self.adv_xent / self.num_examples
+
+
+def _local_concat(strategy, per_replica):
+  return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+
+
+class Evaluator:
+  """Compiled per-batch attack and prediction for one model (weights may be reloaded)."""
+
+  def __init__(self, model, params: attack.PGDParams, strategy=None):
+    self.model = model
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self._model_fn = lambda x: model(x, training=False)
+    self.params = params
+    self._loss_fn = losses.attack_loss(params.loss_func)
+
+  def _replica_attack(self, x, y):
+    x_adv = attack.pgd(self._model_fn, x, y, self.params, loss_fn=self._loss_fn)
+    nat_logits, adv_logits = self._model_fn(x), self._model_fn(x_adv)
+    return (losses.num_correct(y, nat_logits), tf.reduce_sum(losses.xent(y, nat_logits)),
+            losses.num_correct(y, adv_logits), tf.reduce_sum(losses.xent(y, adv_logits)),
+            x_adv)
+
+  @tf.function(reduce_retracing=True)
+  def _attack_batch(self, batch):
+    *stats, x_adv = self.strategy.run(self._replica_attack, args=batch)
+    return [self.strategy.reduce(SUM, s, axis=None) for s in stats], x_adv
+
+  @tf.function(reduce_retracing=True)
+  def _predict_batch(self, batch):
+    return self.strategy.run(
+        lambda x, y: tf.argmax(self._model_fn(x), axis=1), args=batch)
+
+  def _batches(self, split, batch_size):
+    return self.strategy.experimental_distribute_dataset(
+        data.eval_batches(split, batch_size))
+
+  def attack(self, split: data.Split, batch_size: int, keep_adversarial=False,
+             log=None) -> Results:
+    totals = np.zeros(4)
+    adversarial = []
+    for i, batch in enumerate(self._batches(split, batch_size)):
+      stats, x_adv = self._attack_batch(batch)
+      totals += [float(s) for s in stats]
+      if keep_adversarial:
+        adversarial.append(_local_concat(self.strategy, x_adv))
+      if log:
+        log(i)
+    return Results(len(split), int(totals[0]), int(totals[2]), totals[1], totals[3],
+                   np.concatenate(adversarial) if keep_adversarial else None)
+
+  def predict(self, split: data.Split, batch_size: int) -> np.ndarray:
+    """int64 predicted labels for split.images, in order."""
+    return np.concatenate([_local_concat(self.strategy, self._predict_batch(batch))
+                           for batch in self._batches(split, batch_size)]).astype(np.int64)

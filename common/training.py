@@ -1,0 +1,142 @@
+"""PGD adversarial training, shared by both challenges, under a tf.distribute strategy.
+
+The loop follows the original train.py: at step s (weights after s updates) it first writes
+the checkpoint (every num_checkpoint_steps, from step 0), then prints (every
+num_output_steps) and writes summaries (every num_summary_steps) about the batch of step s,
+then updates. Unlike the original, a model_dir that holds a checkpoint is resumed (weights,
+optimizer slots and step), and the final weights are saved at max_num_training_steps.
+"""
+import datetime
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from common import attack, checkpoints, data, distribute, files, losses
+from common.challenge import Challenge
+from common.config import Config
+
+
+class Trainer:
+  """Builds the model, optimizer and compiled steps once; `run` trains to the configured step."""
+
+  def __init__(self, challenge: Challenge, config: Config, strategy=None, log=print):
+    self.challenge, self.config, self.log = challenge, config, log
+    self.strategy = strategy or distribute.get_strategy()
+    self.seed = challenge.seed(config)
+    keras.utils.set_random_seed(self.seed)  # weight initialisation
+    self.global_batch = config.training_batch_size
+    self.attack_params = challenge.attack_params(config)
+    losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
+    with self.strategy.scope():
+      self.model = challenge.build_model(config)
+      self.optimizer = challenge.build_optimizer(config)
+      # Keras 3 optimizers must create their slots in the strategy scope, before the
+      # first distributed step (not inside tf.function).
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.step)
+    self._attack_model = challenge.training_attack_model(self.model, config)
+
+  # --- compiled steps -------------------------------------------------------------------
+
+  def _replica_step(self, x, y):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    # A stateless seed per (config seed, step, replica): reproducible, and a resumed run
+    # draws the random starts an uninterrupted one would have.
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()]), replica)
+    x_adv = attack.pgd(self._attack_model, x, y, self.attack_params, seed=seed)
+    with tf.GradientTape() as tape:
+      logits = self.model(x_adv, training=True)
+      loss = self.challenge.training_loss(y, logits, self.model, self.global_batch)
+    variables = self.model.trainable_variables
+    self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return (losses.num_correct(y, logits), tf.reduce_sum(losses.xent(y, logits)), x_adv)
+
+  @tf.function
+  def train_step(self, batch):
+    """Attack + update on one global batch; returns (adv correct, adv xent sum, x_adv)."""
+    correct, xent_sum, x_adv = self.strategy.run(self._replica_step, args=batch)
+    self.step.assign_add(1)
+    total = lambda v: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+    return total(correct), total(xent_sum), x_adv
+
+  @tf.function
+  def natural_correct(self, batch):
+    correct = self.strategy.run(
+        lambda x, y: losses.num_correct(y, self.model(x, training=False)), args=batch)
+    return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+
+  # --- the loop -------------------------------------------------------------------------
+
+  def restore_latest(self, manager) -> None:
+    if manager.latest_checkpoint:
+      self.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      self.log(f'Resuming from {manager.latest_checkpoint} at step {int(self.step.numpy())}')
+
+  def run(self) -> int:
+    """Trains until max_num_training_steps; returns the final step."""
+    config = self.config
+    os.makedirs(config.model_dir, exist_ok=True)
+    manager = checkpoints.manager(self.checkpoint, config.model_dir)
+    self.restore_latest(manager)
+    start = int(self.step.numpy())
+    last = config.max_num_training_steps
+    if start >= last:
+      self.log(f'{config.model_dir} is already trained to step {start} '
+               f'(max_num_training_steps {last}); nothing to do')
+      return start
+    files.save_text(os.path.join(config.model_dir, 'config.json'), config.to_json())
+    datasets = self.challenge.load_data(config)
+    batches = iter(self.strategy.experimental_distribute_dataset(
+        data.training_batches(datasets.train, self.global_batch, self.seed, start)))
+    writer = tf.summary.create_file_writer(config.model_dir)
+    training_time, run_start = 0.0, time.time()
+    resumed = manager.latest_checkpoint is not None
+
+    for ii in range(start, last):
+      batch = next(batches)
+      if ii % config.num_checkpoint_steps == 0 and not (resumed and ii == start):
+        manager.save(checkpoint_number=ii)
+      output = ii % config.num_output_steps == 0
+      if output:
+        nat_acc = float(self.natural_correct(batch)) / self.global_batch
+
+      began = time.perf_counter()
+      adv_correct, adv_xent, x_adv = self.train_step(batch)
+      adv_correct = int(adv_correct)  # waits for the step: the timing covers it
+      training_time += time.perf_counter() - began
+      adv_acc = adv_correct / self.global_batch
+
+      if output:
+        self.log(f'Step {ii}:    ({datetime.datetime.now()})')
+        self.log(f'    training nat accuracy {nat_acc * 100:.4}%')
+        self.log(f'    training adv accuracy {adv_acc * 100:.4}%')
+        if ii != start:
+          self.log(f'    {config.num_output_steps * self.global_batch / training_time} '
+                   'examples per second')
+          done = ii - start
+          left = (time.time() - run_start) / done * (last - ii)
+          self.log(f'    progress: step {ii} of {last} ({100 * ii / last:.1f}%), '
+                   f'about {datetime.timedelta(seconds=round(left))} left')
+        training_time = 0.0
+      if ii % config.num_summary_steps == 0:
+        xent_per_example = float(adv_xent) / self.global_batch
+        with writer.as_default(step=ii):
+          tf.summary.scalar('accuracy adv train', adv_acc)
+          tf.summary.scalar('accuracy adv', adv_acc)
+          tf.summary.scalar('xent adv train', xent_per_example)
+          tf.summary.scalar('xent adv', xent_per_example)
+          images = self.strategy.experimental_local_results(x_adv)[0]
+          tf.summary.image('images adv train', self.challenge.summary_images(images),
+                           max_outputs=3)
+    manager.save(checkpoint_number=last)
+    writer.close()
+    self.log(f'Finished at step {last}; final checkpoint {manager.latest_checkpoint}')
+    return last
+
+
+def train(challenge: Challenge, config: Config, strategy=None, log=print) -> int:
+  return Trainer(challenge, config, strategy, log).run()

@@ -1,0 +1,70 @@
+"""What is particular to the MNIST challenge: its config keys, model, optimizer and loss."""
+import os
+
+import keras
+import tensorflow as tf
+
+from common import losses
+from common.attack import PGDParams
+from common.challenge import Challenge
+from common.config import Key
+from mnist_challenge import data, model
+
+CONFIG_KEYS = (
+    Key('model_dir', str, '../checkpoints/mnist/a_very_robust_model', is_path=True,
+        help='checkpoints and TensorBoard summaries'),
+    Key('data_dir', str, 'MNIST_data', is_path=True,
+        help='directory of the four MNIST IDX files (.gz or not); new in this project'),
+    Key('random_seed', int, 4557077),
+    Key('max_num_training_steps', int, 100000, minimum=0),
+    Key('num_output_steps', int, 100, minimum=1),
+    Key('num_summary_steps', int, 100, minimum=1),
+    Key('num_checkpoint_steps', int, 300, minimum=1),
+    Key('training_batch_size', int, 50, minimum=1),
+    Key('num_eval_examples', int, 10000, minimum=1),
+    Key('eval_batch_size', int, 200, minimum=1),
+    Key('eval_on_cpu', bool, True),
+    Key('epsilon', float, 0.3, minimum=0),
+    Key('k', int, 40, minimum=0, help='PGD steps'),
+    Key('a', float, 0.01, minimum=0, help='PGD step size'),
+    Key('random_start', bool, True),
+    Key('loss_func', str, 'xent', help='PGD loss: xent or cw'),
+    Key('store_adv_path', str, 'attack.npy', is_path=True,
+        help='where pgd_attack.py writes, and run_attack.py reads, the adversarial test set'),
+    Key('pred_path', str, 'pred.npy', is_path=True,
+        help="where run_attack.py writes its predictions; new (the original: ./pred.npy)"),
+)
+
+
+def attack_params(config) -> PGDParams:
+  return PGDParams(config.epsilon, config.k, config.a, config.random_start,
+                   config.loss_func, clip_min=0.0, clip_max=1.0)
+
+
+def build_optimizer(config):
+  del config
+  # TF1's AdamOptimizer default epsilon is 1e-8 (Keras' is 1e-7); the update rule is the same.
+  return keras.optimizers.Adam(learning_rate=1e-4, epsilon=1e-8)
+
+
+def training_loss(labels, logits, model, global_batch_size):
+  # The original minimises the SUM of cross-entropies over the batch (not the mean). Each
+  # replica sums its share; the strategy sums replicas' gradients: the global batch's sum.
+  del model, global_batch_size
+  return tf.reduce_sum(losses.xent(labels, logits))
+
+
+MNIST = Challenge(
+    name='mnist',
+    package_dir=os.path.dirname(os.path.abspath(__file__)),
+    config_keys=CONFIG_KEYS,
+    build_model=model.build_model,
+    build_optimizer=build_optimizer,
+    load_data=lambda config: data.load(config.data_dir),
+    training_loss=training_loss,
+    attack_params=attack_params,
+    seed=lambda config: config.random_seed,
+    input_shape=model.INPUT_SHAPE,
+    image_shape=(28, 28, 1),
+    pixel_max=1.0,
+)

@@ -1,0 +1,6 @@
+"""Evaluates each new checkpoint of model_dir, natural and under PGD (--once: the latest)."""
+from common import cli, commands
+from mnist_challenge.challenge import MNIST
+
+if __name__ == '__main__':
+  cli.run(commands.evaluate, MNIST, commands.define_eval_flags)

@@ -1,0 +1,30 @@
+"""The MNIST challenge's network (the TF tutorial's CNN), as a Keras model returning logits.
+
+Input (None, 784) floats in [0, 1]. Kernels truncated-normal(stddev 0.1), biases 0.1,
+as the original; 3,274,634 parameters. Flatten in NHWC order equals the original's
+reshape, so its fc1 kernel maps over unchanged.
+"""
+import keras
+
+INPUT_SHAPE = (784,)
+
+
+def build_model(config=None) -> keras.Model:
+  del config  # one architecture
+  layers = keras.layers
+
+  def init():
+    return dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+                bias_initializer=keras.initializers.Constant(0.1))
+
+  return keras.Sequential([
+      keras.Input(INPUT_SHAPE),
+      layers.Reshape((28, 28, 1), name='x_image'),
+      layers.Conv2D(32, 5, padding='same', activation='relu', name='conv1', **init()),
+      layers.MaxPooling2D(2, 2, padding='same', name='pool1'),
+      layers.Conv2D(64, 5, padding='same', activation='relu', name='conv2', **init()),
+      layers.MaxPooling2D(2, 2, padding='same', name='pool2'),
+      layers.Flatten(name='flatten'),
+      layers.Dense(1024, activation='relu', name='fc1', **init()),
+      layers.Dense(10, name='logits', **init()),
+  ], name='mnist_challenge_model')

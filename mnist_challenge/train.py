@@ -1,0 +1,6 @@
+"""PGD adversarial training of the MNIST challenge model (loop: common/training.py)."""
+from common import cli, commands
+from mnist_challenge.challenge import MNIST
+
+if __name__ == '__main__':
+  cli.run(commands.train, MNIST)
