@@ -39,21 +39,25 @@ def config_from_flags(challenge) -> Config:
   return challenge.load_config(FLAGS.config, overrides)
 
 
-def run(command, challenge, define_flags=None) -> None:
-  """Runs `command(challenge, config)` as an absl program.
+def run(command, challenge, options=None) -> None:
+  """Runs `command(challenge, config, **options)` as an absl program.
 
-  A ChallengeError prints `error: <message>` on stderr and exits with its exit code.
+  `options`: {name: (default, help)} of the command's settings beyond the config, each
+  made a flag of its default's type. A ChallengeError prints `error: <message>` on stderr
+  and exits with its exit code.
   """
   define_config_flags(challenge)
   FLAGS.set_default('verbosity', logging.WARNING)  # TF's INFO lines drown the output
-  if define_flags:
-    define_flags()
+  options = options or {}
+  for name, (default, help_text) in options.items():
+    _DEFINE[type(default)](name, default, help_text)
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
-      command(challenge, config_from_flags(challenge))
+      command(challenge, config_from_flags(challenge),
+              **{name: FLAGS[name].value for name in options})
     except ChallengeError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)

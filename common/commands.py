@@ -9,14 +9,11 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from common import checkpoints, distribute, files, submission, training
 from common.data import Split
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
-
-FLAGS = flags.FLAGS
 
 
 def train(challenge, config, strategy=None):
@@ -36,16 +33,16 @@ def _model_and_evaluator(challenge, config, strategy):
   return model, Evaluator(model, challenge.attack_params(config), strategy)
 
 
-def define_eval_flags():
-  flags.DEFINE_boolean('once', False, 'evaluate the latest checkpoint once and exit')
-  flags.DEFINE_float('poll_seconds', 10.0, 'how often to look for a new checkpoint')
+# Options of eval.py beyond the config: {name: (default, help)}; cli.run makes them flags.
+EVAL_OPTIONS = {
+    'once': (False, 'evaluate the latest checkpoint once and exit'),
+    'poll_seconds': (10.0, 'how often to look for a new checkpoint'),
+}
 
 
-def evaluate(challenge, config, once=None, poll_seconds=None, log=print, max_polls=None):
+def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_polls=None):
   """Evaluates each new checkpoint of model_dir (the latest, as it appears) until
   interrupted; with `once`, the latest one, then returns its Results."""
-  once = FLAGS.once if once is None else once
-  poll_seconds = FLAGS.poll_seconds if poll_seconds is None else poll_seconds
   strategy, device = _evaluation_setup(challenge, config)
   eval_dir = os.path.join(config.model_dir, 'eval')
   with device:

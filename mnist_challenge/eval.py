@@ -3,4 +3,4 @@ from common import cli, commands
 from mnist_challenge.challenge import MNIST
 
 if __name__ == '__main__':
-  cli.run(commands.evaluate, MNIST, commands.define_eval_flags)
+  cli.run(commands.evaluate, MNIST, commands.EVAL_OPTIONS)

@@ -1,0 +1,70 @@
+"""The scripts as users run them: by path, from their directory, and with -m."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_TEST, run_script
+
+pytestmark = pytest.mark.slow
+
+
+def common_flags(tmp_path, mnist_dir):
+  return ['--data_dir', mnist_dir, '--model_dir', str(tmp_path / 'model'),
+          '--max_num_training_steps', '2', '--num_checkpoint_steps', '1',
+          '--training_batch_size', '10', '--k', '2', '--eval_batch_size', '25',
+          '--store_adv_path', str(tmp_path / 'attack.npy'),
+          '--pred_path', str(tmp_path / 'pred.npy')]
+
+
+@pytest.fixture(scope='module')
+def trained_dir(tmp_path_factory, mnist_dir):
+  tmp_path = tmp_path_factory.mktemp('cli')
+  result = run_script(['mnist_challenge/train.py'] + common_flags(tmp_path, mnist_dir))
+  assert result.returncode == 0, result.stderr
+  assert 'training adv accuracy' in result.stdout
+  return tmp_path
+
+
+def test_train_by_path_writes_checkpoints(trained_dir):
+  names = os.listdir(trained_dir / 'model')
+  assert {'checkpoint-0.index', 'checkpoint-1.index', 'checkpoint-2.index',
+          'config.json'} <= set(names)
+
+
+def test_pgd_attack_from_its_directory_then_run_attack_with_dash_m(trained_dir, mnist_dir):
+  flags = common_flags(trained_dir, mnist_dir)
+  attack = run_script(['pgd_attack.py'] + flags, cwd=os.path.join(REPO, 'mnist_challenge'))
+  assert attack.returncode == 0, attack.stderr
+  assert f'Examples stored in {trained_dir / "attack.npy"}' in attack.stdout
+  scored = run_script(['-m', 'mnist_challenge.run_attack'] + flags)
+  assert scored.returncode == 0, scored.stderr
+  assert scored.stdout.splitlines()[0].startswith('Accuracy: ')
+  assert np.load(trained_dir / 'pred.npy').shape == (TINY_TEST,)
+
+
+def test_run_attack_rejects_an_invalid_submission_with_exit_code_2(trained_dir, mnist_dir):
+  bad = trained_dir / 'bad.npy'
+  np.save(bad, np.zeros((TINY_TEST, 28, 28), np.float32))
+  flags = common_flags(trained_dir, mnist_dir) + ['--store_adv_path', str(bad)]
+  result = run_script(['mnist_challenge/run_attack.py'] + flags)
+  assert result.returncode == 2
+  assert f'Invalid shape: expected ({TINY_TEST},784), found ({TINY_TEST}, 28, 28)' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_eval_once_on_an_empty_model_dir_exits_1(tmp_path, mnist_dir):
+  result = run_script(['-m', 'mnist_challenge.eval', '--once', '--data_dir', mnist_dir,
+                       '--model_dir', str(tmp_path / 'empty')])
+  assert result.returncode == 1
+  assert 'nothing to evaluate: no checkpoint in' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_a_bad_config_file_is_one_clear_line(tmp_path):
+  config = tmp_path / 'config.json'
+  config.write_text('{"k": "forty"}')
+  result = run_script(['mnist_challenge/train.py', '--config', str(config)])
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: config key "k" must be an integer, found "forty" (str)')

@@ -1,0 +1,107 @@
+"""MNIST IDX files, the original split, and the training pipeline."""
+import os
+
+import numpy as np
+import pytest
+
+from common import data
+from common.errors import ChallengeError
+from conftest import TINY_TEST, TINY_TRAIN, make_mnist_arrays, write_mnist
+from mnist_challenge import data as mnist_data
+
+
+@pytest.mark.parametrize('suffix', ['', '.gz'])
+@pytest.mark.parametrize('dtype', [np.uint8, np.int32, np.float32])
+def test_idx_round_trip(tmp_path, suffix, dtype):
+  array = (np.random.default_rng(0).uniform(0, 200, (5, 3, 4))).astype(dtype)
+  path = str(tmp_path / ('a.idx' + suffix))
+  mnist_data.write_idx(path, array)
+  back = mnist_data.read_idx(path)
+  assert back.dtype == array.dtype
+  np.testing.assert_array_equal(back, array)
+
+
+def test_real_format_header(tmp_path):
+  path = str(tmp_path / 'labels')
+  mnist_data.write_idx(path, np.arange(3, dtype=np.uint8))
+  assert open(path, 'rb').read() == bytes([0, 0, 8, 1, 0, 0, 0, 3, 0, 1, 2])
+
+
+def test_truncated_and_foreign_files_are_named(tmp_path):
+  path = str(tmp_path / 'train-images-idx3-ubyte')
+  mnist_data.write_idx(path, np.zeros((4, 28, 28), np.uint8))
+  with open(path, 'r+b') as f:
+    f.truncate(100)
+  with pytest.raises(ChallengeError, match='train-images-idx3-ubyte is truncated'):
+    mnist_data.read_idx(path)
+  with open(path, 'wb') as f:
+    f.write(b'PK\x03\x04 not idx')
+  with pytest.raises(ChallengeError, match='not an IDX file'):
+    mnist_data.read_idx(path)
+
+
+def test_load_holds_out_the_first_5000_training_images(mnist_dir):
+  (train_x, train_y), (test_x, test_y) = make_mnist_arrays(TINY_TRAIN, TINY_TEST)
+  datasets = mnist_data.load(mnist_dir)
+  assert len(datasets.validation) == 5000 and len(datasets.train) == TINY_TRAIN - 5000
+  scale = np.float32(1.0 / 255.0)  # the TF1 tutorial loader's arithmetic, bit for bit
+  np.testing.assert_array_equal(datasets.train.images,
+                                train_x[5000:].reshape(-1, 784).astype(np.float32) * scale)
+  np.testing.assert_array_equal(datasets.validation.labels, train_y[:5000])
+  np.testing.assert_array_equal(datasets.test.images,
+                                test_x.reshape(-1, 784).astype(np.float32) * scale)
+  np.testing.assert_array_equal(datasets.test.labels, test_y)  # original order
+  assert datasets.test.images.dtype == np.float32 and datasets.test.labels.dtype == np.int64
+
+
+def test_uncompressed_files_load_too(tmp_path):
+  directory = write_mnist(str(tmp_path), gz=False)
+  assert len(mnist_data.load(directory).test) == TINY_TEST
+
+
+def test_missing_data_names_directory_files_and_the_download_error(tmp_path, monkeypatch):
+  def offline(data_dir):
+    raise ConnectionError('network is unreachable')
+  monkeypatch.setattr(mnist_data, 'download_with_tfds', offline)
+  with pytest.raises(ChallengeError) as error:
+    mnist_data.load(str(tmp_path))
+  message = str(error.value)
+  assert str(tmp_path) in message
+  for name in mnist_data.FILES.values():
+    assert name in message
+  assert 'ConnectionError: network is unreachable' in message and '--data_dir' in message
+
+
+def test_training_batches_cover_each_epoch_once_and_resume_exactly():
+  split = data.Split(np.arange(10, dtype=np.float32)[:, None], np.arange(10, dtype=np.int64))
+  stream = [y.numpy().tolist() for _, y in data.training_batches(split, 4, seed=7).take(10)]
+  flat = sum(stream, [])
+  for epoch in range(4):  # each epoch is a permutation: no example repeated or dropped
+    assert sorted(flat[10 * epoch:10 * epoch + 10]) == list(range(10))
+  assert flat[:10] != flat[10:20]  # reshuffled every epoch
+  resumed = [y.numpy().tolist() for _, y in
+             data.training_batches(split, 4, seed=7, start_step=3).take(7)]
+  assert resumed == stream[3:]
+  other_seed = [y.numpy().tolist() for _, y in data.training_batches(split, 4, seed=8).take(3)]
+  assert other_seed != stream[:3]
+
+
+def test_eval_batches_keep_order():
+  split = data.Split(np.arange(7, dtype=np.float32)[:, None], np.arange(7, dtype=np.int64))
+  labels = [y.numpy().tolist() for _, y in data.eval_batches(split, 3)]
+  assert labels == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+@pytest.mark.realdata
+def test_real_mnist_matches_its_published_statistics():
+  from conftest import SHARED_MNIST
+  if not os.path.isdir(SHARED_MNIST):
+    pytest.skip(f'real MNIST not present at {SHARED_MNIST}')
+  datasets = mnist_data.load(SHARED_MNIST)
+  assert len(datasets.train) == 55000 and len(datasets.test) == 10000
+  assert np.bincount(datasets.test.labels).tolist() == [
+      980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+  all_train = np.concatenate([datasets.validation.labels, datasets.train.labels])
+  assert np.bincount(all_train).tolist() == [
+      5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+  assert datasets.test.images.min() == 0.0 and datasets.test.images.max() == 1.0

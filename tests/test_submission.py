@@ -1,0 +1,139 @@
+"""Submitted .npy files are untrusted: every kind of invalid file is rejected before scoring."""
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+from common import submission
+from common.errors import InvalidSubmission
+
+EPS = 0.3
+RNG = np.random.default_rng(5)
+X_NAT = RNG.uniform(0, 1, (50, 784)).astype(np.float32)
+X_NAT[:, :20] = 0.0
+X_NAT[:, 20:40] = 1.0
+
+
+def valid():
+  return np.clip(X_NAT + RNG.uniform(-EPS, EPS, X_NAT.shape), 0, 1).astype(np.float32)
+
+
+def save(tmp_path, array, name='sub.npy'):
+  path = str(tmp_path / name)
+  np.save(path, array)
+  return path
+
+
+def check(path):
+  return submission.load(path, X_NAT, EPS, 1.0)
+
+
+def test_a_valid_submission_is_accepted_as_float32(tmp_path):
+  x = valid()
+  np.testing.assert_array_equal(check(save(tmp_path, x)), x)
+
+
+@pytest.mark.parametrize('dtype', [np.float64, np.float16])
+def test_other_float_widths_are_cast(tmp_path, dtype):
+  # The original pgd_attack.py saved float64. float16 rounding may move a value by up
+  # to ~5e-4, so use exact values (multiples of 1/64) here.
+  x = np.round(X_NAT * 64) / 64
+  nat = x.astype(np.float32)
+  out = submission.load(save(tmp_path, x.astype(dtype)), nat, EPS, 1.0)
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, nat)
+
+
+def test_tolerance_edges(tmp_path):
+  x = X_NAT.copy()
+  x[0, 0] = -0.5e-4  # just inside the pixel range tolerance (ε-ball too: |Δ| = 5e-5)
+  x[0, 20] = 1.0 + 0.5e-4
+  x[1, 50] = X_NAT[1, 50] + EPS + 0.5e-4 if X_NAT[1, 50] < 0.6 else X_NAT[1, 50] - EPS - 0.5e-4
+  check(save(tmp_path, x))
+  x[0, 0] = -2e-4
+  with pytest.raises(InvalidSubmission, match=r'Invalid pixel range. Expected \[0, 1\]'):
+    check(save(tmp_path, x))
+
+
+def test_negative_zero_and_subnormals_are_fine(tmp_path):
+  x = X_NAT.copy()
+  x[:, :20] = -0.0
+  x[0, :5] = np.float32(1e-40)
+  check(save(tmp_path, x))
+
+
+@pytest.mark.parametrize('make,message', [
+    (lambda: valid().reshape(50, 28, 28), r'Invalid shape: expected \(50,784\), found \(50, 28, 28\)'),
+    (lambda: valid()[:49], r'Invalid shape: expected \(50,784\), found \(49, 784\)'),
+    (lambda: valid().ravel(), 'Invalid shape'),
+    (lambda: np.float32(0.5), 'Invalid shape'),
+    (lambda: valid().astype(np.complex64), 'Invalid dtype'),
+    (lambda: valid() > 0.5, 'Invalid dtype'),
+    (lambda: valid().astype('U3'), 'Invalid dtype'),
+    (lambda: np.zeros(50, dtype=[('a', 'f4', 784)]), 'Invalid dtype'),
+    (lambda: np.array([None] * 50, dtype=object), 'Invalid dtype'),
+])
+def test_wrong_shapes_and_dtypes(tmp_path, make, message):
+  with pytest.raises(InvalidSubmission, match=message):
+    check(save(tmp_path, make()))
+
+
+@pytest.mark.parametrize('value', [np.nan, np.inf, -np.inf])
+def test_non_finite_values(tmp_path, value):
+  x = valid()
+  x[3, 7] = value
+  with pytest.raises(InvalidSubmission, match='Invalid pixel range.*NaN or infinite'):
+    check(save(tmp_path, x))
+
+
+def test_perturbation_over_epsilon_prints_the_originals_message(tmp_path):
+  x = X_NAT.copy()
+  x[2, 100] = min(1.0, X_NAT[2, 100] + 0.31) if X_NAT[2, 100] < 0.5 else X_NAT[2, 100] - 0.31
+  with pytest.raises(InvalidSubmission,
+                     match='maximum perturbation found: 0.31.*\nmaximum perturbation allowed: 0.3'):
+    check(save(tmp_path, x))
+
+
+def test_pickles_and_archives_are_never_unpickled(tmp_path):
+  marker = tmp_path / 'pwned'
+
+  class Evil:
+    def __reduce__(self):
+      return (open, (str(marker), 'w'))
+
+  path = str(tmp_path / 'evil.npy')
+  with open(path, 'wb') as f:
+    pickle.dump(Evil(), f)
+  with pytest.raises(InvalidSubmission, match='not a valid .npy file'):
+    check(path)
+  np.savez(str(tmp_path / 'arch.npz'), x=valid())
+  with pytest.raises(InvalidSubmission, match='not a valid .npy file'):
+    check(str(tmp_path / 'arch.npz'))
+  assert not marker.exists()
+
+
+def test_truncated_and_padded_files(tmp_path):
+  path = save(tmp_path, valid())
+  data = open(path, 'rb').read()
+  open(path, 'wb').write(data[:-10])
+  with pytest.raises(InvalidSubmission, match='truncated'):
+    check(path)
+  open(path, 'wb').write(data + b'\0' * 64)
+  with pytest.raises(InvalidSubmission, match='longer than its header says'):
+    check(path)
+
+
+def test_a_header_that_lies_about_its_shape(tmp_path):
+  buffer = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      buffer, {'descr': '<f4', 'fortran_order': False, 'shape': (50, 784)})
+  path = tmp_path / 'liar.npy'
+  path.write_bytes(buffer.getvalue() + b'\0' * 16)  # far less data than announced
+  with pytest.raises(InvalidSubmission, match='truncated'):
+    check(str(path))
+
+
+def test_missing_file(tmp_path):
+  with pytest.raises(InvalidSubmission, match='does not exist'):
+    check(str(tmp_path / 'none.npy'))

@@ -1,0 +1,156 @@
+"""Training, resuming, distribution, evaluation and the attack pipeline on tiny data."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import checkpoints, commands, distribute, training
+from common.errors import ChallengeError
+from conftest import TINY_TEST, tiny_config
+from mnist_challenge.challenge import MNIST
+
+
+def summary_tags(directory):
+  tags = {}
+  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        tags.setdefault(value.tag, set()).add(event.step)
+  return tags
+
+
+def weights(model):
+  return [v.numpy() for v in model.trainable_variables]
+
+
+def test_training_writes_checkpoints_config_and_summaries_then_resumes(tmp_path, mnist_dir):
+  config = tiny_config(tmp_path, mnist_dir)
+  lines = []
+  assert training.train(MNIST, config, log=lambda *a, **k: lines.append(a[0])) == 4
+  model_dir = config.model_dir
+  assert [os.path.basename(p) for p in
+          tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths] == [
+              'checkpoint-0', 'checkpoint-2', 'checkpoint-4']
+  with open(os.path.join(model_dir, 'config.json')) as f:
+    assert json.load(f) == dict(config)
+  tags = summary_tags(model_dir)
+  for tag in ('accuracy adv train', 'accuracy adv', 'xent adv train', 'xent adv',
+              'images adv train'):
+    assert tags[tag] == {0, 2}, tag
+  assert lines[0].startswith('Step 0:') and 'training nat accuracy' in lines[1]
+  assert any('examples per second' in line for line in lines)
+
+  # A second run on the same model_dir continues from step 4, optimizer state included.
+  lines.clear()
+  trainer = training.Trainer(MNIST, config.replace(max_num_training_steps=6),
+                             log=lambda *a, **k: lines.append(a[0]))
+  assert trainer.run() == 6
+  assert lines[0] == f'Resuming from {os.path.join(model_dir, "checkpoint-4")} at step 4'
+  assert int(trainer.optimizer.iterations.numpy()) == 6
+  assert tf.train.latest_checkpoint(model_dir).endswith('checkpoint-6')
+  # Already finished: nothing is done, nothing is overwritten.
+  assert training.train(MNIST, config.replace(max_num_training_steps=6), log=lines.append) == 6
+  assert 'already trained to step 6' in lines[-1]
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
+  straight = training.Trainer(MNIST, tiny_config(tmp_path / 'a', mnist_dir), log=lambda *a, **k: None)
+  straight.run()
+  split = tiny_config(tmp_path / 'b', mnist_dir)
+  training.train(MNIST, split.replace(max_num_training_steps=2), log=lambda *a, **k: None)
+  resumed = training.Trainer(MNIST, split, log=lambda *a, **k: None)
+  resumed.run()
+  for a, b in zip(weights(straight.model), weights(resumed.model)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_mirrored_strategy_gives_the_same_update_as_one_device(tmp_path, mnist_dir):
+  # Same global batch of 8 split over 2 logical CPUs; the summed loss's gradients are summed
+  # over replicas, so the update must equal the single-device one.
+  config = tiny_config(tmp_path, mnist_dir, random_start=False, max_num_training_steps=2)
+  quiet = lambda *a, **k: None
+  single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
+  initial = weights(single.model)
+  single.run()
+  mirrored_strategy = distribute.get_strategy(['/cpu:0', '/cpu:1'])
+  assert mirrored_strategy.num_replicas_in_sync == 2
+  mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
+                              strategy=mirrored_strategy, log=quiet)
+  mirrored.run()
+  changed = [np.abs(a - b).max() for a, b in zip(weights(single.model), initial)]
+  assert min(changed) > 1e-5  # every variable was updated
+  for a, b in zip(weights(single.model), weights(mirrored.model)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+
+def test_unknown_loss_fails_before_training(tmp_path, mnist_dir):
+  with pytest.raises(ChallengeError, match='unknown loss_func "hinge"'):
+    training.train(MNIST, tiny_config(tmp_path, mnist_dir, loss_func='hinge'))
+  assert not os.path.exists(tmp_path / 'model')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, mnist_dir):
+  tmp_path = tmp_path_factory.mktemp('trained')
+  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=30, num_checkpoint_steps=10,
+                       training_batch_size=20, epsilon=0.0)
+  training.train(MNIST, config, log=lambda *a, **k: None)
+  return config
+
+
+def test_eval_once_reports_and_writes_the_original_summaries(trained):
+  lines = []
+  results = commands.evaluate(MNIST, trained, once=True, poll_seconds=0,
+                              log=lambda *a, **k: lines.append(a[0]))
+  model = MNIST.build_model(trained)
+  assert checkpoints.restore_model(model, tf.train.latest_checkpoint(trained.model_dir)) == 30
+  test = MNIST.load_data(trained).test
+  predictions = np.argmax(model(test.images), axis=1)
+  assert results.nat_correct == int(np.sum(predictions == test.labels))
+  assert results.adv_accuracy <= results.nat_accuracy
+  assert lines[1:] == ['natural: {:.2f}%'.format(100 * results.nat_accuracy),
+                       'adversarial: {:.2f}%'.format(100 * results.adv_accuracy),
+                       'avg nat loss: {:.4f}'.format(results.avg_nat_xent),
+                       'avg adv loss: {:.4f}'.format(results.avg_adv_xent)]
+  tags = summary_tags(os.path.join(trained.model_dir, 'eval'))
+  assert set(tags) == {'xent adv eval', 'xent adv', 'xent nat', 'accuracy adv eval',
+                       'accuracy adv', 'accuracy nat'}
+  assert tags['accuracy nat'] == {30}
+
+
+def test_eval_once_on_an_empty_model_dir_fails(tmp_path, mnist_dir):
+  with pytest.raises(ChallengeError, match='nothing to evaluate'):
+    commands.evaluate(MNIST, tiny_config(tmp_path, mnist_dir), once=True, poll_seconds=0)
+
+
+def test_eval_loop_skips_a_checkpoint_that_vanished(trained, monkeypatch):
+  real = tf.train.latest_checkpoint(trained.model_dir)
+  answers = iter([real.replace('checkpoint-30', 'checkpoint-9999'), real])
+  monkeypatch.setattr(checkpoints, 'latest', lambda model_dir: next(answers, real))
+  lines = []
+  commands.evaluate(MNIST, trained, once=False, poll_seconds=0, max_polls=2,
+                    log=lambda *a, **k: lines.append(a[0]))
+  assert any('checkpoint-9999 could not be read' in line for line in lines)
+  assert sum(line.startswith('natural: ') for line in lines) == 1  # evaluated once
+  assert any(line.startswith('Waiting for the next checkpoint') for line in lines)
+
+
+def test_pgd_attack_then_run_attack_scores_the_stored_examples(trained):
+  config = trained.replace(epsilon=0.3, k=5, a=0.05)
+  results = commands.pgd_attack(MNIST, config, log=lambda *a, **k: None)
+  x_adv = np.load(config.store_adv_path)
+  test = MNIST.load_data(config).test
+  assert x_adv.dtype == np.float32 and x_adv.shape == (TINY_TEST, 784)
+  assert np.abs(x_adv - test.images).max() <= 0.3 + 1e-6
+  assert x_adv.min() >= 0 and x_adv.max() <= 1
+  lines = []
+  accuracy = commands.run_attack(MNIST, config, log=lines.append)
+  assert accuracy == pytest.approx(results.adv_accuracy)
+  assert lines == ['Accuracy: {:.2f}%'.format(100 * accuracy),
+                   f'Output saved at {config.pred_path}']
+  predictions = np.load(config.pred_path)
+  assert predictions.dtype == np.int64 and predictions.shape == (TINY_TEST,)
+  assert np.mean(predictions == test.labels) == accuracy
