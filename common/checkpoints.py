@@ -38,5 +38,9 @@ def restore_model(model, path: str) -> int:
   Raises tf.errors.NotFoundError if the files vanished (e.g. rotated out).
   """
   step = tf.Variable(0, dtype=tf.int64)
-  tf.train.Checkpoint(model=model, step=step).read(path).expect_partial().assert_existing_objects_matched()
+  try:
+    tf.train.Checkpoint(model=model, step=step).read(path).expect_partial() \
+        .assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:  # missing variables; a shape mismatch
+    raise ChallengeError(f'checkpoint {path} does not hold a {model.name}: {e}') from None
   return int(step.numpy())

@@ -61,5 +61,8 @@ def run(command, challenge, options=None) -> None:
     except ChallengeError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # the usual way to stop eval.py; checkpoints stay intact
+      print('\ninterrupted', file=sys.stderr)
+      sys.exit(130)
 
   app.run(main)

@@ -48,6 +48,8 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
   with device:
     model, evaluator = _model_and_evaluator(challenge, config, strategy)
     test = challenge.load_data(config).test.head(config.num_eval_examples)
+    if not once:
+      os.makedirs(eval_dir, exist_ok=True)  # as the original: eval may start before training
     writer = None
     last_path, waiting, polls = None, False, 0
     while True:
@@ -94,8 +96,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
       time.sleep(poll_seconds)
 
 
-def _restored_model_and_evaluator(challenge, config, strategy):
-  path = checkpoints.require_latest(config.model_dir)
+def _restored_evaluator(challenge, config, strategy, path):
   model, evaluator = _model_and_evaluator(challenge, config, strategy)
   checkpoints.restore_model(model, path)
   return evaluator
@@ -104,8 +105,8 @@ def _restored_model_and_evaluator(challenge, config, strategy):
 def pgd_attack(challenge, config, log=print):
   """Attacks the latest checkpoint on the first num_eval_examples test images and saves
   them (float32, the model's input layout) to store_adv_path."""
-  strategy = distribute.get_strategy()
-  evaluator = _restored_model_and_evaluator(challenge, config, strategy)
+  path = checkpoints.require_latest(config.model_dir)
+  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), path)
   test = challenge.load_data(config).test.head(config.num_eval_examples)
   batch_size = config.eval_batch_size
   log('Iterating over {} batches'.format(math.ceil(len(test) / batch_size)))
@@ -122,12 +123,12 @@ def pgd_attack(challenge, config, log=print):
 def run_attack(challenge, config, log=print):
   """Validates the submission at store_adv_path against the whole test set, then scores it
   with the latest checkpoint and saves the predictions (int64) to pred_path."""
-  checkpoints.require_latest(config.model_dir)
+  path = checkpoints.require_latest(config.model_dir)  # fail before reading the submission
   test = challenge.load_data(config).test
   params = challenge.attack_params(config)
   x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
                           challenge.pixel_max)
-  evaluator = _restored_model_and_evaluator(challenge, config, distribute.get_strategy())
+  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), path)
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))
   log('Accuracy: {:.2f}%'.format(100.0 * accuracy))

@@ -68,3 +68,27 @@ def test_a_bad_config_file_is_one_clear_line(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       'error: config key "k" must be an integer, found "forty" (str)')
+
+
+def test_eval_loop_stops_cleanly_on_ctrl_c(tmp_path, mnist_dir):
+  import signal
+  import subprocess
+  import sys
+  import time
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'mnist_challenge.eval', '--data_dir', mnist_dir, '--model_dir',
+       str(tmp_path / 'empty'), '--poll_seconds', '0.2'], cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while not os.path.isdir(tmp_path / 'empty') and time.time() < deadline:
+      time.sleep(0.2)  # created once the config is read: the loop is about to wait
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+  finally:
+    process.kill()
+  assert process.returncode == 130
+  assert 'No checkpoint yet, waiting' in out
+  assert 'Traceback' not in err

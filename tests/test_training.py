@@ -154,3 +154,14 @@ def test_pgd_attack_then_run_attack_scores_the_stored_examples(trained):
   predictions = np.load(config.pred_path)
   assert predictions.dtype == np.int64 and predictions.shape == (TINY_TEST,)
   assert np.mean(predictions == test.labels) == accuracy
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+  import keras
+  for name, layers in (('missing', [keras.layers.Dense(10)]),
+                       ('shape', [keras.layers.Reshape((28, 28, 1)), keras.layers.Conv2D(16, 5)])):
+    other = keras.Sequential([keras.Input((784,))] + layers)
+    path = tf.train.Checkpoint(model=other, step=tf.Variable(3, dtype=tf.int64)).write(
+        str(tmp_path / name / 'checkpoint-3'))
+    with pytest.raises(ChallengeError, match='does not hold a mnist_challenge_model'):
+      checkpoints.restore_model(MNIST.build_model(None), path)
