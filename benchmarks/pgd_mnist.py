@@ -18,8 +18,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import attack, losses  # noqa: E402
-from common.attack import PGDParams  # noqa: E402
+from common import attack  # noqa: E402
 from common.training import Trainer  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
 

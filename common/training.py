@@ -93,7 +93,7 @@ class Trainer:
     batches = iter(self.strategy.experimental_distribute_dataset(
         data.training_batches(datasets.train, self.global_batch, self.seed, start)))
     writer = tf.summary.create_file_writer(config.model_dir)
-    training_time, run_start = 0.0, time.time()
+    training_time, timed_steps, run_start = 0.0, 0, time.time()
     resumed = manager.latest_checkpoint is not None
 
     for ii in range(start, last):
@@ -108,6 +108,7 @@ class Trainer:
       adv_correct, adv_xent, x_adv = self.train_step(batch)
       adv_correct = int(adv_correct)  # waits for the step: the timing covers it
       training_time += time.perf_counter() - began
+      timed_steps += 1
       adv_acc = adv_correct / self.global_batch
 
       if output:
@@ -115,13 +116,14 @@ class Trainer:
         self.log(f'    training nat accuracy {nat_acc * 100:.4}%')
         self.log(f'    training adv accuracy {adv_acc * 100:.4}%')
         if ii != start:
-          self.log(f'    {config.num_output_steps * self.global_batch / training_time} '
+          # Steps timed since the last output: num_output_steps, fewer after a resume.
+          self.log(f'    {timed_steps * self.global_batch / training_time} '
                    'examples per second')
           done = ii - start
           left = (time.time() - run_start) / done * (last - ii)
           self.log(f'    progress: step {ii} of {last} ({100 * ii / last:.1f}%), '
                    f'about {datetime.timedelta(seconds=round(left))} left')
-        training_time = 0.0
+        training_time, timed_steps = 0.0, 0
       if ii % config.num_summary_steps == 0:
         xent_per_example = float(adv_xent) / self.global_batch
         with writer.as_default(step=ii):

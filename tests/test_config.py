@@ -1,6 +1,5 @@
 """config.json: original files load unchanged; mistakes name the key."""
 import json
-import os
 
 import pytest
 

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from common import data
 from common.errors import ChallengeError
@@ -105,3 +106,15 @@ def test_real_mnist_matches_its_published_statistics():
   assert np.bincount(all_train).tolist() == [
       5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
   assert datasets.test.images.min() == 0.0 and datasets.test.images.max() == 1.0
+
+
+def test_augmentation_runs_per_batch_with_a_reproducible_seed():
+  split = data.Split(np.zeros((6, 1), np.float32), np.arange(6, dtype=np.int64))
+  noise = lambda x, seed: x + tf.random.stateless_uniform(tf.shape(x), seed)
+  first = [x.numpy() for x, _ in data.training_batches(split, 3, 1, augment=noise).take(4)]
+  again = [x.numpy() for x, _ in data.training_batches(split, 3, 1, augment=noise).take(4)]
+  np.testing.assert_array_equal(first, again)
+  assert len({float(x[0, 0]) for x in first}) == 4  # a different draw for every batch
+  resumed = [x.numpy() for x, _ in
+             data.training_batches(split, 3, 1, start_step=2, augment=noise).take(2)]
+  np.testing.assert_array_equal(resumed, first[2:])
