@@ -38,9 +38,18 @@ def restore_model(model, path: str) -> int:
   Raises tf.errors.NotFoundError if the files vanished (e.g. rotated out).
   """
   step = tf.Variable(0, dtype=tf.int64)
-  try:
-    tf.train.Checkpoint(model=model, step=step).read(path).expect_partial() \
-        .assert_existing_objects_matched()
-  except (AssertionError, ValueError) as e:  # missing variables; a shape mismatch
-    raise ChallengeError(f'checkpoint {path} does not hold a {model.name}: {e}') from None
+  restore(tf.train.Checkpoint(model=model, step=step), path, model.name, partial=True)
   return int(step.numpy())
+
+
+def restore(checkpoint, path: str, what: str, partial: bool = False) -> None:
+  """Restores `checkpoint` from `path`; a checkpoint of something else (variables missing
+  or of other shapes) is a ChallengeError naming `what` it should hold. `partial`: the
+  file may hold more (e.g. optimizer slots when only the model is wanted)."""
+  try:
+    status = checkpoint.read(path) if partial else checkpoint.restore(path)
+    if partial:
+      status.expect_partial()
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError) as e:  # missing variables; a shape mismatch
+    raise ChallengeError(f'checkpoint {path} does not hold a {what}: {e}') from None

@@ -73,7 +73,8 @@ class Trainer:
 
   def restore_latest(self, manager) -> None:
     if manager.latest_checkpoint:
-      self.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      checkpoints.restore(self.checkpoint, manager.latest_checkpoint,
+                          f'{self.model.name} training state')
       self.log(f'Resuming from {manager.latest_checkpoint} at step {int(self.step.numpy())}')
 
   def run(self) -> int:

@@ -23,6 +23,10 @@ TINY_TRAIN = mnist_data.VALIDATION_SIZE + 200  # 200 training images after the h
 TINY_TEST = 60
 
 
+def quiet(*args, **kwargs):
+  """A `log` that prints nothing."""
+
+
 def make_mnist_arrays(num_train, num_test, seed=0):
   """Digits drawn as class-dependent blobs plus noise: learnable, and uint8 like MNIST."""
   rng = np.random.default_rng(seed)
