@@ -9,9 +9,6 @@ outputs are compared. Run: python benchmarks/pgd_mnist.py [--repeats 10]
 """
 import argparse
 import os
-import platform
-import statistics
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -21,6 +18,7 @@ import tensorflow as tf  # noqa: E402
 from common import attack  # noqa: E402
 from common.training import Trainer  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
+from timing import interleaved, machine  # noqa: E402
 
 
 class RawReference:
@@ -75,30 +73,12 @@ class RawReference:
     return x_adv
 
 
-def timed(fn):
-  began = time.perf_counter()
-  out = fn()
-  tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, 'numpy') else t, out)  # wait
-  return time.perf_counter() - began
-
-
-def interleaved(variants, repeats):
-  times = {name: [] for name in variants}
-  for name, fn in variants.items():  # warm-up: tracing and first-call costs
-    fn()
-  for _ in range(repeats):
-    for name, fn in variants.items():
-      times[name].append(timed(fn))
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--attack_batch', type=int, default=200)
   args = parser.parse_args()
-  print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
-        f'TensorFlow {tf.__version__}')
+  print(machine())
   rng = np.random.default_rng(0)
   x = tf.constant(rng.uniform(0, 1, (args.attack_batch, 784)).astype(np.float32))
   y = tf.constant(rng.integers(0, 10, args.attack_batch).astype(np.int64))

@@ -1,6 +1,6 @@
 """Input pipelines shared by both challenges (arrays in memory -> tf.data)."""
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +23,7 @@ class Datasets:
   train: Split
   test: Split  # in the original order: submissions are checked against it by index
   validation: Optional[Split] = None
+  label_names: Optional[Tuple[str, ...]] = None  # class names by label, when the data has them
 
 
 def training_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,

@@ -5,6 +5,15 @@ the checkpoint (every num_checkpoint_steps, from step 0), then prints (every
 num_output_steps) and writes summaries (every num_summary_steps) about the batch of step s,
 then updates. Unlike the original, a model_dir that holds a checkpoint is resumed (weights,
 optimizer slots and step), and the final weights are saved at max_num_training_steps.
+
+Batch norm. The training forward pass uses batch statistics and updates the moving
+averages, once per step. How the training-time attack treats batch norm is the challenge's
+choice (ATTACK_BATCH_NORM). Models run through `stateless_call` with their non-trainable
+state (the moving averages) carried as tensors, so the attack can use batch statistics
+without touching the averages; at the end of a step each replica's new averages are
+averaged over replicas and written back, so every replica (and the checkpoint) holds the
+same values. (Keras 3 creates them with aggregation NONE: assigned in place under a
+MirroredStrategy, replicas' copies would drift apart and only the first one be saved.)
 """
 import datetime
 import os
@@ -16,6 +25,39 @@ import tensorflow as tf
 from common import attack, checkpoints, data, distribute, files, losses
 from common.challenge import Challenge
 from common.config import Config
+from common.errors import ChallengeError
+
+# How the training-time attack treats batch norm: {name: what it does}.
+ATTACK_BATCH_NORM = {
+    'batch': 'batch statistics, as the original, with the moving averages untouched',
+    'batch_update': 'batch statistics, and every attack step also updates the moving '
+                    'averages, exactly as the original (its attack ran the train-mode model)',
+    'inference': 'the moving averages (inference mode), as eval.py attacks',
+}
+
+
+class _StatefulForward:
+  """x -> logits in training mode (batch statistics) through `model.stateless_call`, with
+  the model's non-trainable state carried here as tensors instead of assigned."""
+
+  def __init__(self, model):
+    self.model = model
+    self.state = [v.value for v in model.non_trainable_variables]
+
+  def __call__(self, x, update_state):
+    logits, state = self.model.stateless_call(
+        [v.value for v in self.model.trainable_variables], self.state, x, training=True)
+    if update_state:
+      self.state = state
+    return logits
+
+  def write_state(self):
+    """Assigns the carried state, floats averaged over replicas (call in replica context)."""
+    context = tf.distribute.get_replica_context()
+    for variable, value in zip(self.model.non_trainable_variables, self.state):
+      if value.dtype.is_floating:
+        value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+      variable.assign(value)
 
 
 class Trainer:
@@ -25,9 +67,11 @@ class Trainer:
     self.challenge, self.config, self.log = challenge, config, log
     self.strategy = strategy or distribute.get_strategy()
     self.seed = challenge.seed(config)
+    self.data_seed = challenge.data_seed(config) if challenge.data_seed else self.seed
     keras.utils.set_random_seed(self.seed)  # weight initialisation
     self.global_batch = config.training_batch_size
     self.attack_params = challenge.attack_params(config)
+    self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     with self.strategy.scope():
       self.model = challenge.build_model(config)
@@ -37,7 +81,11 @@ class Trainer:
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
     self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.step)
-    self._attack_model = challenge.training_attack_model(self.model, config)
+    self.attack_batch_norm = challenge.training_attack_batch_norm(config)
+    if self.attack_batch_norm not in ATTACK_BATCH_NORM:
+      raise ChallengeError(
+          f'unknown batch norm mode "{self.attack_batch_norm}" for the training-time attack; '
+          'use one of: ' + ', '.join(ATTACK_BATCH_NORM))
 
   # --- compiled steps -------------------------------------------------------------------
 
@@ -47,13 +95,21 @@ class Trainer:
     # draws the random starts an uninterrupted one would have.
     seed = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()]), replica)
-    x_adv = attack.pgd(self._attack_model, x, y, self.attack_params, seed=seed)
+    forward = _StatefulForward(self.model)
+    x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params, seed=seed)
     with tf.GradientTape() as tape:
-      logits = self.model(x_adv, training=True)
-      loss = self.challenge.training_loss(y, logits, self.model, self.global_batch)
+      logits = forward(x_adv, update_state=True)
+      loss = self.training_loss(y, logits, self.model, self.global_batch)
     variables = self.model.trainable_variables
     self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    forward.write_state()
     return (losses.num_correct(y, logits), tf.reduce_sum(losses.xent(y, logits)), x_adv)
+
+  def _attack_model(self, forward):
+    """The x -> logits function the training-time attack differentiates."""
+    if self.attack_batch_norm == 'inference':
+      return lambda x: self.model(x, training=False)
+    return lambda x: forward(x, update_state=self.attack_batch_norm == 'batch_update')
 
   @tf.function
   def train_step(self, batch):
@@ -65,8 +121,11 @@ class Trainer:
 
   @tf.function
   def natural_correct(self, batch):
-    correct = self.strategy.run(
-        lambda x, y: losses.num_correct(y, self.model(x, training=False)), args=batch)
+    """Correct predictions on the natural batch, with batch norm as the attack sees it (the
+    original's train-mode model), changing no state."""
+    def replica_correct(x, y):
+      return losses.num_correct(y, self._attack_model(_StatefulForward(self.model))(x))
+    correct = self.strategy.run(replica_correct, args=batch)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
 
   # --- the loop -------------------------------------------------------------------------
@@ -92,7 +151,8 @@ class Trainer:
     files.save_text(os.path.join(config.model_dir, 'config.json'), config.to_json())
     datasets = self.challenge.load_data(config)
     batches = iter(self.strategy.experimental_distribute_dataset(
-        data.training_batches(datasets.train, self.global_batch, self.seed, start)))
+        data.training_batches(datasets.train, self.global_batch, self.data_seed, start,
+                              augment=self.challenge.augment)))
     writer = tf.summary.create_file_writer(config.model_dir)
     training_time, timed_steps, run_start = 0.0, 0, time.time()
     resumed = manager.latest_checkpoint is not None

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from common import losses
 from common.attack import PGDParams
-from common.challenge import Challenge
+from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
 from common.config import Key
 from mnist_challenge import data, model
 
@@ -27,13 +27,7 @@ CONFIG_KEYS = (
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
-    Key('random_start', bool, True),
-    Key('loss_func', str, 'xent', help='PGD loss: xent or cw'),
-    Key('store_adv_path', str, 'attack.npy', is_path=True,
-        help='where pgd_attack.py writes, and run_attack.py reads, the adversarial test set'),
-    Key('pred_path', str, 'pred.npy', is_path=True,
-        help="where run_attack.py writes its predictions; new (the original: ./pred.npy)"),
-)
+) + ATTACK_OUTPUT_KEYS
 
 
 def attack_params(config) -> PGDParams:
@@ -47,7 +41,7 @@ def build_optimizer(config):
   return keras.optimizers.Adam(learning_rate=1e-4, epsilon=1e-8)
 
 
-def training_loss(labels, logits, model, global_batch_size):
+def summed_xent(labels, logits, model, global_batch_size):
   # The original minimises the SUM of cross-entropies over the batch (not the mean). Each
   # replica sums its share; the strategy sums replicas' gradients: the global batch's sum.
   del model, global_batch_size
@@ -61,7 +55,7 @@ MNIST = Challenge(
     build_model=model.build_model,
     build_optimizer=build_optimizer,
     load_data=lambda config: data.load(config.data_dir),
-    training_loss=training_loss,
+    make_training_loss=lambda config: summed_xent,
     attack_params=attack_params,
     seed=lambda config: config.random_seed,
     input_shape=model.INPUT_SHAPE,

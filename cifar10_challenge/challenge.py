@@ -1,0 +1,89 @@
+"""What is particular to the CIFAR-10 challenge: its config keys, model, optimizer, loss,
+data and augmentation."""
+import os
+
+import tensorflow as tf
+
+from cifar10_challenge import data, model
+from common import losses, optimizers, training
+from common.attack import PGDParams
+from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
+from common.config import Key
+
+CONFIG_KEYS = (
+    Key('model_dir', str, '../checkpoints/cifar10/a_very_robust_model', is_path=True,
+        help='checkpoints and TensorBoard summaries'),
+    Key('filters', list, list(model.WIDE_FILTERS),
+        help='widths [init conv, stage 1, 2, 3]: [16, 160, 320, 640] the wide network, '
+             '[16, 16, 32, 64] its non-wide variant; new'),
+    Key('data_path', str, 'cifar10_data', is_path=True,
+        help='directory of the CIFAR-10 python pickles (data_batch_1..5, test_batch, '
+             'batches.meta)'),
+    Key('tf_random_seed', int, 451760341,
+        help='seeds weight initialisation and the PGD random starts'),
+    Key('np_random_seed', int, 216105420,
+        help='seeds the training data order and augmentation'),
+    Key('max_num_training_steps', int, 80000, minimum=0),
+    Key('num_output_steps', int, 100, minimum=1),
+    Key('num_summary_steps', int, 100, minimum=1),
+    Key('num_checkpoint_steps', int, 1000, minimum=1),
+    Key('training_batch_size', int, 128, minimum=1),
+    Key('step_size_schedule', list, [[0, 0.1], [40000, 0.01], [60000, 0.001]],
+        help='learning rate: [[step, rate], ...], piecewise constant'),
+    Key('weight_decay', float, 0.0002, minimum=0),
+    Key('momentum', float, 0.9, minimum=0),
+    Key('training_attack_batch_norm', str, 'batch',
+        help='batch norm in the training-time attack: ' + '; '.join(
+            f'"{name}": {what}' for name, what in training.ATTACK_BATCH_NORM.items())
+        + '; new'),
+    Key('num_eval_examples', int, 10000, minimum=1),
+    Key('eval_batch_size', int, 100, minimum=1),
+    Key('eval_on_cpu', bool, False),
+    Key('epsilon', float, 8.0, minimum=0),
+    Key('num_steps', int, 10, minimum=0, help='PGD steps'),
+    Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
+) + ATTACK_OUTPUT_KEYS
+
+PIXEL_MAX = 255.0
+
+
+def attack_params(config) -> PGDParams:
+  return PGDParams(config.epsilon, config.num_steps, config.step_size, config.random_start,
+                   config.loss_func, clip_min=0.0, clip_max=PIXEL_MAX)
+
+
+def build_optimizer(config):
+  return optimizers.TF1Momentum(optimizers.piecewise_schedule(config.step_size_schedule),
+                                config.momentum)
+
+
+def make_training_loss(config):
+  weight_decay = config.weight_decay
+
+  def training_loss(labels, logits, keras_model, global_batch_size):
+    # The original minimises mean xent + weight_decay · Σ l2_loss(DW). Replicas' gradients
+    # are summed, so each replica takes its share: its xent sum over the global batch size,
+    # and 1/replicas of the decay term.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    xent = tf.reduce_sum(losses.xent(labels, logits)) / global_batch_size
+    return xent + weight_decay * model.weight_decay_loss(keras_model) / replicas
+  return training_loss
+
+
+CIFAR10 = Challenge(
+    name='cifar10',
+    package_dir=os.path.dirname(os.path.abspath(__file__)),
+    config_keys=CONFIG_KEYS,
+    build_model=model.build_model,
+    build_optimizer=build_optimizer,
+    load_data=lambda config: data.load(config.data_path),
+    make_training_loss=make_training_loss,
+    attack_params=attack_params,
+    seed=lambda config: config.tf_random_seed,
+    data_seed=lambda config: config.np_random_seed,
+    augment=data.augment,
+    training_attack_batch_norm=lambda config: config.training_attack_batch_norm,
+    input_shape=model.INPUT_SHAPE,
+    image_shape=model.INPUT_SHAPE,
+    pixel_max=PIXEL_MAX,
+)

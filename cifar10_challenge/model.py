@@ -1,0 +1,129 @@
+"""The CIFAR-10 challenge's network: the original's ResNet (from the TF models repo), Keras.
+
+Input (None, 32, 32, 3) float pixels in [0, 255], standardised per image inside the model.
+Init conv 3x3x16; three stages of 5 pre-activation residual units (first-unit strides 1, 2,
+2); BN, leaky ReLU(0.1), global average pool, dense 10. With `filters` [16, 160, 320, 640]
+(the default) this is the original's "w28-10"-style wide network (45,901,914 trainable
+parameters); [16, 16, 32, 64] is its non-wide variant (464,154).
+
+Initialisers as the original: conv kernels N(0, sqrt(2 / (k·k·out_filters))), no conv
+biases; dense kernel uniform unit scaling (= VarianceScaling(1, fan_in, uniform)), bias 0.
+BN momentum 0.9 (the original's decay), epsilon 0.001, centre and scale.
+
+Layer names follow the original's variable scopes with "/" as "_" (e.g. unit_2_0_conv1 is
+unit_2_0/sub1/conv1), so that their weights can be mapped one to one. The kernels named
+`kernel` are the original's "DW" variables, the ones weight decay applies to.
+"""
+import math
+
+import keras
+import tensorflow as tf
+
+from common.errors import ChallengeError
+
+INPUT_SHAPE = (32, 32, 3)
+WIDE_FILTERS = (16, 160, 320, 640)
+STRIDES = (1, 2, 2)
+ACTIVATE_BEFORE_RESIDUAL = (True, False, False)
+UNITS_PER_STAGE = 5
+LEAKINESS = 0.1
+NUM_CLASSES = 10
+
+
+class PerImageStandardization(keras.layers.Layer):
+  """tf.image.per_image_standardization of each image (the op reduces per image)."""
+
+  def call(self, images):
+    return tf.image.per_image_standardization(images)
+
+
+class PadChannels(keras.layers.Layer):
+  """Zero-pads the channel axis by `padding` on each side (the shortcut of a unit that
+  widens the network)."""
+
+  def __init__(self, padding, **kwargs):
+    super().__init__(**kwargs)
+    self.padding = padding
+
+  def call(self, x):
+    return tf.pad(x, [[0, 0], [0, 0], [0, 0], [self.padding, self.padding]])
+
+  def get_config(self):
+    return {**super().get_config(), 'padding': self.padding}
+
+
+def check_filters(filters):
+  """Raises unless `filters` is four positive integers whose widenings are even."""
+  ok = (isinstance(filters, (list, tuple)) and len(filters) == 4
+        and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters))
+  if ok:
+    ok = all((b - a) % 2 == 0 and b >= a for a, b in zip(filters, filters[1:]))
+  if not ok:
+    raise ChallengeError(
+        f'config key "filters" must be four positive integers, non-decreasing, each step '
+        f'even (the shortcut pads channels equally on both sides), e.g. '
+        f'{list(WIDE_FILTERS)} (wide) or [16, 16, 32, 64]; found {filters}')
+  return tuple(filters)
+
+
+def _conv(filters, stride, name):
+  n = 3 * 3 * filters
+  return keras.layers.Conv2D(
+      filters, 3, strides=stride, padding='same', use_bias=False, name=name,
+      kernel_initializer=keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / n)))
+
+
+def _batch_norm(name):
+  return keras.layers.BatchNormalization(momentum=0.9, epsilon=0.001, name=name)
+
+
+def _activation(x, name):
+  return keras.layers.LeakyReLU(negative_slope=LEAKINESS, name=name)(x)
+
+
+def _residual_unit(x, in_filters, out_filters, stride, activate_before_residual, name):
+  """The original's `_residual`: pre-activation unit with 2 convolutions."""
+  activated = _activation(_batch_norm(f'{name}_init_bn')(x), f'{name}_init_relu')
+  # Shared activation: the shortcut starts after BN + ReLU; otherwise before them.
+  shortcut = activated if activate_before_residual else x
+  y = _conv(out_filters, stride, f'{name}_conv1')(activated)
+  y = _activation(_batch_norm(f'{name}_bn2')(y), f'{name}_relu2')
+  y = _conv(out_filters, 1, f'{name}_conv2')(y)
+  if in_filters != out_filters:
+    shortcut = keras.layers.AveragePooling2D(stride, stride, padding='valid',
+                                             name=f'{name}_shortcut_pool')(shortcut)
+    shortcut = PadChannels((out_filters - in_filters) // 2, name=f'{name}_shortcut_pad')(
+        shortcut)
+  return keras.layers.Add(name=f'{name}_add')([y, shortcut])
+
+
+def build_model(config=None, filters=None) -> keras.Model:
+  """The network with config.filters (or `filters`; default: the wide one)."""
+  filters = check_filters(filters or (config.filters if config is not None else WIDE_FILTERS))
+  inputs = keras.Input(INPUT_SHAPE, name='x_input')
+  x = PerImageStandardization(name='standardize')(inputs)
+  x = _conv(filters[0], 1, 'init_conv')(x)
+  for stage in range(3):
+    for unit in range(UNITS_PER_STAGE):
+      first = unit == 0
+      x = _residual_unit(
+          x, filters[stage] if first else filters[stage + 1], filters[stage + 1],
+          STRIDES[stage] if first else 1, first and ACTIVATE_BEFORE_RESIDUAL[stage],
+          name=f'unit_{stage + 1}_{unit}')
+  x = _activation(_batch_norm('final_bn')(x), 'final_relu')
+  x = keras.layers.GlobalAveragePooling2D(name='global_avg_pool')(x)
+  logits = keras.layers.Dense(
+      NUM_CLASSES, name='logit',
+      kernel_initializer=keras.initializers.VarianceScaling(1.0, 'fan_in', 'uniform'),
+      bias_initializer='zeros')(x)
+  return keras.Model(inputs, logits, name='cifar10_challenge_model')
+
+
+def decay_kernels(model):
+  """The original's "DW" variables: every conv kernel and the dense kernel."""
+  return [v for v in model.trainable_variables if v.name == 'kernel']
+
+
+def weight_decay_loss(model):
+  """Σ l2_loss(w) = Σ Σ w² / 2 over decay_kernels, as the original's `_decay`."""
+  return tf.add_n([tf.nn.l2_loss(v) for v in decay_kernels(model)])

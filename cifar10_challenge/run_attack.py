@@ -1,0 +1,9 @@
+"""Validates a submitted adversarial test set (.npy, untrusted) and scores it.
+
+Exit codes: 0 scored; 2 invalid submission; 1 any other failure (config, data, checkpoint).
+"""
+from cifar10_challenge.challenge import CIFAR10
+from common import cli, commands
+
+if __name__ == '__main__':
+  cli.run(commands.run_attack, CIFAR10)

@@ -1,0 +1,6 @@
+"""PGD adversarial training of the CIFAR-10 challenge model (loop: common/training.py)."""
+from cifar10_challenge.challenge import CIFAR10
+from common import cli, commands
+
+if __name__ == '__main__':
+  cli.run(commands.train, CIFAR10)

@@ -1,0 +1,58 @@
+"""Optimizers with the update rules of the original TF1 code."""
+import keras
+import tensorflow as tf
+
+from common.errors import ChallengeError
+
+
+class TF1Momentum(keras.optimizers.Optimizer):
+  """tf.train.MomentumOptimizer: accum = momentum·accum + grad; var -= lr·accum.
+
+  Keras' SGD(momentum) keeps lr·grad in its accumulator instead. The two agree while the
+  learning rate is constant; when a piecewise schedule drops it, TF1 scales the whole
+  accumulated velocity by the new rate at once, Keras lets the old one decay. The original
+  challenge's schedule drops twice, so we keep TF1's rule.
+  """
+
+  def __init__(self, learning_rate, momentum, name='TF1Momentum', **kwargs):
+    super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+    self.momentum = momentum
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    self.accumulators = [self.add_variable_from_reference(v, 'accumulator') for v in var_list]
+
+  def update_step(self, gradient, variable, learning_rate):
+    accumulator = self.accumulators[self._get_variable_index(variable)]
+    learning_rate = tf.cast(learning_rate, variable.dtype)
+    self.assign(accumulator, self.momentum * accumulator + tf.cast(gradient, variable.dtype))
+    self.assign_sub(variable, learning_rate * accumulator)
+
+  def get_config(self):
+    return {**super().get_config(), 'momentum': self.momentum}
+
+
+def piecewise_schedule(step_size_schedule, key='step_size_schedule'):
+  """[[0, lr0], [b1, lr1], ...] -> the rate lr_i for steps in (b_i, b_{i+1}], as
+  tf.train.piecewise_constant did; a malformed list is an error naming `key`."""
+  def malformed(why):
+    return ChallengeError(f'config key "{key}" {why}; expected [[0, rate], [step, rate], '
+                          f'...] with increasing steps, e.g. [[0, 0.1], [40000, 0.01]]; '
+                          f'found {step_size_schedule}')
+  pairs = step_size_schedule
+  if not pairs or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+    raise malformed('must be a non-empty list of [step, rate] pairs')
+  steps, rates = [p[0] for p in pairs], [p[1] for p in pairs]
+  if not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+    raise malformed('must have integer steps')
+  if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0
+             for r in rates):
+    raise malformed('must have non-negative rates')
+  if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+    raise malformed('must start at step 0 and have increasing steps')
+  rates = [float(r) for r in rates]
+  if len(pairs) == 1:
+    return rates[0]
+  return keras.optimizers.schedules.PiecewiseConstantDecay(steps[1:], rates)
