@@ -70,6 +70,13 @@ def make_training_loss(config):
   return training_loss
 
 
+def tf1_slots(optimizer, keras_model):
+  """TF1's momentum slots `<variable>/Momentum` hold what our accumulators hold."""
+  index = optimizer._get_variable_index  # pylint: disable=protected-access
+  return {f'{name}/Momentum': optimizer.accumulators[index(variable)]
+          for name, variable in model.tf1_variables(keras_model).items() if variable.trainable}
+
+
 CIFAR10 = Challenge(
     name='cifar10',
     package_dir=os.path.dirname(os.path.abspath(__file__)),
@@ -86,4 +93,6 @@ CIFAR10 = Challenge(
     input_shape=model.INPUT_SHAPE,
     image_shape=model.INPUT_SHAPE,
     pixel_max=PIXEL_MAX,
+    tf1_variables=model.tf1_variables,
+    tf1_slots=tf1_slots,
 )

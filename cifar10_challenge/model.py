@@ -127,3 +127,28 @@ def decay_kernels(model):
 def weight_decay_loss(model):
   """Σ l2_loss(w) = Σ Σ w² / 2 over decay_kernels, as the original's `_decay`."""
   return tf.add_n([tf.nn.l2_loss(v) for v in decay_kernels(model)])
+
+
+def tf1_variables(model) -> dict:
+  """{name in the original's TF1 checkpoints: our variable}. The original's batch norm
+  (tf.contrib.layers.batch_norm) keeps its variables in a `BatchNorm` scope."""
+  names = {'input/init_conv/DW': model.get_layer('init_conv').kernel}
+
+  def batch_norm(layer, scope):
+    layer = model.get_layer(layer)
+    for name in ('beta', 'gamma', 'moving_mean', 'moving_variance'):
+      names[f'{scope}/BatchNorm/{name}'] = getattr(layer, name)
+
+  for stage in range(3):
+    for unit in range(UNITS_PER_STAGE):
+      scope = f'unit_{stage + 1}_{unit}'
+      shared = unit == 0 and ACTIVATE_BEFORE_RESIDUAL[stage]
+      batch_norm(f'{scope}_init_bn',
+                 f'{scope}/{"shared_activation" if shared else "residual_only_activation"}')
+      names[f'{scope}/sub1/conv1/DW'] = model.get_layer(f'{scope}_conv1').kernel
+      batch_norm(f'{scope}_bn2', f'{scope}/sub2')
+      names[f'{scope}/sub2/conv2/DW'] = model.get_layer(f'{scope}_conv2').kernel
+  batch_norm('final_bn', 'unit_last')
+  names['logit/DW'] = model.get_layer('logit').kernel
+  names['logit/biases'] = model.get_layer('logit').bias
+  return names

@@ -45,6 +45,11 @@ class Challenge:
   # config -> how batch norm behaves in the training-time attack: one of
   # common.training.ATTACK_BATCH_NORM (irrelevant for a model without batch norm).
   training_attack_batch_norm: Callable[[Config], str] = lambda config: 'inference'
+  # model -> {variable name in the original's TF1 checkpoints: the model's variable}.
+  tf1_variables: Optional[Callable] = None
+  # (optimizer, model) -> {TF1 name of an optimizer slot: our optimizer variable}, for the
+  # slots that map cleanly (fine-tuning an original training checkpoint).
+  tf1_slots: Callable = lambda optimizer, model: {}
 
   @property
   def default_config_path(self) -> str:

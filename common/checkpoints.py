@@ -1,8 +1,10 @@
 """Checkpoint I/O: what a checkpoint holds and how scripts find and read one."""
+import os
 from typing import Optional
 
 import tensorflow as tf
 
+from common import tf1_checkpoints
 from common.errors import ChallengeError
 
 CHECKPOINT_NAME = 'checkpoint'  # files model_dir/checkpoint-<step>.*, as the original
@@ -12,16 +14,40 @@ def training_checkpoint(model, optimizer, step) -> tf.train.Checkpoint:
   return tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
 
 
+def holds_tf1(model_dir: str) -> bool:
+  """Whether any checkpoint listed in model_dir's index was written by the original TF1 code."""
+  state = tf.train.get_checkpoint_state(model_dir)
+  if state is None:
+    return False
+  names = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+  own = [os.path.join(model_dir, os.path.basename(name)) for name in names]
+  return any(tf1_checkpoints.is_tf1(p) for p in own if tf.io.gfile.exists(p + '.index'))
+
+
 def manager(checkpoint, model_dir, max_to_keep=3) -> tf.train.CheckpointManager:
   # CheckpointManager writes the data files first and the `checkpoint` index file last,
   # atomically: a reader never sees a checkpoint it cannot open (unless it is later
   # rotated away, which readers handle).
+  if holds_tf1(model_dir):
+    max_to_keep = None  # rotation would delete the original checkpoint being fine-tuned
   return tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=max_to_keep,
                                     checkpoint_name=CHECKPOINT_NAME, step_counter=checkpoint.step)
 
 
 def latest(model_dir: str) -> Optional[str]:
-  return tf.train.latest_checkpoint(model_dir)
+  """The latest checkpoint of model_dir. TF1's Saver recorded absolute paths in the index: a
+  directory that was copied or moved reads its own files, not those at the old place."""
+  path = tf.train.latest_checkpoint(model_dir)
+  if path is not None:
+    own = os.path.join(model_dir, os.path.basename(path))
+    if os.path.abspath(own) != os.path.abspath(path) and tf.io.gfile.exists(own + '.index'):
+      return own
+  else:
+    state = tf.train.get_checkpoint_state(model_dir)
+    own = state and os.path.join(model_dir, os.path.basename(state.model_checkpoint_path))
+    if own and tf.io.gfile.exists(own + '.index'):
+      return own
+  return path
 
 
 def require_latest(model_dir: str) -> str:
@@ -32,11 +58,17 @@ def require_latest(model_dir: str) -> str:
   return path
 
 
-def restore_model(model, path: str) -> int:
-  """Loads the model weights saved at `path`; returns the checkpoint's step.
+def restore_model(model, path: str, tf1_variables=None) -> int:
+  """Loads the model weights saved at `path`, ours or an original TF1 checkpoint (then
+  `tf1_variables(model)` names them); returns the checkpoint's step.
 
   Raises tf.errors.NotFoundError if the files vanished (e.g. rotated out).
   """
+  if tf1_checkpoints.is_tf1(path):
+    if tf1_variables is None:
+      raise ChallengeError(f'{path} is a TF1 checkpoint, which {model.name} cannot read')
+    tf1_checkpoints.load(path, tf1_variables(model), model.name)
+    return tf1_checkpoints.step(path)
   step = tf.Variable(0, dtype=tf.int64)
   restore(tf.train.Checkpoint(model=model, step=step), path, model.name, partial=True)
   return int(step.numpy())

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import checkpoints, distribute, files, submission, training
+from common import checkpoints, distribute, files, submission, tf1_checkpoints, training
 from common.data import Split
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
@@ -60,7 +60,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
         log(f'\nCheckpoint {path}, evaluating ...   ({datetime.datetime.now()})')
         last_path, waiting = path, False
         try:
-          step = checkpoints.restore_model(model, path)
+          step = checkpoints.restore_model(model, path, challenge.tf1_variables)
         except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
           log(f'Checkpoint {path} could not be read ({type(e).__name__}); it was probably '
               'rotated out by train.py. Skipping it.')
@@ -98,7 +98,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
 
 def _restored_evaluator(challenge, config, strategy, path):
   model, evaluator = _model_and_evaluator(challenge, config, strategy)
-  checkpoints.restore_model(model, path)
+  checkpoints.restore_model(model, path, challenge.tf1_variables)
   return evaluator
 
 
@@ -135,3 +135,25 @@ def run_attack(challenge, config, log=print):
   files.save_npy(config.pred_path, predictions)
   log('Output saved at {}'.format(config.pred_path))
   return accuracy
+
+
+# Options of convert_checkpoint.py beyond the config.
+CONVERT_OPTIONS = {
+    'output_dir': ('', 'where to write the converted checkpoint; default: <model_dir>_converted'),
+}
+
+
+def convert_checkpoint(challenge, config, output_dir='', log=print):
+  """Writes the original TF1 checkpoint latest in model_dir as a checkpoint of this project
+  (weights, step and the optimizer slots that map) in output_dir; returns its path."""
+  path = checkpoints.require_latest(config.model_dir)
+  if not tf1_checkpoints.is_tf1(path):
+    raise ChallengeError(f'{path} is already a checkpoint of this project; nothing to convert')
+  output_dir = output_dir or config.model_dir.rstrip(os.sep) + '_converted'
+  if checkpoints.latest(output_dir):
+    raise ChallengeError(f'{output_dir} already holds a checkpoint; choose another --output_dir')
+  trainer = training.Trainer(challenge, config, log=log)
+  step = trainer.restore_tf1(path)
+  saved = checkpoints.manager(trainer.checkpoint, output_dir).save(checkpoint_number=step)
+  log(f'Converted {path} to {saved}')
+  return saved

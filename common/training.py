@@ -22,7 +22,7 @@ import time
 import keras
 import tensorflow as tf
 
-from common import attack, checkpoints, data, distribute, files, losses
+from common import attack, checkpoints, data, distribute, files, losses, tf1_checkpoints
 from common.challenge import Challenge
 from common.config import Config
 from common.errors import ChallengeError
@@ -130,18 +130,36 @@ class Trainer:
 
   # --- the loop -------------------------------------------------------------------------
 
-  def restore_latest(self, manager) -> None:
-    if manager.latest_checkpoint:
-      checkpoints.restore(self.checkpoint, manager.latest_checkpoint,
-                          f'{self.model.name} training state')
-      self.log(f'Resuming from {manager.latest_checkpoint} at step {int(self.step.numpy())}')
+  def restore_latest(self) -> bool:
+    """Restores the latest checkpoint of model_dir, if any; returns whether there was one."""
+    path = checkpoints.latest(self.config.model_dir)
+    if path and tf1_checkpoints.is_tf1(path):
+      self.restore_tf1(path)
+    elif path:
+      checkpoints.restore(self.checkpoint, path, f'{self.model.name} training state')
+      self.log(f'Resuming from {path} at step {int(self.step.numpy())}')
+    return path is not None
+
+  def restore_tf1(self, path) -> int:
+    """Fine-tuning an original TF1 checkpoint: its weights (BN averages included) and step,
+    and the optimizer slots that map onto ours."""
+    step = checkpoints.restore_model(self.model, path, self.challenge.tf1_variables)
+    self.step.assign(step)
+    self.optimizer.iterations.assign(step)  # the learning-rate schedule's step
+    slots = self.challenge.tf1_slots(self.optimizer, self.model)
+    found = tf1_checkpoints.present(path, slots)
+    tf1_checkpoints.load(path, found, 'optimizer state')
+    self.log(f'Fine-tuning the original TF1 checkpoint {path} from step {step}: weights '
+             f'restored, optimizer slots {len(found)} of {len(slots)}'
+             + ('' if len(found) == len(slots) else ' (the others start at zero)'))
+    return step
 
   def run(self) -> int:
     """Trains until max_num_training_steps; returns the final step."""
     config = self.config
     os.makedirs(config.model_dir, exist_ok=True)
     manager = checkpoints.manager(self.checkpoint, config.model_dir)
-    self.restore_latest(manager)
+    resumed = self.restore_latest()
     start = int(self.step.numpy())
     last = config.max_num_training_steps
     if start >= last:
@@ -155,7 +173,6 @@ class Trainer:
                               augment=self.challenge.augment)))
     writer = tf.summary.create_file_writer(config.model_dir)
     training_time, timed_steps, run_start = 0.0, 0, time.time()
-    resumed = manager.latest_checkpoint is not None
 
     for ii in range(start, last):
       batch = next(batches)

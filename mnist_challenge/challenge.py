@@ -48,6 +48,16 @@ def summed_xent(labels, logits, model, global_batch_size):
   return tf.reduce_sum(losses.xent(labels, logits))
 
 
+def tf1_slots(optimizer, keras_model):
+  """TF1's Adam slots: `<variable>/Adam` is the first moment, `<variable>/Adam_1` the second."""
+  slots = {}
+  for name, variable in model.tf1_variables(keras_model).items():
+    index = optimizer._get_variable_index(variable)  # pylint: disable=protected-access
+    slots[f'{name}/Adam'] = optimizer._momentums[index]  # pylint: disable=protected-access
+    slots[f'{name}/Adam_1'] = optimizer._velocities[index]  # pylint: disable=protected-access
+  return slots
+
+
 MNIST = Challenge(
     name='mnist',
     package_dir=os.path.dirname(os.path.abspath(__file__)),
@@ -61,4 +71,6 @@ MNIST = Challenge(
     input_shape=model.INPUT_SHAPE,
     image_shape=(28, 28, 1),
     pixel_max=1.0,
+    tf1_variables=model.tf1_variables,
+    tf1_slots=tf1_slots,
 )

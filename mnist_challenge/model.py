@@ -28,3 +28,11 @@ def build_model(config=None) -> keras.Model:
       layers.Dense(1024, activation='relu', name='fc1', **init()),
       layers.Dense(10, name='logits', **init()),
   ], name='mnist_challenge_model')
+
+
+def tf1_variables(model) -> dict:
+  """{name in the original's TF1 checkpoints: our variable}. The original created eight
+  unnamed tf.Variables, so TF1 named them Variable, Variable_1, ... in creation order."""
+  ours = [getattr(model.get_layer(layer), weight)
+          for layer in ('conv1', 'conv2', 'fc1', 'logits') for weight in ('kernel', 'bias')]
+  return {('Variable' if i == 0 else f'Variable_{i}'): v for i, v in enumerate(ours)}

@@ -170,4 +170,4 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
                                log=quiet)
     with pytest.raises(ChallengeError,
                        match='does not hold a mnist_challenge_model training state'):
-      trainer.restore_latest(checkpoints.manager(trainer.checkpoint, model_dir))
+      trainer.restore_latest()
