@@ -9,3 +9,24 @@ class ChallengeError(Exception):
 class InvalidSubmission(ChallengeError):
   """A submitted .npy file that must not be scored."""
   exit_code = 2
+
+
+# One type per kind of invalid submission, all exit code 2.
+class SubmissionFormatError(InvalidSubmission):
+  """Not a readable .npy file: missing, a pickle, an archive, truncated, padded."""
+
+
+class SubmissionDtypeError(InvalidSubmission):
+  """An element type that cannot hold pixels (object, bool, complex, string, structured)."""
+
+
+class SubmissionShapeError(InvalidSubmission):
+  """Not the test set's shape."""
+
+
+class SubmissionRangeError(InvalidSubmission):
+  """Values outside the pixel range, NaN or infinite."""
+
+
+class SubmissionPerturbationError(InvalidSubmission):
+  """Farther than ε from the test set (ℓ∞)."""

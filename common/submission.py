@@ -9,7 +9,9 @@ import os
 
 import numpy as np
 
-from common.errors import InvalidSubmission
+from common.errors import (SubmissionDtypeError, SubmissionFormatError,
+                           SubmissionPerturbationError, SubmissionRangeError,
+                           SubmissionShapeError)
 
 TOLERANCE = 1e-4  # on the pixel range and on ε, as the original
 _CHUNK = 1000  # examples per chunk: memory stays a small multiple of one chunk
@@ -26,31 +28,32 @@ def _read_header(path):
       else:
         raise ValueError(f'unsupported .npy version {version}')
       return shape, fortran, dtype, f.tell()
-  except (ValueError, OSError, SyntaxError, TypeError) as e:
-    raise InvalidSubmission(f'{path} is not a valid .npy file ({e}); save the array with '
-                            'numpy.save') from None
+  except Exception as e:  # numpy's header parser raises many types on hostile input
+    # (found by the fuzz test: tokenize.TokenError on a header with a stray NUL byte).
+    raise SubmissionFormatError(f'{path} is not a valid .npy file ({type(e).__name__}: {e}); '
+                                'save the array with numpy.save') from None
 
 
 def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float) -> np.ndarray:
   """Returns the submission as float32 if it is valid against x_nat, else raises
   InvalidSubmission with the original's message where it had one."""
   if not os.path.isfile(path):
-    raise InvalidSubmission(f'submission {path} does not exist; set store_adv_path '
+    raise SubmissionFormatError(f'submission {path} does not exist; set store_adv_path '
                             '(or --store_adv_path) to the .npy file to score')
   shape, _, dtype, data_offset = _read_header(path)
   if dtype.hasobject or dtype.fields is not None or dtype.kind not in 'fiu' or (
       dtype.kind == 'f' and dtype.itemsize > 8):
-    raise InvalidSubmission(f'Invalid dtype: expected floating point (float32), found '
+    raise SubmissionDtypeError(f'Invalid dtype: expected floating point (float32), found '
                             f'{dtype}; object, boolean, complex and string arrays are '
                             'not accepted')
   expected = tuple(x_nat.shape)
   if tuple(shape) != expected:
-    raise InvalidSubmission('Invalid shape: expected ({}), found {}'.format(
+    raise SubmissionShapeError('Invalid shape: expected ({}), found {}'.format(
         ','.join(str(d) for d in expected), tuple(shape)))
   size = data_offset + int(np.prod(shape)) * dtype.itemsize
   actual = os.path.getsize(path)
   if actual != size:
-    raise InvalidSubmission(
+    raise SubmissionFormatError(
         f'{path} is {"truncated" if actual < size else "longer than its header says"}: '
         f'{actual} bytes, expected {size} for shape {tuple(shape)} and dtype {dtype}')
   array = np.load(path, mmap_mode='r', allow_pickle=False)
@@ -63,10 +66,10 @@ def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float) -> np.n
     diff = np.abs(chunk - x_nat[start:start + _CHUNK].astype(np.float64))
     l_inf = max(l_inf, float(np.nan_to_num(diff, nan=np.inf).max()))
   if not finite or low < -TOLERANCE or high > pixel_max + TOLERANCE:
-    raise InvalidSubmission(
+    raise SubmissionRangeError(
         f'Invalid pixel range. Expected [0, {pixel_max:g}], found [{low}, {high}]'
         + ('' if finite else ' (the submission holds NaN or infinite values)'))
   if l_inf > epsilon + TOLERANCE:
-    raise InvalidSubmission(f'maximum perturbation found: {l_inf}\n'
+    raise SubmissionPerturbationError(f'maximum perturbation found: {l_inf}\n'
                             f'maximum perturbation allowed: {epsilon}')
   return np.asarray(array, dtype=np.float32)

@@ -1,11 +1,13 @@
 """Submitted .npy files are untrusted: every kind of invalid file is rejected before scoring."""
 import io
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from common import submission
+from common import errors
 from common.errors import InvalidSubmission
 
 EPS = 0.3
@@ -137,3 +139,46 @@ def test_a_header_that_lies_about_its_shape(tmp_path):
 def test_missing_file(tmp_path):
   with pytest.raises(InvalidSubmission, match='does not exist'):
     check(str(tmp_path / 'none.npy'))
+
+
+@pytest.mark.parametrize('make, error', [
+    (lambda: 'missing', errors.SubmissionFormatError),
+    (lambda: b'\x80\x04not numpy', errors.SubmissionFormatError),
+    (lambda: valid().astype(np.complex64), errors.SubmissionDtypeError),
+    (lambda: valid().reshape(50, 28, 28), errors.SubmissionShapeError),
+    (lambda: np.where(X_NAT > 0.5, np.nan, valid()), errors.SubmissionRangeError),
+    (lambda: np.clip(X_NAT + 0.31, 0, 1), errors.SubmissionPerturbationError),
+])
+def test_each_kind_of_problem_has_its_own_error_type(tmp_path, make, error):
+  made = make()
+  if isinstance(made, str):
+    path = str(tmp_path / 'missing.npy')
+  elif isinstance(made, bytes):
+    path = str(tmp_path / 'sub.npy')
+    (tmp_path / 'sub.npy').write_bytes(made)
+  else:
+    path = save(tmp_path, made)
+  with pytest.raises(error) as raised:
+    check(path)
+  assert raised.value.exit_code == 2
+
+
+def test_fortran_order_is_accepted_as_the_same_array(tmp_path):
+  array = valid()
+  np.testing.assert_array_equal(check(save(tmp_path, np.asfortranarray(array))), array)
+
+
+def test_validating_a_full_size_submission_needs_little_memory(tmp_path):
+  # 10,000 MNIST-sized examples (31 MB as float32): the file is memory-mapped and checked
+  # in chunks; the peak of Python-visible allocations stays within 2x the file's size
+  # (the float32 result itself is 1x).
+  x_nat = np.random.default_rng(0).uniform(0, 1, (10000, 784)).astype(np.float32)
+  path = save(tmp_path, x_nat)
+  tracemalloc.start()
+  try:
+    result = submission.load(path, x_nat, EPS, 1.0)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert result.shape == x_nat.shape
+  assert peak < 2 * x_nat.nbytes, f'peak {peak / 2**20:.0f} MiB'
