@@ -1,11 +1,11 @@
 """Checkpoint I/O: what a checkpoint holds and how scripts find and read one."""
 import os
-from typing import Optional
+from typing import Callable, List, Optional
 
 import tensorflow as tf
 
 from common import tf1_checkpoints
-from common.errors import ChallengeError
+from common.errors import ChallengeError, UnreadableCheckpoint
 
 CHECKPOINT_NAME = 'checkpoint'  # files model_dir/checkpoint-<step>.*, as the original
 
@@ -50,6 +50,36 @@ def latest(model_dir: str) -> Optional[str]:
   return path
 
 
+def candidates(model_dir: str) -> List[str]:
+  """The checkpoints of model_dir that exist, newest first (the latest, then the older ones
+  its index lists)."""
+  state = tf.train.get_checkpoint_state(model_dir)
+  listed = list(reversed(state.all_model_checkpoint_paths)) if state else []
+  paths = [latest(model_dir)] + [os.path.join(model_dir, os.path.basename(p)) for p in listed]
+  unique = []
+  for path in paths:
+    if path and path not in unique and tf.io.gfile.exists(path + '.index'):
+      unique.append(path)
+  return unique
+
+
+def restore_newest_readable(model_dir: str, restore_fn: Callable[[str], object], log=print):
+  """Calls restore_fn on the newest checkpoint of model_dir that can be read, warning about
+  each unreadable one it passes over; returns (path, result), or (None, None) if model_dir
+  has no checkpoint. If checkpoints exist but none can be read, that is an error: nothing
+  silently starts from scratch."""
+  paths = candidates(model_dir)
+  for path in paths:
+    try:
+      return path, restore_fn(path)
+    except UnreadableCheckpoint as e:
+      log(f'warning: {e}. Falling back to an older checkpoint.')
+  if paths:
+    raise ChallengeError(f'no checkpoint in {model_dir} can be read ({", ".join(paths)}); '
+                         'delete the corrupt ones or pass another --model_dir')
+  return None, None
+
+
 def require_latest(model_dir: str) -> str:
   path = latest(model_dir)
   if path is None:
@@ -85,3 +115,7 @@ def restore(checkpoint, path: str, what: str, partial: bool = False) -> None:
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError) as e:  # missing variables; a shape mismatch
     raise ChallengeError(f'checkpoint {path} does not hold a {what}: {e}') from None
+  except tf.errors.NotFoundError:
+    raise  # vanished (rotated out)
+  except (tf.errors.OpError, IndexError) as e:  # a truncated data file: IndexError
+    raise tf1_checkpoints.unreadable(path, e) from None

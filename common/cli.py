@@ -1,6 +1,7 @@
 """Command-line plumbing shared by every script: absl flags from the config keys, errors as
 one line and an exit code instead of a traceback."""
 import json
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -39,6 +40,14 @@ def config_from_flags(challenge) -> Config:
   return challenge.load_config(FLAGS.config, overrides)
 
 
+class _Terminated(BaseException):
+  """Raised in the main thread on SIGTERM."""
+
+
+def _terminated(signum, frame):
+  raise _Terminated()
+
+
 def run(command, challenge, options=None) -> None:
   """Runs `command(challenge, config, **options)` as an absl program.
 
@@ -53,6 +62,8 @@ def run(command, challenge, options=None) -> None:
     _DEFINE[type(default)](name, default, help_text)
 
   def main(argv):
+    # SIGTERM (a scheduler, `kill`) ends a script like Ctrl-C: one line, no traceback.
+    signal.signal(signal.SIGTERM, _terminated)
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
@@ -64,5 +75,8 @@ def run(command, challenge, options=None) -> None:
     except KeyboardInterrupt:  # the usual way to stop eval.py; checkpoints stay intact
       print('\ninterrupted', file=sys.stderr)
       sys.exit(130)
+    except _Terminated:
+      print('\nterminated', file=sys.stderr)
+      sys.exit(143)
 
   app.run(main)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from common import checkpoints, distribute, files, submission, tf1_checkpoints, training
 from common.data import Split
-from common.errors import ChallengeError
+from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
 
 
@@ -59,11 +59,18 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
       if path is not None and path != last_path:
         log(f'\nCheckpoint {path}, evaluating ...   ({datetime.datetime.now()})')
         last_path, waiting = path, False
+        restore = lambda p: checkpoints.restore_model(model, p, challenge.tf1_variables)
         try:
-          step = checkpoints.restore_model(model, path, challenge.tf1_variables)
-        except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+          if once:  # the newest readable one, with a warning about any passed over
+            path, step = checkpoints.restore_newest_readable(config.model_dir, restore, log)
+          else:
+            step = restore(path)
+        except tf.errors.NotFoundError as e:
           log(f'Checkpoint {path} could not be read ({type(e).__name__}); it was probably '
               'rotated out by train.py. Skipping it.')
+          continue
+        except UnreadableCheckpoint as e:
+          log(f'warning: {e}. Skipping it.')
           continue
         results = evaluator.attack(test, config.eval_batch_size)
         writer = writer or tf.summary.create_file_writer(eval_dir)
@@ -96,17 +103,20 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
       time.sleep(poll_seconds)
 
 
-def _restored_evaluator(challenge, config, strategy, path):
+def _restored_evaluator(challenge, config, strategy, log):
+  """An evaluator of the newest readable checkpoint of model_dir."""
   model, evaluator = _model_and_evaluator(challenge, config, strategy)
-  checkpoints.restore_model(model, path, challenge.tf1_variables)
+  checkpoints.restore_newest_readable(
+      config.model_dir, lambda p: checkpoints.restore_model(model, p, challenge.tf1_variables),
+      log)
   return evaluator
 
 
 def pgd_attack(challenge, config, log=print):
   """Attacks the latest checkpoint on the first num_eval_examples test images and saves
   them (float32, the model's input layout) to store_adv_path."""
-  path = checkpoints.require_latest(config.model_dir)
-  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), path)
+  checkpoints.require_latest(config.model_dir)
+  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), log)
   test = challenge.load_data(config).test.head(config.num_eval_examples)
   batch_size = config.eval_batch_size
   log('Iterating over {} batches'.format(math.ceil(len(test) / batch_size)))
@@ -123,12 +133,12 @@ def pgd_attack(challenge, config, log=print):
 def run_attack(challenge, config, log=print):
   """Validates the submission at store_adv_path against the whole test set, then scores it
   with the latest checkpoint and saves the predictions (int64) to pred_path."""
-  path = checkpoints.require_latest(config.model_dir)  # fail before reading the submission
+  checkpoints.require_latest(config.model_dir)  # fail before reading the submission
   test = challenge.load_data(config).test
   params = challenge.attack_params(config)
   x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
                           challenge.pixel_max)
-  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), path)
+  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), log)
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))
   log('Accuracy: {:.2f}%'.format(100.0 * accuracy))

@@ -6,6 +6,10 @@ class ChallengeError(Exception):
   exit_code = 1
 
 
+class UnreadableCheckpoint(ChallengeError):
+  """A checkpoint whose files are there but cannot be read (truncated, corrupt)."""
+
+
 class InvalidSubmission(ChallengeError):
   """A submitted .npy file that must not be scored."""
   exit_code = 2

@@ -9,7 +9,7 @@ from typing import Dict, Mapping
 import numpy as np
 import tensorflow as tf
 
-from common.errors import ChallengeError
+from common.errors import ChallengeError, UnreadableCheckpoint
 
 # Object-based checkpoints (tf.train.Checkpoint, ours) hold their object graph under this key;
 # name-based ones (TF1's Saver) do not.
@@ -17,9 +17,9 @@ _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
 GLOBAL_STEP = 'global_step'
 
 
-def _unreadable(path, error):
+def unreadable(path, error) -> UnreadableCheckpoint:
   message = str(getattr(error, 'message', error)).splitlines()[0]
-  return ChallengeError(f'checkpoint {path} cannot be read ({type(error).__name__}: '
+  return UnreadableCheckpoint(f'checkpoint {path} cannot be read ({type(error).__name__}: '
                         f'{message}); it may be truncated or corrupt: fetch or copy it again')
 
 
@@ -30,7 +30,7 @@ def _reader(path):
   except tf.errors.NotFoundError:
     raise
   except tf.errors.OpError as e:
-    raise _unreadable(path, e) from None
+    raise unreadable(path, e) from None
 
 
 def is_tf1(path: str) -> bool:
@@ -64,7 +64,7 @@ def load(path: str, names: Mapping[str, tf.Variable], what: str) -> None:
   try:
     values = {name: reader.get_tensor(name) for name in names}
   except (tf.errors.OpError, IndexError) as e:  # a truncated data file: IndexError
-    raise _unreadable(path, e) from None
+    raise unreadable(path, e) from None
   for name, variable in names.items():
     variable.assign(values[name].astype(np.dtype(variable.dtype)))
 

@@ -131,13 +131,14 @@ class Trainer:
   # --- the loop -------------------------------------------------------------------------
 
   def restore_latest(self) -> bool:
-    """Restores the latest checkpoint of model_dir, if any; returns whether there was one."""
-    path = checkpoints.latest(self.config.model_dir)
-    if path and tf1_checkpoints.is_tf1(path):
-      self.restore_tf1(path)
-    elif path:
+    """Restores the newest readable checkpoint of model_dir, if any (warning about newer
+    unreadable ones); returns whether there was one."""
+    def restore(path):
+      if tf1_checkpoints.is_tf1(path):
+        return self.restore_tf1(path)
       checkpoints.restore(self.checkpoint, path, f'{self.model.name} training state')
       self.log(f'Resuming from {path} at step {int(self.step.numpy())}')
+    path, _ = checkpoints.restore_newest_readable(self.config.model_dir, restore, self.log)
     return path is not None
 
   def restore_tf1(self, path) -> int:

@@ -182,3 +182,12 @@ def test_validating_a_full_size_submission_needs_little_memory(tmp_path):
     tracemalloc.stop()
   assert result.shape == x_nat.shape
   assert peak < 2 * x_nat.nbytes, f'peak {peak / 2**20:.0f} MiB'
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.int16, np.int64])
+def test_integer_arrays_are_accepted_after_a_cast(tmp_path, dtype):
+  x_nat = np.random.default_rng(1).integers(0, 256, (10, 32, 32, 3)).astype(np.float32)
+  submitted = np.clip(x_nat + 3, 0, 255).astype(dtype)  # within ε = 8 of pixel values
+  result = submission.load(save(tmp_path, submitted), x_nat, 8.0, 255.0)
+  assert result.dtype == np.float32
+  np.testing.assert_array_equal(result, submitted.astype(np.float32))

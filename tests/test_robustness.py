@@ -1,0 +1,149 @@
+"""Robustness of the tooling: corrupt checkpoints, training killed at random moments, eval.py
+beside train.py while checkpoints rotate, SIGTERM."""
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cifar10_challenge.challenge import CIFAR10
+from common import checkpoints, commands, training
+from common.errors import ChallengeError
+from conftest import CIFAR_TEST, NON_WIDE, REPO, quiet, tiny_config
+from mnist_challenge.challenge import MNIST
+
+
+def truncate_data(path):
+  for name in os.listdir(os.path.dirname(path)):
+    if name.startswith(os.path.basename(path) + '.data-'):
+      with open(os.path.join(os.path.dirname(path), name), 'r+b') as f:
+        f.truncate(100)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_an_older_one_with_a_warning(
+    tmp_path, mnist_dir):
+  config = tiny_config(tmp_path, mnist_dir)  # checkpoints 0, 2, 4
+  training.train(MNIST, config, log=quiet)
+  truncate_data(os.path.join(config.model_dir, 'checkpoint-4'))
+
+  lines = []
+  log = lambda *a, **k: lines.append(a[0])
+  results = commands.evaluate(MNIST, config, once=True, log=log)
+  assert any('warning: checkpoint' in line and 'checkpoint-4 cannot be read' in line
+             for line in lines)
+  assert results.num_examples > 0
+  lines.clear()
+  commands.pgd_attack(MNIST, config, log=log)
+  assert any('Falling back to an older checkpoint' in line for line in lines)
+
+  lines.clear()
+  assert training.train(MNIST, config.replace(max_num_training_steps=6), log=log) == 6
+  assert 'checkpoint-4 cannot be read' in lines[0]
+  assert lines[1] == f'Resuming from {os.path.join(config.model_dir, "checkpoint-2")} at step 2'
+
+
+def test_when_no_checkpoint_can_be_read_training_does_not_start_from_scratch(
+    tmp_path, mnist_dir):
+  config = tiny_config(tmp_path, mnist_dir)
+  training.train(MNIST, config, log=quiet)
+  for path in checkpoints.candidates(config.model_dir):
+    truncate_data(path)
+  with pytest.raises(ChallengeError, match='no checkpoint in .* can be read'):
+    training.train(MNIST, config.replace(max_num_training_steps=6), log=quiet)
+  with pytest.raises(ChallengeError, match='can be read'):
+    commands.evaluate(MNIST, config, once=True, log=quiet)
+
+
+def cifar_flags(tmp_path, cifar_dir, **changes):
+  settings = dict(data_path=cifar_dir, model_dir=str(tmp_path / 'model'),
+                  filters=json.dumps(NON_WIDE), max_num_training_steps=200,
+                  num_checkpoint_steps=1, num_output_steps=1000, num_summary_steps=1000,
+                  training_batch_size=8, num_steps=1, eval_batch_size=25,
+                  num_eval_examples=CIFAR_TEST, step_size_schedule='[[0, 0.01]]')
+  settings.update(changes)
+  return [f'--{key}={value}' for key, value in settings.items()]
+
+
+def start(args, stdout=subprocess.PIPE):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')
+  return subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def step_of(path):
+  return int(path.rsplit('-', 1)[1]) if path else None
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_moments_resumes_and_finishes(tmp_path, cifar_dir):
+  flags = cifar_flags(tmp_path, cifar_dir)
+  model_dir = str(tmp_path / 'model')
+  rng = random.Random(0)
+  kills, resumed_at = 0, []
+  while kills < 6:
+    before = step_of(checkpoints.latest(model_dir))
+    process = start(['cifar10_challenge/train.py'] + flags)
+    deadline = time.time() + 120
+    # Wait until this run has written a checkpoint of its own, then kill it at a random moment.
+    while (step_of(checkpoints.latest(model_dir)) in (None, before) and time.time() < deadline
+           and process.poll() is None):
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0, 0.5))
+    process.kill()  # SIGKILL: no chance to clean up
+    out, err = process.communicate(timeout=60)
+    assert 'Traceback' not in err, err
+    if before is not None:
+      match = re.search(r'Resuming from \S+checkpoint-(\d+) at step (\d+)', out)
+      assert match and int(match.group(1)) == int(match.group(2)) == before, out
+      resumed_at.append(before)
+    kills += 1
+  final = start(['cifar10_challenge/train.py'] + flags)
+  out, err = final.communicate(timeout=600)
+  assert final.returncode == 0, err
+  assert 'Finished at step 200' in out
+  assert resumed_at == sorted(resumed_at) and len(resumed_at) == 5
+  print(f'killed 6 times; resumed at steps {resumed_at}; finished at 200')
+  # Every checkpoint left restores cleanly.
+  config = CIFAR10.load_config(os.path.join(model_dir, 'config.json'))  # the effective one
+  for path in checkpoints.candidates(model_dir):
+    trainer = training.Trainer(CIFAR10, config, log=quiet)
+    checkpoints.restore(trainer.checkpoint, path, 'training state')
+    assert int(trainer.step.numpy()) == step_of(path)
+
+
+@pytest.mark.slow
+def test_eval_beside_training_under_rotation_then_sigterm(tmp_path, cifar_dir):
+  last = 150
+  flags = cifar_flags(tmp_path, cifar_dir, max_num_training_steps=last)
+  eval_log = tmp_path / 'eval.out'
+  with open(eval_log, 'w') as eval_out:
+    evaluator = start(['cifar10_challenge/eval.py', '--poll_seconds=0.1'] + flags, eval_out)
+    try:
+      trainer = start(['cifar10_challenge/train.py'] + flags)
+      _, err = trainer.communicate(timeout=600)
+      assert trainer.returncode == 0, err
+      deadline = time.time() + 300
+      while f'checkpoint-{last}, evaluating' not in eval_log.read_text():
+        assert time.time() < deadline and evaluator.poll() is None
+        time.sleep(0.5)
+      time.sleep(1)
+      evaluator.send_signal(signal.SIGTERM)
+      _, eval_err = evaluator.communicate(timeout=120)
+    finally:
+      evaluator.kill()
+  output = eval_log.read_text()
+  assert evaluator.returncode == 143, eval_err
+  assert 'Traceback' not in eval_err and 'terminated' in eval_err
+  evaluated = [int(s) for s in re.findall(r'Checkpoint \S+checkpoint-(\d+), evaluating', output)]
+  assert evaluated == sorted(set(evaluated)), evaluated  # increasing, each at most once
+  assert evaluated[-1] == last and len(evaluated) >= 3, evaluated
+  completed = output.count('adversarial: ')
+  skipped = output.count('rotated out by train.py')
+  assert completed + skipped == len(evaluated)
+  print(f'eval.py beside train.py: {len(evaluated)} checkpoints seen, {completed} evaluated, '
+        f'{skipped} skipped after rotation')
