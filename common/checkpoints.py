@@ -20,8 +20,8 @@ def holds_tf1(model_dir: str) -> bool:
   if state is None:
     return False
   names = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-  own = [os.path.join(model_dir, os.path.basename(name)) for name in names]
-  return any(tf1_checkpoints.is_tf1(p) for p in own if tf.io.gfile.exists(p + '.index'))
+  own = [_in_dir(model_dir, name) for name in names]
+  return any(tf1_checkpoints.is_tf1(path) for path in own if path)
 
 
 def manager(checkpoint, model_dir, max_to_keep=3) -> tf.train.CheckpointManager:
@@ -34,20 +34,19 @@ def manager(checkpoint, model_dir, max_to_keep=3) -> tf.train.CheckpointManager:
                                     checkpoint_name=CHECKPOINT_NAME, step_counter=checkpoint.step)
 
 
+def _in_dir(model_dir: str, name: str) -> Optional[str]:
+  """The checkpoint `name` (as an index lists it) among model_dir's own files, if there."""
+  own = os.path.join(model_dir, os.path.basename(name))
+  return own if tf.io.gfile.exists(own + '.index') else None
+
+
 def latest(model_dir: str) -> Optional[str]:
   """The latest checkpoint of model_dir. TF1's Saver recorded absolute paths in the index: a
   directory that was copied or moved reads its own files, not those at the old place."""
-  path = tf.train.latest_checkpoint(model_dir)
-  if path is not None:
-    own = os.path.join(model_dir, os.path.basename(path))
-    if os.path.abspath(own) != os.path.abspath(path) and tf.io.gfile.exists(own + '.index'):
-      return own
-  else:
-    state = tf.train.get_checkpoint_state(model_dir)
-    own = state and os.path.join(model_dir, os.path.basename(state.model_checkpoint_path))
-    if own and tf.io.gfile.exists(own + '.index'):
-      return own
-  return path
+  state = tf.train.get_checkpoint_state(model_dir)
+  if state is None or not state.model_checkpoint_path:
+    return None
+  return _in_dir(model_dir, state.model_checkpoint_path) or tf.train.latest_checkpoint(model_dir)
 
 
 def candidates(model_dir: str) -> List[str]:
@@ -55,10 +54,10 @@ def candidates(model_dir: str) -> List[str]:
   its index lists)."""
   state = tf.train.get_checkpoint_state(model_dir)
   listed = list(reversed(state.all_model_checkpoint_paths)) if state else []
-  paths = [latest(model_dir)] + [os.path.join(model_dir, os.path.basename(p)) for p in listed]
+  paths = [latest(model_dir)] + [_in_dir(model_dir, name) for name in listed]
   unique = []
   for path in paths:
-    if path and path not in unique and tf.io.gfile.exists(path + '.index'):
+    if path and path not in unique:
       unique.append(path)
   return unique
 

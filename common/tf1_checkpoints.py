@@ -20,7 +20,8 @@ GLOBAL_STEP = 'global_step'
 def unreadable(path, error) -> UnreadableCheckpoint:
   message = str(getattr(error, 'message', error)).splitlines()[0]
   return UnreadableCheckpoint(f'checkpoint {path} cannot be read ({type(error).__name__}: '
-                        f'{message}); it may be truncated or corrupt: fetch or copy it again')
+                              f'{message}); it may be truncated or corrupt: fetch or copy it '
+                              'again')
 
 
 def _reader(path):
