@@ -4,12 +4,29 @@ import platform
 import statistics
 import time
 
+import keras
 import tensorflow as tf
 
 
+def _cpu():
+  """The CPU's model name and its bfloat16 units, from /proc/cpuinfo where there is one."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or platform.machine()
+  name = next((line.split(':', 1)[1].strip() for line in info.splitlines()
+               if line.startswith('model name')), platform.machine())
+  flags = set(next((line.split(':', 1)[1].split() for line in info.splitlines()
+                    if line.startswith('flags')), []))
+  units = [unit for flag, unit in (('avx512_bf16', 'AVX-512 BF16'), ('amx_bf16', 'AMX BF16'))
+           if flag in flags]
+  return f'{name} ({", ".join(units) or "no bfloat16 units"})'
+
+
 def machine():
-  return (f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
-          f'TensorFlow {tf.__version__}')
+  return (f'machine: {_cpu()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, '
+          f'Keras {keras.__version__}')
 
 
 def timed(fn):

@@ -9,6 +9,7 @@ from common import losses, optimizers, training
 from common.attack import PGDParams
 from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
 from common.config import Key
+from common.precision import PRECISION_KEYS
 
 CONFIG_KEYS = (
     Key('model_dir', str, '../checkpoints/cifar10/a_very_robust_model', is_path=True,
@@ -42,7 +43,7 @@ CONFIG_KEYS = (
     Key('epsilon', float, 8.0, minimum=0),
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS
 
 PIXEL_MAX = 255.0
 

@@ -73,8 +73,40 @@ def _conv(filters, stride, name):
       kernel_initializer=keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / n)))
 
 
+class FusedBatchNorm(keras.layers.BatchNormalization):
+  """Keras' BatchNormalization (same variables, so checkpoints and the TF1 name map are
+  unchanged) computed with TF's fused kernel, as the original's tf.contrib batch_norm.
+
+  Keras 3 computes batch statistics with separate moments and normalisation ops, in
+  float32 even under a bfloat16 policy; in train mode (every step of the training-time
+  attack) that made a non-wide training step 1.4x slower than the same network in raw TF
+  ops (benchmarks/speed.py). The fused kernel takes bfloat16/float16 inputs directly, with
+  float32 statistics. Like TF1's fused batch norm it feeds the moving variance the
+  unbiased batch variance (x n/(n-1)), i.e. the original's moving averages exactly.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+      return super().call(inputs, training=training, mask=mask)
+    gamma, beta = self.gamma.value, self.beta.value  # float32 under every policy
+    if training and self.trainable:
+      outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+          x=inputs, scale=gamma, offset=beta, mean=tf.constant([], tf.float32),
+          variance=tf.constant([], tf.float32), epsilon=self.epsilon, is_training=True)
+      # Outside the gradient: the averages are state, not part of the loss.
+      mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+      self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+      self.moving_variance.assign(
+          self.moving_variance * self.momentum + variance * (1 - self.momentum))
+    else:
+      outputs, *_ = tf.raw_ops.FusedBatchNormV3(
+          x=inputs, scale=gamma, offset=beta, mean=self.moving_mean.value,
+          variance=self.moving_variance.value, epsilon=self.epsilon, is_training=False)
+    return tf.cast(outputs, self.compute_dtype)
+
+
 def _batch_norm(name):
-  return keras.layers.BatchNormalization(momentum=0.9, epsilon=0.001, name=name)
+  return FusedBatchNorm(momentum=0.9, epsilon=0.001, name=name)
 
 
 def _activation(x, name):
@@ -101,7 +133,9 @@ def build_model(config=None, filters=None) -> keras.Model:
   """The network with config.filters (or `filters`; default: the wide one)."""
   filters = check_filters(filters or (config.filters if config is not None else WIDE_FILTERS))
   inputs = keras.Input(INPUT_SHAPE, name='x_input')
-  x = PerImageStandardization(name='standardize')(inputs)
+  # Under a mixed-precision policy the standardisation (a mean and deviation over 3,072
+  # pixels) and the logits stay float32 (common.precision).
+  x = PerImageStandardization(name='standardize', dtype='float32')(inputs)
   x = _conv(filters[0], 1, 'init_conv')(x)
   for stage in range(3):
     for unit in range(UNITS_PER_STAGE):
@@ -113,7 +147,7 @@ def build_model(config=None, filters=None) -> keras.Model:
   x = _activation(_batch_norm('final_bn')(x), 'final_relu')
   x = keras.layers.GlobalAveragePooling2D(name='global_avg_pool')(x)
   logits = keras.layers.Dense(
-      NUM_CLASSES, name='logit',
+      NUM_CLASSES, name='logit', dtype='float32',
       kernel_initializer=keras.initializers.VarianceScaling(1.0, 'fan_in', 'uniform'),
       bias_initializer='zeros')(x)
   return keras.Model(inputs, logits, name='cifar10_challenge_model')

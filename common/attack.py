@@ -53,19 +53,32 @@ def project(x, x_nat, epsilon, clip_min, clip_max):
   return tf.clip_by_value(x, clip_min, clip_max)
 
 
-def input_gradient(model_fn, x, labels, loss_fn):
-  """∇ₓ Σ loss_fn(labels, model_fn(x)); only x is watched, so no weight gradients."""
+def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None):
+  """∇ₓ Σ loss_fn(labels, model_fn(x)); only x is watched, so no weight gradients.
+
+  loss_scale (for float16 models): the loss is multiplied by it first, so that small
+  gradients do not underflow (their sign is what the attack uses), and components that
+  overflow come back as 0 instead of inf/NaN.
+  """
   with tf.GradientTape(watch_accessed_variables=False) as tape:
     tape.watch(x)
     loss = tf.reduce_sum(loss_fn(labels, model_fn(x)))
-  return tape.gradient(loss, x)
+    if loss_scale is not None:
+      loss *= loss_scale
+  grad = tape.gradient(loss, x)
+  if loss_scale is not None:
+    grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+  return grad
 
 
-def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None):
+def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
+        loss_scale=None):
   """Returns adversarial examples within params.epsilon of x_nat (ℓ∞), in the pixel range.
 
-  model_fn: callable x -> logits (e.g. `lambda x: model(x, training=False)`).
+  model_fn: callable x -> logits (e.g. `lambda x: model(x, training=False)`); x stays in
+  x_nat's dtype (float32) whatever precision model_fn computes in.
   loss_fn: per-example loss (labels, logits) -> [batch]; default: params.loss_func.
+  loss_scale: see `input_gradient` (`common.precision.Twin.loss_scale`).
   """
   loss_fn = loss_fn or losses.attack_loss(params.loss_func)
   x_nat = tf.convert_to_tensor(x_nat)
@@ -76,17 +89,52 @@ def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None):
   else:
     x = tf.identity(x_nat)
   for _ in range(params.num_steps):
-    grad = input_gradient(model_fn, x, labels, loss_fn)
+    grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale)
     x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
                 params.clip_min, params.clip_max)
   return tf.stop_gradient(x)
 
 
-def make_pgd(model_fn, params: PGDParams):
+def pgd_restarts(model_fn, x_nat, labels, params: PGDParams, restarts: int, seed,
+                 loss_fn=None, loss_scale=None, score_fn=None):
+  """The worst case, per example, of PGD from `restarts` random starts.
+
+  An example counts as robust only if it survives every restart: the result is the first
+  restart's example that `score_fn` (default: model_fn; e.g. the float32 model when the
+  attack runs in another precision) misclassifies, or if none does, the one of highest
+  loss. seed: shape-[2] int tensor; the first restart draws from `seed` (so one restart is
+  `pgd(..., seed=seed)` and more can only lower accuracy), restart r > 0 from
+  fold_in(seed, r). The restarts run in a `tf.while_loop` around the k unrolled steps (a
+  graph of 2k steps, not R·k).
+  """
+  loss_fn = loss_fn or losses.attack_loss(params.loss_func)
+  score_fn = score_fn or model_fn
+  labels = tf.cast(labels, tf.int64)
+
+  def attempt(restart_seed):
+    x = pgd(model_fn, x_nat, labels, params, loss_fn=loss_fn, loss_scale=loss_scale,
+            seed=restart_seed)
+    logits = score_fn(x)
+    return x, tf.not_equal(tf.argmax(logits, axis=1), labels), loss_fn(labels, logits)
+
+  def keep_worse(restart, best_x, best_wrong, best_loss):
+    x, wrong, loss = attempt(tf.random.experimental.stateless_fold_in(seed, restart))
+    worse = ~best_wrong & (wrong | (loss > best_loss))  # a fooled example stays
+    pick = lambda new, old: tf.where(
+        tf.reshape(worse, [-1] + [1] * (len(old.shape) - 1)), new, old)
+    return (restart + 1, pick(x, best_x), best_wrong | wrong, pick(loss, best_loss))
+
+  first = attempt(seed)
+  _, best_x, _, _ = tf.while_loop(lambda restart, *_: restart < restarts, keep_worse,
+                                  (tf.constant(1),) + first)
+  return best_x
+
+
+def make_pgd(model_fn, params: PGDParams, loss_scale=None):
   """`pgd` compiled once: a function (x_nat, labels) -> x_adv."""
   loss_fn = losses.attack_loss(params.loss_func)  # fails early on an unknown name
   return tf.function(lambda x_nat, labels: pgd(model_fn, x_nat, labels, params,
-                                               loss_fn=loss_fn))
+                                               loss_fn=loss_fn, loss_scale=loss_scale))
 
 
 class LinfPGDAttack:

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import checkpoints, distribute, files, submission, tf1_checkpoints, training
+from common import (checkpoints, distribute, files, precision, submission, tf1_checkpoints,
+                    training)
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
@@ -27,10 +28,18 @@ def _evaluation_setup(challenge, config):
   return distribute.get_strategy(), contextlib.nullcontext()
 
 
-def _model_and_evaluator(challenge, config, strategy):
+def _model_and_evaluator(challenge, config, strategy, log, attack=True):
+  """The float32 model and its evaluator; with `attack`, the attack runs in
+  eval_precision (float32 unless the user opts in, which is printed)."""
   with strategy.scope():
     model = challenge.build_model(config)
-  return model, Evaluator(model, challenge.attack_params(config), strategy)
+  attack_precision = precision.check(config.eval_precision if attack else 'float32',
+                                     'eval_precision')
+  twin = precision.Twin(model, lambda: challenge.build_model(config), attack_precision)
+  if attack_precision != 'float32':
+    log(f'attack precision: {attack_precision} (eval_precision; opt-in, the reference '
+        'evaluation is float32); accuracies are scored in float32')
+  return model, Evaluator(model, challenge.attack_params(config), strategy, twin)
 
 
 # Options of eval.py beyond the config: {name: (default, help)}; cli.run makes them flags.
@@ -46,7 +55,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
   strategy, device = _evaluation_setup(challenge, config)
   eval_dir = os.path.join(config.model_dir, 'eval')
   with device:
-    model, evaluator = _model_and_evaluator(challenge, config, strategy)
+    model, evaluator = _model_and_evaluator(challenge, config, strategy, log)
     test = challenge.load_data(config).test.head(config.num_eval_examples)
     if not once:
       os.makedirs(eval_dir, exist_ok=True)  # as the original: eval may start before training
@@ -87,6 +96,8 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
         log('adversarial: {:.2f}%'.format(100 * results.adv_accuracy))
         log('avg nat loss: {:.4f}'.format(results.avg_nat_xent))
         log('avg adv loss: {:.4f}'.format(results.avg_adv_xent))
+        if config.eval_precision != 'float32':
+          log(f'(attack in {config.eval_precision})')
         if once:
           return results
         continue
@@ -103,9 +114,9 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
       time.sleep(poll_seconds)
 
 
-def _restored_evaluator(challenge, config, strategy, log):
+def _restored_evaluator(challenge, config, strategy, log, attack=True):
   """An evaluator of the newest readable checkpoint of model_dir."""
-  model, evaluator = _model_and_evaluator(challenge, config, strategy)
+  model, evaluator = _model_and_evaluator(challenge, config, strategy, log, attack)
   checkpoints.restore_newest_readable(
       config.model_dir, lambda p: checkpoints.restore_model(model, p, challenge.tf1_variables),
       log)
@@ -125,8 +136,8 @@ def pgd_attack(challenge, config, log=print):
   log('Storing examples')
   files.save_npy(config.store_adv_path, results.adversarial.astype(np.float32))
   log('Examples stored in {}'.format(config.store_adv_path))
-  log('natural accuracy {:.2f}%, adversarial accuracy {:.2f}%'.format(
-      100 * results.nat_accuracy, 100 * results.adv_accuracy))
+  log('natural accuracy {:.2f}%, adversarial accuracy {:.2f}% (attack in {})'.format(
+      100 * results.nat_accuracy, 100 * results.adv_accuracy, config.eval_precision))
   return results
 
 
@@ -138,7 +149,8 @@ def run_attack(challenge, config, log=print):
   params = challenge.attack_params(config)
   x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
                           challenge.pixel_max)
-  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), log)
+  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), log,
+                                  attack=False)  # scoring: float32 always
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))
   log('Accuracy: {:.2f}%'.format(100.0 * accuracy))

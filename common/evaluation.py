@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from common import attack, data, losses
+from common import attack, data, losses, precision
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -43,25 +43,50 @@ def _local_concat(strategy, per_replica):
 
 
 class Evaluator:
-  """Compiled per-batch attack and prediction for one model (weights may be reloaded)."""
+  """Compiled per-batch attack and prediction for one model (weights may be reloaded).
 
-  def __init__(self, model, params: attack.PGDParams, strategy=None):
+  The attack runs in the precision of `attack_twin` (default: the model, float32);
+  accuracies, losses and predictions are always the float32 model's. With `restarts` > 1
+  each example gets the worst case of that many random starts (`attack.pgd_restarts`).
+  With a `seed`, random starts are stateless draws from (seed, batch, replica): the same
+  for every run; without one, TF's global generator draws them.
+  """
+
+  def __init__(self, model, params: attack.PGDParams, strategy=None,
+               attack_twin: Optional[precision.Twin] = None, restarts: int = 1,
+               seed: Optional[int] = None):
     self.model = model
     self.strategy = strategy or tf.distribute.get_strategy()
     self._model_fn = lambda x: model(x, training=False)
+    self.attack_twin = attack_twin or precision.Twin(model, None, 'float32')
     self.params = params
     self._loss_fn = losses.attack_loss(params.loss_func)
+    self.restarts, self.seed = restarts, seed
+    if restarts > 1 and seed is None:
+      self.seed = 0
 
-  def _replica_attack(self, x, y):
-    x_adv = attack.pgd(self._model_fn, x, y, self.params, loss_fn=self._loss_fn)
+  def _replica_attack(self, x, y, batch_index):
+    attack_fn = lambda v: self.attack_twin(v, training=False)
+    seed = None
+    if self.seed is not None:
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      seed = tf.random.experimental.stateless_fold_in(
+          tf.stack([tf.constant(self.seed, tf.int64), batch_index]), replica)
+    if self.restarts > 1:
+      x_adv = attack.pgd_restarts(attack_fn, x, y, self.params, self.restarts, seed,
+                                  self._loss_fn, self.attack_twin.loss_scale,
+                                  score_fn=self._model_fn)
+    else:
+      x_adv = attack.pgd(attack_fn, x, y, self.params, seed=seed, loss_fn=self._loss_fn,
+                         loss_scale=self.attack_twin.loss_scale)
     nat_logits, adv_logits = self._model_fn(x), self._model_fn(x_adv)
     return (losses.num_correct(y, nat_logits), tf.reduce_sum(losses.xent(y, nat_logits)),
             losses.num_correct(y, adv_logits), tf.reduce_sum(losses.xent(y, adv_logits)),
             x_adv)
 
   @tf.function(reduce_retracing=True)
-  def _attack_batch(self, batch):
-    *stats, x_adv = self.strategy.run(self._replica_attack, args=batch)
+  def _attack_batch(self, batch, batch_index):
+    *stats, x_adv = self.strategy.run(self._replica_attack, args=batch + (batch_index,))
     return [self.strategy.reduce(SUM, s, axis=None) for s in stats], x_adv
 
   @tf.function(reduce_retracing=True)
@@ -78,7 +103,7 @@ class Evaluator:
     totals = np.zeros(4)
     adversarial = []
     for i, batch in enumerate(self._batches(split, batch_size)):
-      stats, x_adv = self._attack_batch(batch)
+      stats, x_adv = self._attack_batch(batch, tf.constant(i, tf.int64))
       totals += [float(s) for s in stats]
       if keep_adversarial:
         adversarial.append(_local_concat(self.strategy, x_adv))

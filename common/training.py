@@ -22,7 +22,8 @@ import time
 import keras
 import tensorflow as tf
 
-from common import attack, checkpoints, data, distribute, files, losses, tf1_checkpoints
+from common import (attack, checkpoints, data, distribute, files, losses, precision,
+                    tf1_checkpoints)
 from common.challenge import Challenge
 from common.config import Config
 from common.errors import ChallengeError
@@ -37,15 +38,16 @@ ATTACK_BATCH_NORM = {
 
 
 class _StatefulForward:
-  """x -> logits in training mode (batch statistics) through `model.stateless_call`, with
-  the model's non-trainable state carried here as tensors instead of assigned."""
+  """x -> logits in training mode (batch statistics) through `stateless_call`, in the
+  twin's precision, with the model's non-trainable state carried here as tensors instead
+  of assigned."""
 
-  def __init__(self, model):
-    self.model = model
-    self.state = [v.value for v in model.non_trainable_variables]
+  def __init__(self, twin: precision.Twin):
+    self.twin, self.model = twin, twin.model
+    self.state = [v.value for v in self.model.non_trainable_variables]
 
   def __call__(self, x, update_state):
-    logits, state = self.model.stateless_call(
+    logits, state = self.twin.stateless_call(
         [v.value for v in self.model.trainable_variables], self.state, x, training=True)
     if update_state:
       self.state = state
@@ -73,13 +75,21 @@ class Trainer:
     self.attack_params = challenge.attack_params(config)
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
+    precision.check(config.precision)
     with self.strategy.scope():
       self.model = challenge.build_model(config)
+      # The optimizer whose state is checkpointed; `updater` applies updates through it
+      # (with loss scaling in float16), so a checkpoint does not depend on the precision.
       self.optimizer = challenge.build_optimizer(config)
+      self.updater = precision.training_optimizer(self.optimizer, config.precision)
       # Keras 3 optimizers must create their slots in the strategy scope, before the
       # first distributed step (not inside tf.function).
-      self.optimizer.build(self.model.trainable_variables)
+      self.updater.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    # The twin only lends its layers to stateless calls: its own variables are never
+    # read, so it stays outside the strategy (no per-replica copies).
+    self.twin = precision.Twin(self.model, lambda: challenge.build_model(config),
+                               config.precision)
     self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.step)
     self.attack_batch_norm = challenge.training_attack_batch_norm(config)
     if self.attack_batch_norm not in ATTACK_BATCH_NORM:
@@ -95,20 +105,22 @@ class Trainer:
     # draws the random starts an uninterrupted one would have.
     seed = tf.random.experimental.stateless_fold_in(
         tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()]), replica)
-    forward = _StatefulForward(self.model)
-    x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params, seed=seed)
+    forward = _StatefulForward(self.twin)
+    x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params, seed=seed,
+                       loss_scale=self.twin.loss_scale)
     with tf.GradientTape() as tape:
       logits = forward(x_adv, update_state=True)
       loss = self.training_loss(y, logits, self.model, self.global_batch)
+      scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
     variables = self.model.trainable_variables
-    self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    self.updater.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
     forward.write_state()
     return (losses.num_correct(y, logits), tf.reduce_sum(losses.xent(y, logits)), x_adv)
 
   def _attack_model(self, forward):
     """The x -> logits function the training-time attack differentiates."""
     if self.attack_batch_norm == 'inference':
-      return lambda x: self.model(x, training=False)
+      return lambda x: self.twin(x, training=False)
     return lambda x: forward(x, update_state=self.attack_batch_norm == 'batch_update')
 
   @tf.function
@@ -124,7 +136,7 @@ class Trainer:
     """Correct predictions on the natural batch, with batch norm as the attack sees it (the
     original's train-mode model), changing no state."""
     def replica_correct(x, y):
-      return losses.num_correct(y, self._attack_model(_StatefulForward(self.model))(x))
+      return losses.num_correct(y, self._attack_model(_StatefulForward(self.twin))(x))
     correct = self.strategy.run(replica_correct, args=batch)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
 

@@ -8,6 +8,7 @@ from common import losses
 from common.attack import PGDParams
 from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
 from common.config import Key
+from common.precision import PRECISION_KEYS
 from mnist_challenge import data, model
 
 CONFIG_KEYS = (
@@ -27,7 +28,7 @@ CONFIG_KEYS = (
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS
 
 
 def attack_params(config) -> PGDParams:

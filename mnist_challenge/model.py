@@ -26,7 +26,9 @@ def build_model(config=None) -> keras.Model:
       layers.MaxPooling2D(2, 2, padding='same', name='pool2'),
       layers.Flatten(name='flatten'),
       layers.Dense(1024, activation='relu', name='fc1', **init()),
-      layers.Dense(10, name='logits', **init()),
+      # float32 under a mixed-precision policy too: logits feed the losses and the
+      # attack's margin (common.precision).
+      layers.Dense(10, name='logits', dtype='float32', **init()),
   ], name='mnist_challenge_model')
 
 

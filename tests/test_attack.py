@@ -156,3 +156,32 @@ def test_original_attack_object(mnist_model):
   x_adv = attack_object.perturb(x.astype(np.float64), y, None)  # `sess` ignored
   assert isinstance(x_adv, np.ndarray) and x_adv.dtype == np.float32 and x_adv.shape == x.shape
   assert np.abs(x_adv - x).max() <= 0.3 + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+
+
+def test_restarts_keep_the_first_fooling_or_else_the_highest_loss_example(mnist_model):
+  model_fn = lambda v: mnist_model(v, training=False)
+  x = tf.constant(batch(40)[0])
+  y = tf.argmax(model_fn(x), axis=1)  # all correct at first
+  params = PGDParams(0.02, 2, 0.0025)  # weak: each restart fools a few, not the same
+  seed = tf.constant([7, 8], tf.int64)
+  restarts = 4
+  combined = tf.function(lambda: attack.pgd_restarts(model_fn, x, y, params, restarts,
+                                                     seed))().numpy()
+  # The same restarts one by one: the first draws from seed, restart r from fold_in(seed, r).
+  singles, wrong, loss = [], [], []
+  for r in range(restarts):
+    x_r = attack.pgd(model_fn, x, y, params, seed=(
+        tf.random.experimental.stateless_fold_in(seed, r) if r else seed)).numpy()
+    logits = model_fn(x_r)
+    singles.append(x_r)
+    wrong.append((np.argmax(logits, 1) != y.numpy()))
+    loss.append(losses.xent(y, logits).numpy())
+  wrong, loss = np.array(wrong), np.array(loss)
+  assert wrong.any(axis=0).sum() > wrong[0].sum() > 0  # later restarts fool more examples
+  for i in range(len(y)):
+    expected = (np.argmax(wrong[:, i]) if wrong[:, i].any() else np.argmax(loss[:, i]))
+    np.testing.assert_allclose(combined[i], singles[expected][i], rtol=0, atol=1e-6)
+  # So accuracy under restarts is that of "survives every restart", never higher than any
+  # single restart's.
+  robust = np.argmax(model_fn(combined), 1) == y.numpy()
+  np.testing.assert_array_equal(robust, ~wrong.any(axis=0))

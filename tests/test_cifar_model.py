@@ -156,3 +156,25 @@ def test_the_standardization_layer_matches_the_originals_map_fn():
   np.testing.assert_allclose(
       cifar_model.PerImageStandardization()(x),
       tf.map_fn(tf.image.per_image_standardization, x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batch_norm_is_keras_batch_norm_with_the_originals_moving_variance():
+  rng = np.random.default_rng(4)
+  x = tf.constant(rng.normal(1.0, 2.0, (8, 6, 6, 4)).astype(np.float32))
+  fused = cifar_model.FusedBatchNorm(momentum=0.9, epsilon=0.001)
+  keras_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=0.001)
+  for layer in (fused, keras_bn):
+    layer.build(x.shape)
+  fused.gamma.assign(rng.normal(1.0, 0.1, 4).astype(np.float32))
+  keras_bn.gamma.assign(fused.gamma)
+  # Train mode: the same outputs (batch statistics) ...
+  np.testing.assert_allclose(fused(x, training=True), keras_bn(x, training=True), atol=1e-5)
+  # ... and TF1's fused update of the averages: the unbiased batch variance.
+  batch = x.numpy().reshape(-1, 4)
+  np.testing.assert_allclose(fused.moving_mean.numpy(), 0.1 * batch.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(fused.moving_variance.numpy(), 0.9 + 0.1 * batch.var(0, ddof=1),
+                             rtol=1e-5)
+  # Inference mode normalises with the averages.
+  expected = ((x.numpy() - fused.moving_mean.numpy())
+              / np.sqrt(fused.moving_variance.numpy() + 0.001) * fused.gamma.numpy())
+  np.testing.assert_allclose(fused(x, training=False), expected, atol=1e-5)

@@ -1,4 +1,5 @@
 """Training, resuming, distribution, evaluation and the attack pipeline on tiny data."""
+import dataclasses
 import glob
 import json
 import os
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from common import checkpoints, commands, distribute, training
 from common.errors import ChallengeError
+from common.evaluation import Evaluator
 from conftest import TINY_TEST, quiet, tiny_config
 from mnist_challenge.challenge import MNIST
 
@@ -171,3 +173,29 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     with pytest.raises(ChallengeError,
                        match='does not hold a mnist_challenge_model training state'):
       trainer.restore_latest()
+
+
+def test_a_seeded_evaluation_repeats_exactly_and_restarts_only_lower_accuracy(trained):
+  model = MNIST.build_model(trained)
+  checkpoints.restore_model(model, tf.train.latest_checkpoint(trained.model_dir))
+  test = MNIST.load_data(trained).test
+  params = dataclasses.replace(MNIST.attack_params(trained), epsilon=0.1, num_steps=3,
+                               step_size=0.03)
+  evaluator = Evaluator(model, params, seed=5)
+  first = evaluator.attack(test, 25, keep_adversarial=True)  # 3 batches, the last of 10
+  again = Evaluator(model, params, seed=5).attack(test, 25, keep_adversarial=True)
+  np.testing.assert_array_equal(first.adversarial, again.adversarial)
+  other = Evaluator(model, params, seed=6).attack(test, 25, keep_adversarial=True)
+  assert not np.array_equal(first.adversarial, other.adversarial)
+  assert evaluator._attack_batch.experimental_get_tracing_count() <= 2  # no retracing
+  for restarts in (2, 4):
+    worst = Evaluator(model, params, restarts=restarts, seed=5).attack(test, 25)
+    assert worst.nat_correct == first.nat_correct
+    assert worst.adv_correct <= first.adv_correct
+
+
+def test_the_training_step_is_compiled_once(tmp_path, mnist_dir):
+  trainer = training.Trainer(MNIST, tiny_config(tmp_path, mnist_dir, max_num_training_steps=6),
+                             log=quiet)
+  trainer.run()
+  assert trainer.train_step.experimental_get_tracing_count() == 1
