@@ -9,6 +9,7 @@ from common import losses, optimizers, training
 from common.attack import PGDParams
 from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
 from common.config import Key
+from common.paper_table import Row
 from common.precision import PRECISION_KEYS
 
 CONFIG_KEYS = (
@@ -78,6 +79,20 @@ def tf1_slots(optimizer, keras_model):
           for name, variable in model.tf1_variables(keras_model).items() if variable.trainable}
 
 
+# Table 2 of the paper (ε 8, step 2), with its accuracies (%) as printed there.
+PAPER_TABLE = (
+    Row('natural', paper=87.3),
+    Row('FGSM', paper=56.1),
+    Row('PGD', 7, paper=50.0),
+    Row('PGD', 20, paper=45.8),
+    Row('CW', 30, paper=46.8),
+    Row('FGSM', source="A'", paper=67.0),
+    Row('PGD', 7, source="A'", paper=64.2),
+    Row('CW', 30, source="A'", paper=78.7),
+    Row('FGSM', source='A_nat', paper=85.6),
+    Row('PGD', 7, source='A_nat', paper=86.0),
+)
+
 CIFAR10 = Challenge(
     name='cifar10',
     package_dir=os.path.dirname(os.path.abspath(__file__)),
@@ -96,4 +111,5 @@ CIFAR10 = Challenge(
     pixel_max=PIXEL_MAX,
     tf1_variables=model.tf1_variables,
     tf1_slots=tf1_slots,
+    paper_table=PAPER_TABLE,
 )

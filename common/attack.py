@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import losses
+from common.errors import ChallengeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,67 @@ def pgd_restarts(model_fn, x_nat, labels, params: PGDParams, restarts: int, seed
   _, best_x, _, _ = tf.while_loop(lambda restart, *_: restart < restarts, keep_worse,
                                   (tf.constant(1),) + first)
   return best_x
+
+
+def pgd_trace(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None):
+  """`pgd` that also returns the per-example loss at the start and after every step:
+  (x_adv, losses [num_steps + 1, batch]). For studying the inner maximisation (the
+  paper's Figures 1 and 2), not for speed."""
+  loss_fn = loss_fn or losses.attack_loss(params.loss_func)
+  x_nat = tf.convert_to_tensor(x_nat)
+  x = (random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed)
+       if params.random_start else tf.identity(x_nat))
+  trace = [loss_fn(labels, model_fn(x))]
+  for _ in range(params.num_steps):
+    grad = input_gradient(model_fn, x, labels, loss_fn)
+    x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
+                params.clip_min, params.clip_max)
+    trace.append(loss_fn(labels, model_fn(x)))
+  return tf.stop_gradient(x), tf.stack(trace)
+
+
+def fgsm_params(epsilon, clip_min, clip_max, loss_func='xent') -> PGDParams:
+  """FGSM, x + ε·sign(∇): PGD's one step of size ε from x itself (no random start)."""
+  return PGDParams(epsilon, 1, epsilon, False, loss_func, clip_min, clip_max)
+
+
+# How targeted PGD picks the class to push each example into: {name: what it picks}.
+TARGET_RULES = {
+    'random': 'a wrong class drawn uniformly per example',
+    'most_likely': 'the wrong class of highest logit on the natural input',
+    'least_likely': 'the wrong class of lowest logit on the natural input',
+}
+
+
+def check_target_rule(rule: str) -> str:
+  if rule not in TARGET_RULES:
+    raise ChallengeError(f'unknown target rule "{rule}"; use one of: '
+                         + ', '.join(TARGET_RULES))
+  return rule
+
+
+def choose_targets(rule, logits, labels, seed=None):
+  """The target class of each example under `rule` (TARGET_RULES); never its label.
+  `logits`: the attacked model's on the natural inputs; `seed` (stateless) for 'random'."""
+  check_target_rule(rule)
+  labels = tf.cast(labels, tf.int64)
+  num_classes = tf.shape(logits, out_type=tf.int64)[-1]
+  if rule == 'random':
+    shape = tf.shape(labels)
+    shift = (tf.random.uniform(shape, 1, num_classes, dtype=tf.int64) if seed is None else
+             tf.random.stateless_uniform(shape, seed, 1, num_classes, dtype=tf.int64))
+    return (labels + shift) % num_classes
+  wrong = 1.0 - tf.one_hot(labels, tf.cast(num_classes, tf.int32), dtype=tf.float32)
+  logits = tf.cast(logits, tf.float32)
+  if rule == 'most_likely':
+    return tf.argmax(logits - 1e9 * (1.0 - wrong), axis=-1)
+  return tf.argmin(logits + 1e9 * (1.0 - wrong), axis=-1)  # least_likely
+
+
+def targeted(loss_fn):
+  """The loss whose ascent descends `loss_fn` of the target class: (targets, logits) ->
+  -loss_fn(targets, logits). PGD on it pushes each example towards its target."""
+  return lambda targets, logits: -loss_fn(targets, logits)
 
 
 def make_pgd(model_fn, params: PGDParams, loss_scale=None):

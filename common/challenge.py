@@ -50,6 +50,9 @@ class Challenge:
   # (optimizer, model) -> {TF1 name of an optimizer slot: our optimizer variable}, for the
   # slots that map cleanly (fine-tuning an original training checkpoint).
   tf1_slots: Callable = lambda optimizer, model: {}
+  # The paper's evaluation table for this challenge: common.paper_table.Row's.
+  paper_table: Sequence = ()
+  landscape_restarts: int = 100  # random starts per example in the paper's Figures 1, 2
 
   @property
   def default_config_path(self) -> str:

@@ -52,14 +52,17 @@ def run(command, challenge, options=None) -> None:
   """Runs `command(challenge, config, **options)` as an absl program.
 
   `options`: {name: (default, help)} of the command's settings beyond the config, each
-  made a flag of its default's type. A ChallengeError prints `error: <message>` on stderr
+  made a flag of its default's type (a tuple: a repeatable string flag). A ChallengeError prints `error: <message>` on stderr
   and exits with its exit code.
   """
   define_config_flags(challenge)
   FLAGS.set_default('verbosity', logging.WARNING)  # TF's INFO lines drown the output
   options = options or {}
   for name, (default, help_text) in options.items():
-    _DEFINE[type(default)](name, default, help_text)
+    if isinstance(default, tuple):
+      flags.DEFINE_multi_string(name, list(default), help_text)
+    else:
+      _DEFINE[type(default)](name, default, help_text)
 
   def main(argv):
     # SIGTERM (a scheduler, `kill`) ends a script like Ctrl-C: one line, no traceback.

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import (checkpoints, distribute, files, precision, submission, tf1_checkpoints,
-                    training)
+from common import (attack, checkpoints, distribute, files, landscape, paper_table,
+                    precision, submission, tf1_checkpoints, training)
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
@@ -36,9 +36,7 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True):
   attack_precision = precision.check(config.eval_precision if attack else 'float32',
                                      'eval_precision')
   twin = precision.Twin(model, lambda: challenge.build_model(config), attack_precision)
-  if attack_precision != 'float32':
-    log(f'attack precision: {attack_precision} (eval_precision; opt-in, the reference '
-        'evaluation is float32); accuracies are scored in float32')
+  precision.announce_attack_precision(attack_precision, log)
   return model, Evaluator(model, challenge.attack_params(config), strategy, twin)
 
 
@@ -179,3 +177,84 @@ def convert_checkpoint(challenge, config, output_dir='', log=print):
   saved = checkpoints.manager(trainer.checkpoint, output_dir).save(checkpoint_number=step)
   log(f'Converted {path} to {saved}')
   return saved
+
+
+# Options of evaluate.py (the paper's table) beyond the config.
+TABLE_OPTIONS = {
+    'source': ((), "a transfer source as NAME=MODEL_DIR (repeatable), e.g. --source \"A'=dir\" "
+                   '--source B=dir; rows of a source not given are listed as skipped'),
+    'num_examples': (0, 'test images to evaluate (default: num_eval_examples)'),
+    'target_rule': ('random', 'targeted PGD target: ' + '; '.join(
+        f'"{name}": {what}' for name, what in attack.TARGET_RULES.items())),
+    'output_dir': ('', 'where to write table.csv and table.md; default: <model_dir>/paper_table'),
+}
+
+
+def _parse_sources(specs):
+  sources = {}
+  for spec in specs:
+    name, sep, model_dir = spec.partition('=')
+    if not sep or not name or not model_dir:
+      raise ChallengeError(f'--source must be NAME=MODEL_DIR, found "{spec}"')
+    if name in sources:
+      raise ChallengeError(f'--source {name} is given twice')
+    sources[name] = model_dir
+  return sources
+
+
+def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='random',
+                   output_dir='', log=print):
+  """The paper's table for this challenge on model_dir's latest checkpoint: prints each row
+  (with the paper's figure and the wall time) and writes table.csv and table.md."""
+  num_examples = num_examples or config.num_eval_examples
+  params = challenge.attack_params(config)
+  log(f'{challenge.name}: the paper\'s table on {config.model_dir}, first {num_examples} '
+      f'test images, ε {params.epsilon:g}, step {params.step_size:g}, targeted PGD: '
+      f'{target_rule}')
+  results = paper_table.run(challenge, config, challenge.paper_table, _parse_sources(source),
+                            num_examples, target_rule, log)
+  output_dir = output_dir or os.path.join(config.model_dir, 'paper_table')
+  paper_table.write(results, params.epsilon, output_dir,
+                    f'{challenge.name}, model_dir {config.model_dir}, first {num_examples} '
+                    f'test images, step {params.step_size:g}, targeted PGD: {target_rule}')
+  log(f'Table written to {os.path.join(output_dir, "table.csv")} and table.md')
+  return results
+
+
+# Options of landscape.py beyond the config.
+LANDSCAPE_OPTIONS = {
+    'num_examples': (5, 'test images to study (the first ones)'),
+    'restarts': (0, 'random starts per example; default: the paper\'s (MNIST 200, CIFAR-10 100)'),
+    'compare_model_dir': ('', 'a second model (e.g. naturally trained) to study alike'),
+    'output_dir': ('', 'where to write landscape.npz and TensorBoard logs; default: '
+                       '<model_dir>/landscape'),
+}
+
+
+def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_dir='',
+                   output_dir='', log=print):
+  """PGD (the config's attack) from many random starts on the first test images, for
+  model_dir's model and optionally another: records the loss after every iteration of every
+  restart; prints min/median/max of the final losses and outliers."""
+  restarts = restarts or challenge.landscape_restarts
+  params = challenge.attack_params(config)
+  test = challenge.load_data(config).test.head(num_examples)
+  model_dirs = {'model': config.model_dir}
+  if compare_model_dir:
+    model_dirs['compared'] = compare_model_dir
+  traces = {}
+  for name, model_dir in model_dirs.items():
+    model, _ = paper_table.load_model(challenge, config, model_dir, log)
+    traces[name] = landscape.trace_losses(model, test, params, restarts,
+                                          challenge.seed(config), config.eval_batch_size)
+    log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}, '
+        f'{restarts} random starts per example; final xent:')
+    summary = landscape.summarise(traces[name][:, :, -1])
+    for i in range(num_examples):
+      log(f'  example {i} (label {test.labels[i]}): min {summary["min"][i]:.4f}, median '
+          f'{summary["median"][i]:.4f}, max {summary["max"][i]:.4f}, '
+          f'{summary["outliers"][i]} outlier restart(s)')
+  output_dir = output_dir or os.path.join(config.model_dir, 'landscape')
+  landscape.write(traces, test.labels, output_dir)
+  log(f'Written to {output_dir} (landscape.npz; tensorboard --logdir {output_dir})')
+  return traces

@@ -50,18 +50,28 @@ class Evaluator:
   each example gets the worst case of that many random starts (`attack.pgd_restarts`).
   With a `seed`, random starts are stateless draws from (seed, batch, replica): the same
   for every run; without one, TF's global generator draws them.
+
+  Transfer (black-box) attacks: an `attack_twin` of another (source) model; its gradients
+  craft the examples, the evaluated model only scores them (and, with restarts, judges
+  which restart is worst). `loss_fn` replaces params.loss_func (e.g. CW with another κ);
+  `target_rule` (attack.TARGET_RULES) makes the attack targeted: it descends the loss of a
+  target class chosen from the attacking model's natural logits.
   """
 
   def __init__(self, model, params: attack.PGDParams, strategy=None,
                attack_twin: Optional[precision.Twin] = None, restarts: int = 1,
-               seed: Optional[int] = None):
+               seed: Optional[int] = None, loss_fn=None, target_rule: Optional[str] = None):
     self.model = model
     self.strategy = strategy or tf.distribute.get_strategy()
     self._model_fn = lambda x: model(x, training=False)
     self.attack_twin = attack_twin or precision.Twin(model, None, 'float32')
     self.params = params
-    self._loss_fn = losses.attack_loss(params.loss_func)
-    self.restarts, self.seed = restarts, seed
+    self._loss_fn = loss_fn or losses.attack_loss(params.loss_func)
+    self.restarts, self.seed, self.target_rule = restarts, seed, target_rule
+    if target_rule is not None:
+      attack.check_target_rule(target_rule)
+      if restarts > 1:
+        raise ValueError('targeted PGD with restarts is not supported')
     if restarts > 1 and seed is None:
       self.seed = 0
 
@@ -72,7 +82,14 @@ class Evaluator:
       replica = tf.distribute.get_replica_context().replica_id_in_sync_group
       seed = tf.random.experimental.stateless_fold_in(
           tf.stack([tf.constant(self.seed, tf.int64), batch_index]), replica)
-    if self.restarts > 1:
+    if self.target_rule is not None:
+      target_seed = None if seed is None else tf.random.experimental.stateless_fold_in(
+          seed, -1)
+      targets = attack.choose_targets(self.target_rule, attack_fn(x), y, target_seed)
+      x_adv = attack.pgd(attack_fn, x, targets, self.params, seed=seed,
+                         loss_fn=attack.targeted(self._loss_fn),
+                         loss_scale=self.attack_twin.loss_scale)
+    elif self.restarts > 1:
       x_adv = attack.pgd_restarts(attack_fn, x, y, self.params, self.restarts, seed,
                                   self._loss_fn, self.attack_twin.loss_scale,
                                   score_fn=self._model_fn)

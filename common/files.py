@@ -26,3 +26,7 @@ def save_text(path: str, text: str) -> None:
 
 def save_npy(path: str, array: np.ndarray) -> None:
   atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def save_npz(path: str, **arrays: np.ndarray) -> None:
+  atomic_write(path, lambda f: np.savez(f, **arrays))

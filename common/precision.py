@@ -112,3 +112,10 @@ def training_optimizer(optimizer, precision: str):
     return keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
 
+
+
+def announce_attack_precision(attack_precision: str, log) -> None:
+  """Says so when an evaluation's attack is not float32 (it is opt-in)."""
+  if attack_precision != 'float32':
+    log(f'attack precision: {attack_precision} (eval_precision; opt-in, the reference '
+        'evaluation is float32); accuracies are scored in float32')

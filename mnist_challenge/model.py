@@ -6,11 +6,23 @@ reshape, so its fc1 kernel maps over unchanged.
 """
 import keras
 
+from common.errors import ChallengeError
+
 INPUT_SHAPE = (784,)
 
 
 def build_model(config=None) -> keras.Model:
-  del config  # one architecture
+  """The network config.model names (default: the challenge's own)."""
+  name = getattr(config, 'model', 'madry') if config is not None else 'madry'
+  try:
+    return ARCHITECTURES[name]()
+  except KeyError:
+    raise ChallengeError(f'unknown model "{name}"; use one of: '
+                         + ', '.join(ARCHITECTURES)) from None
+
+
+def build_madry() -> keras.Model:
+  """The challenge's network."""
   layers = keras.layers
 
   def init():
@@ -30,6 +42,29 @@ def build_model(config=None) -> keras.Model:
       # attack's margin (common.precision).
       layers.Dense(10, name='logits', dtype='float32', **init()),
   ], name='mnist_challenge_model')
+
+
+def build_tramer_b() -> keras.Model:
+  """Architecture B of Tramèr et al. 2017, "Ensemble Adversarial Training", appendix B: a
+  transfer-attack source of the paper's Table 1. Padding as their reference code
+  (ftramer/ensemble-adv-training, mnist.py modelB): same, valid, valid; Keras' default
+  initialisers there and here (Glorot uniform, zero biases). 28 -> 14 -> 5 -> 1 pixels."""
+  layers = keras.layers
+  return keras.Sequential([
+      keras.Input(INPUT_SHAPE),
+      layers.Reshape((28, 28, 1), name='x_image'),
+      layers.Dropout(0.2, name='dropout_input'),
+      layers.Conv2D(64, 8, strides=2, padding='same', activation='relu', name='conv1'),
+      layers.Conv2D(128, 6, strides=2, padding='valid', activation='relu', name='conv2'),
+      layers.Conv2D(128, 5, strides=1, padding='valid', activation='relu', name='conv3'),
+      layers.Dropout(0.5, name='dropout'),
+      layers.Flatten(name='flatten'),
+      layers.Dense(10, name='logits', dtype='float32'),
+  ], name='tramer_b_model')
+
+
+# {config "model": builder}
+ARCHITECTURES = {'madry': build_madry, 'tramer_b': build_tramer_b}
 
 
 def tf1_variables(model) -> dict:

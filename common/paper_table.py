@@ -1,0 +1,141 @@
+"""The paper's evaluation tables (Madry et al., Tables 1 and 2) on any checkpoint: each row an
+attack (natural, FGSM, PGD with restarts, targeted PGD, PGD on the CW margin loss with κ 0
+"CW" or 50 "CW+"), white-box from the evaluated model "A" or transferred from a source model
+(A′: same architecture, another seed; A_nat: naturally trained; B: another architecture).
+"""
+import csv
+import dataclasses
+import functools
+import io
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import tensorflow as tf
+
+from common import attack, checkpoints, files, losses, precision
+from common.errors import ChallengeError
+from common.evaluation import Evaluator
+
+WHITE_BOX = 'A'
+METHODS = ('natural', 'FGSM', 'PGD', 'targeted', 'CW', 'CW+')
+CW_CONFIDENCE = {'CW': 0.0, 'CW+': 50.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  method: str  # one of METHODS
+  steps: Optional[int] = None  # PGD-like methods
+  restarts: int = 1
+  source: str = WHITE_BOX
+  paper: Optional[float] = None  # the paper's accuracy, %
+
+  @property
+  def label(self) -> str:
+    steps = '' if self.steps is None else f' {self.steps}'
+    restarts = f' x {self.restarts}' if self.restarts > 1 else ''
+    return f'{self.method}{steps}{restarts} from {self.source}'
+
+
+@dataclasses.dataclass
+class Result:
+  row: Row
+  accuracy: Optional[float]  # %, None when skipped
+  seconds: float = 0.0
+  note: str = ''
+
+
+def evaluator_for(row: Row, model, attacker, params: attack.PGDParams, strategy, seed,
+                  target_rule) -> Evaluator:
+  """The Evaluator of `row` against `model`, crafting with `attacker` (a Twin)."""
+  if row.method == 'FGSM':
+    row_params = attack.fgsm_params(params.epsilon, params.clip_min, params.clip_max)
+  else:
+    row_params = dataclasses.replace(params, num_steps=row.steps, random_start=True,
+                                     loss_func='xent')
+  loss_fn = (functools.partial(losses.cw, confidence=CW_CONFIDENCE[row.method])
+             if row.method in CW_CONFIDENCE else None)
+  return Evaluator(model, row_params, strategy, attacker, restarts=row.restarts, seed=seed,
+                   loss_fn=loss_fn,
+                   target_rule=target_rule if row.method == 'targeted' else None)
+
+
+def load_model(challenge, config, model_dir: str, log, attack_precision='float32'):
+  """The model in model_dir (its architecture from the config.json train.py saved there,
+  else `config`'s), with its newest readable checkpoint restored, and its Twin in
+  attack_precision."""
+  saved = os.path.join(model_dir, 'config.json')
+  model_config = (challenge.load_config(saved) if os.path.exists(saved) else config)
+  checkpoints.require_latest(model_dir)
+  model = challenge.build_model(model_config)
+  checkpoints.restore_newest_readable(
+      model_dir, lambda p: checkpoints.restore_model(model, p, challenge.tf1_variables), log)
+  return model, precision.Twin(model, lambda: challenge.build_model(model_config),
+                               attack_precision)
+
+
+def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_examples: int,
+        target_rule: str = 'random', log=print, strategy=None) -> List[Result]:
+  """Evaluates every row on the first num_examples test images; rows whose source is not in
+  `sources` ({name: model_dir}) are skipped, saying so."""
+  attack.check_target_rule(target_rule)
+  strategy = strategy or tf.distribute.get_strategy()
+  unknown = set(sources) - {row.source for row in rows}
+  if unknown:
+    raise ChallengeError(f'no row of the table uses source(s) {", ".join(sorted(unknown))}; '
+                         'sources: ' + ', '.join(sorted({r.source for r in rows} - {WHITE_BOX})))
+  attack_precision = precision.check(config.eval_precision, 'eval_precision')
+  precision.announce_attack_precision(attack_precision, log)
+  model, attackers = load_model(challenge, config, config.model_dir, log, attack_precision)
+  attackers = {WHITE_BOX: attackers}
+  for name, model_dir in sources.items():
+    attackers[name] = load_model(challenge, config, model_dir, log, attack_precision)[1]
+  test = challenge.load_data(config).test.head(num_examples)
+  params = challenge.attack_params(config)
+  results = []
+  for index, row in enumerate(rows):
+    if row.source not in attackers:
+      results.append(Result(row, None, note=f'skipped: no model given for source {row.source}'))
+      log(f'{row.label:<28} skipped (no --source {row.source}=<model_dir>)')
+      continue
+    began = time.perf_counter()
+    evaluator = evaluator_for(row, model, attackers[row.source], params, strategy,
+                              seed=challenge.seed(config) + index, target_rule=target_rule)
+    if row.method == 'natural':
+      predictions = evaluator.predict(test, config.eval_batch_size)
+      accuracy = 100.0 * float((predictions == test.labels).mean())
+    else:
+      accuracy = 100.0 * evaluator.attack(test, config.eval_batch_size).adv_accuracy
+    result = Result(row, accuracy, time.perf_counter() - began)
+    results.append(result)
+    paper = '' if row.paper is None else f'   (paper: {row.paper:.1f}%)'
+    log(f'{row.label:<28} {accuracy:6.2f}%   {result.seconds:7.1f} s{paper}')
+  return results
+
+
+COLUMNS = ('method', 'epsilon', 'steps', 'restarts', 'source', 'accuracy %', 'paper %',
+           'seconds', 'note')
+
+
+def _cells(result: Result, epsilon: float):
+  row = result.row
+  return (row.method, f'{epsilon:g}', '' if row.steps is None else str(row.steps),
+          str(row.restarts), row.source,
+          '' if result.accuracy is None else f'{result.accuracy:.2f}',
+          '' if row.paper is None else f'{row.paper:.1f}', f'{result.seconds:.1f}',
+          result.note)
+
+
+def write(results: Sequence[Result], epsilon: float, output_dir: str, header: str) -> None:
+  """table.csv and table.md in output_dir (each written atomically)."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(COLUMNS)
+  for result in results:
+    writer.writerow(_cells(result, epsilon))
+  markdown = [header, '', '| ' + ' | '.join(COLUMNS) + ' |',
+              '|' + '---|' * len(COLUMNS)]
+  markdown += ['| ' + ' | '.join(_cells(r, epsilon)) + ' |' for r in results]
+  os.makedirs(output_dir, exist_ok=True)
+  files.save_text(os.path.join(output_dir, 'table.csv'), buffer.getvalue())
+  files.save_text(os.path.join(output_dir, 'table.md'), '\n'.join(markdown) + '\n')

@@ -1,0 +1,237 @@
+"""The paper's evaluation suite: FGSM, targeted PGD, CW/CW+, transfer, architecture B, the
+table command and the loss landscape, on tiny models and data."""
+import csv
+import dataclasses
+import functools
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar10_challenge.challenge import CIFAR10
+from common import attack, commands, landscape, losses, precision, training
+from common.attack import PGDParams
+from common.data import Split
+from common.errors import ChallengeError
+from common.evaluation import Evaluator
+from conftest import quiet, run_script, tiny_cifar_config, tiny_config
+from mnist_challenge import model as mnist_model
+from mnist_challenge.challenge import MNIST
+
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(scope='module')
+def net():
+  keras.utils.set_random_seed(5)
+  return mnist_model.build_model()
+
+
+def batch(model, n=20):
+  x = tf.constant(RNG.uniform(0, 1, (n, 784)).astype(np.float32))
+  return x, tf.argmax(model(x, training=False), axis=1)  # correct at first
+
+
+def test_fgsm_is_one_sign_step_of_epsilon_from_the_input(net):
+  x, y = batch(net)
+  params = attack.fgsm_params(0.1, 0.0, 1.0)
+  assert (params.num_steps, params.step_size, params.random_start) == (1, 0.1, False)
+  grad = attack.input_gradient(lambda v: net(v), x, y, losses.xent)
+  expected = np.clip(x.numpy() + 0.1 * np.sign(grad.numpy()), 0, 1)
+  np.testing.assert_allclose(attack.pgd(lambda v: net(v), x, y, params).numpy(), expected,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('rule', list(attack.TARGET_RULES))
+def test_targeted_pgd_raises_the_probability_of_its_target(net, rule):
+  x, y = batch(net)
+  logits = net(x).numpy()
+  targets = attack.choose_targets(rule, logits, y, seed=tf.constant([1, 2], tf.int64)).numpy()
+  assert not np.any(targets == y.numpy())
+  wrong = np.where(np.eye(10)[y.numpy()] == 1, np.nan, logits)
+  if rule == 'most_likely':
+    np.testing.assert_array_equal(targets, np.nanargmax(wrong, 1))
+  if rule == 'least_likely':
+    np.testing.assert_array_equal(targets, np.nanargmin(wrong, 1))
+  params = PGDParams(0.1, 10, 0.01)
+  x_adv = attack.pgd(lambda v: net(v), x, targets, params,
+                     loss_fn=attack.targeted(losses.xent), seed=tf.constant([3, 4], tf.int64))
+  probability = lambda inputs: tf.nn.softmax(net(inputs)).numpy()[np.arange(len(y)), targets]
+  assert np.all(probability(x_adv) > probability(x))
+  with pytest.raises(ChallengeError, match='unknown target rule "easiest"'):
+    attack.choose_targets('easiest', logits, y)
+
+
+def test_the_cw_confidence_sets_where_the_attack_stops_pushing():
+  # A linear model: the margin correct - best wrong logit moves steadily with each step.
+  w = tf.constant(RNG.normal(0, 1, (784, 10)).astype(np.float32))
+  model_fn = lambda v: tf.matmul(v, w)
+  x = tf.constant(RNG.uniform(0.3, 0.7, (16, 784)).astype(np.float32))
+  y = tf.argmax(model_fn(x), axis=1)
+  params = PGDParams(0.3, 100, 0.002, random_start=False)
+
+  def margin(confidence):
+    x_adv = attack.pgd(model_fn, x, y, params,
+                       loss_fn=functools.partial(losses.cw, confidence=confidence))
+    logits = model_fn(x_adv).numpy()
+    correct = logits[np.arange(16), y.numpy()]
+    logits[np.arange(16), y.numpy()] = -np.inf
+    return correct - logits.max(1)
+
+  stopped, pushed = margin(0.0), margin(50.0)
+  # κ = 0: once misclassified the loss is flat (gradient 0, sign 0) and it stops just past
+  # the boundary; κ = 50 keeps pushing to a margin of -50.
+  assert np.all(stopped <= 0) and np.all(stopped > -3)
+  assert np.all(pushed < stopped - 5)
+
+
+def test_transfer_uses_the_sources_gradients_only(net):
+  keras.utils.set_random_seed(6)
+  source = mnist_model.build_model()
+  x, y = batch(net, 20)
+  params = PGDParams(0.2, 5, 0.05)
+  data = Split(x.numpy(), y.numpy())
+  transfer = Evaluator(net, params, attack_twin=precision.Twin(source, None, 'float32'),
+                       seed=9).attack(data, 20, keep_adversarial=True)
+  white_box = Evaluator(net, params, seed=9).attack(data, 20, keep_adversarial=True)
+  # The same seed, batch and replica: the transfer examples are PGD on the source alone.
+  seed = tf.random.experimental.stateless_fold_in(tf.constant([9, 0], tf.int64), 0)
+  on_source = attack.pgd(lambda v: source(v, training=False), x, y, params, seed=seed)
+  np.testing.assert_allclose(transfer.adversarial, on_source.numpy(), atol=1e-6)
+  assert not np.allclose(transfer.adversarial, white_box.adversarial)
+  assert transfer.nat_correct == white_box.nat_correct == 20  # scored by the target
+
+
+def test_architecture_b_as_the_reference_code_builds_it():
+  config = MNIST.load_config(overrides={'model': 'tramer_b'})
+  model = MNIST.build_model(config)
+  shapes = [tuple(v.shape) for v in model.trainable_variables]
+  assert shapes == [(8, 8, 1, 64), (64,), (6, 6, 64, 128), (128,), (5, 5, 128, 128), (128,),
+                    (128, 10), (10,)]
+  x = tf.constant(RNG.uniform(0, 1, (4, 784)).astype(np.float32))
+  np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+  assert not np.allclose(model(x, training=True), model(x, training=False))  # dropout
+  with pytest.raises(ChallengeError, match='unknown model "resnet"'):
+    MNIST.build_model(MNIST.load_config(overrides={'model': 'resnet'}))
+
+
+def read_table(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_the_tables_hold_the_papers_rows():
+  assert [row.label for row in MNIST.paper_table] == [
+      'natural from A', 'FGSM from A', 'PGD 40 from A', 'PGD 100 from A', 'PGD 40 x 20 from A',
+      'PGD 100 x 20 from A', 'targeted 40 from A', 'CW 40 from A', 'CW+ 40 from A',
+      "FGSM from A'", "PGD 40 from A'", "PGD 100 x 20 from A'", "CW 40 from A'",
+      "CW+ 40 from A'", 'FGSM from B', 'PGD 40 from B', 'CW 40 from B', 'CW+ 40 from B']
+  assert [row.label for row in CIFAR10.paper_table] == [
+      'natural from A', 'FGSM from A', 'PGD 7 from A', 'PGD 20 from A', 'CW 30 from A',
+      "FGSM from A'", "PGD 7 from A'", "CW 30 from A'", 'FGSM from A_nat', 'PGD 7 from A_nat']
+
+
+def scaled_down(challenge):
+  """The challenge with its table's rows at a tenth of the steps and at most 3 restarts:
+  the same command and rows, at a test's cost."""
+  rows = tuple(dataclasses.replace(row, steps=row.steps and max(row.steps // 10, 1),
+                                   restarts=min(row.restarts, 3))
+               for row in challenge.paper_table)
+  return dataclasses.replace(challenge, paper_table=rows)
+
+
+def test_the_mnist_table_has_every_row_or_an_explicit_skip(tmp_path, mnist_dir):
+  # A (adversarially trained, briefly), A' (another seed) and B (architecture B, natural).
+  common = dict(max_num_training_steps=6, training_batch_size=20, num_checkpoint_steps=6,
+                eval_batch_size=10)
+  model_a = tiny_config(tmp_path / 'a', mnist_dir, **common)
+  model_a2 = tiny_config(tmp_path / 'a2', mnist_dir, random_seed=7, **common)
+  model_b = tiny_config(tmp_path / 'b', mnist_dir, model='tramer_b', epsilon=0.0, **common)
+  for config in (model_a, model_a2, model_b):
+    training.train(MNIST, config, log=quiet)
+  lines = []
+  log = lambda *a, **k: lines.append(a[0])
+  challenge = scaled_down(MNIST)
+  results = commands.evaluate_table(challenge, model_a, source=(f"A'={model_a2.model_dir}",),
+                                    num_examples=10, output_dir=str(tmp_path / 'out'), log=log)
+  rows = read_table(tmp_path / 'out' / 'table.csv')
+  assert len(rows) == len(results) == len(MNIST.paper_table)
+  for row, spec in zip(rows, MNIST.paper_table):
+    assert row['method'] == spec.method and row['source'] == spec.source
+    if spec.source == 'B':  # not given: listed, not dropped
+      assert row['accuracy %'] == '' and row['note'].startswith('skipped')
+    else:
+      assert 0 <= float(row['accuracy %']) <= 100 and row['note'] == ''
+    assert row['paper %'] == ('' if spec.paper is None else f'{spec.paper:.1f}')
+  accuracy = {r.row.label: r.accuracy for r in results}
+  natural = accuracy['natural from A']
+  assert all(a <= natural for label, a in accuracy.items() if a is not None and 'from A' in
+             label and "A'" not in label)
+  assert accuracy['PGD 4 x 3 from A'] <= accuracy['PGD 4 from A']
+  assert (tmp_path / 'out' / 'table.md').read_text().count('\n| ') == len(MNIST.paper_table) + 1
+  assert any('skipped' in line for line in lines)
+  # Deterministic: the same figures again; B given, its rows are run.
+  again = commands.evaluate_table(
+      challenge, model_a, source=(f"A'={model_a2.model_dir}", f'B={model_b.model_dir}'),
+      num_examples=10, output_dir=str(tmp_path / 'out2'), log=quiet)
+  for first, second in zip(results, again):
+    if first.accuracy is not None:
+      assert first.accuracy == second.accuracy, first.row.label
+    else:
+      assert second.accuracy is not None  # the B rows
+  with pytest.raises(ChallengeError, match='--source must be NAME=MODEL_DIR'):
+    commands.evaluate_table(challenge, model_a, source=('nonsense',), log=quiet)
+  with pytest.raises(ChallengeError, match='no row of the table uses source'):
+    commands.evaluate_table(challenge, model_a, source=(f'C={model_b.model_dir}',), log=quiet)
+
+
+@pytest.mark.slow
+def test_the_cifar_table_script_with_a_transfer_source(tmp_path, cifar_dir):
+  config = tiny_cifar_config(tmp_path / 'a', cifar_dir, max_num_training_steps=2,
+                             eval_batch_size=10)
+  natural = tiny_cifar_config(tmp_path / 'nat', cifar_dir, max_num_training_steps=2,
+                              epsilon=0.0)
+  training.train(CIFAR10, config, log=quiet)
+  training.train(CIFAR10, natural, log=quiet)
+  result = run_script(['cifar10_challenge/evaluate.py', '--config',
+                       os.path.join(config.model_dir, 'config.json'), '--num_examples', '10',
+                       '--source', f'A_nat={natural.model_dir}',
+                       '--output_dir', str(tmp_path / 'out')])
+  assert result.returncode == 0, result.stderr
+  rows = read_table(tmp_path / 'out' / 'table.csv')
+  assert [r['source'] for r in rows] == [spec.source for spec in CIFAR10.paper_table]
+  assert [r['note'] != '' for r in rows] == [s.source == "A'" for s in CIFAR10.paper_table]
+  assert "skipped (no --source A'=<model_dir>)" in result.stdout
+
+
+def test_the_landscape_records_every_iteration_of_every_restart(tmp_path, mnist_dir):
+  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=2, k=6, eval_batch_size=32)
+  training.train(MNIST, config, log=quiet)
+  natural = tiny_config(tmp_path / 'nat', mnist_dir, max_num_training_steps=2, epsilon=0.0)
+  training.train(MNIST, natural, log=quiet)
+  lines = []
+  traces = commands.loss_landscape(MNIST, config, num_examples=3, restarts=7,
+                                   compare_model_dir=natural.model_dir,
+                                   output_dir=str(tmp_path / 'out'),
+                                   log=lambda *a, **k: lines.append(a[0]))
+  saved = np.load(tmp_path / 'out' / 'landscape.npz')
+  for name in ('model', 'compared'):
+    assert traces[name].shape == (3, 7, 7)  # examples, restarts, k + 1
+    np.testing.assert_array_equal(saved[f'{name}_losses'], traces[name])
+    np.testing.assert_array_equal(saved[f'{name}_final'], traces[name][:, :, -1])
+    # Restarts differ (random starts), and PGD raises the loss from its start on average.
+    assert np.ptp(traces[name][:, :, 0], axis=1).min() > 0
+    assert np.mean(traces[name][:, :, -1]) > np.mean(traces[name][:, :, 0])
+  assert sum('outlier restart(s)' in line for line in lines) == 6
+  assert os.listdir(tmp_path / 'out' / 'model') and os.listdir(tmp_path / 'out' / 'compared')
+
+
+def test_landscape_summary_finds_an_outlying_restart():
+  final = np.array([[1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 9.0],
+                    [2.0, 2.1, 1.9, 2.0, 2.05, 1.95, 2.02]])
+  summary = landscape.summarise(final)
+  np.testing.assert_array_equal(summary['outliers'], [1, 0])
+  np.testing.assert_allclose(summary['max'], [9.0, 2.1])
+  np.testing.assert_allclose(summary['median'], [1.0, 2.0])
