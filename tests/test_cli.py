@@ -79,7 +79,10 @@ def test_eval_loop_stops_cleanly_on_ctrl_c(tmp_path, mnist_dir):
   process = subprocess.Popen(
       [sys.executable, '-m', 'mnist_challenge.eval', '--data_dir', mnist_dir, '--model_dir',
        str(tmp_path / 'empty'), '--poll_seconds', '0.2'], cwd=REPO, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      # Ctrl-C at a terminal: a suite started in the background (`cmd &` in a script)
+      # passes SIGINT down as ignored, and Python then keeps ignoring it.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.time() + 120
     while not os.path.isdir(tmp_path / 'empty') and time.time() < deadline:
