@@ -1,5 +1,6 @@
-"""The four commands of a challenge (train, eval, pgd_attack, run_attack) as importable
-functions of (challenge, config). Each challenge's scripts are thin absl mains over these."""
+"""The commands of a challenge (train, eval, pgd_attack, run_attack, convert_checkpoint,
+evaluate (the paper's table), landscape) as importable functions of (challenge, config).
+Each challenge's scripts are thin absl mains over these."""
 import contextlib
 import datetime
 import math
@@ -250,7 +251,7 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
     log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}, '
         f'{restarts} random starts per example; final xent:')
     summary = landscape.summarise(traces[name][:, :, -1])
-    for i in range(num_examples):
+    for i in range(len(test)):
       log(f'  example {i} (label {test.labels[i]}): min {summary["min"][i]:.4f}, median '
           f'{summary["median"][i]:.4f}, max {summary["max"][i]:.4f}, '
           f'{summary["outliers"][i]} outlier restart(s)')
