@@ -72,6 +72,21 @@ def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None):
   return grad
 
 
+def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_scale):
+  """x after the start and after each of the k steps, in the original's order: the one
+  place the steps are chained (`pgd` keeps the last, `pgd_trace` looks at each)."""
+  if params.random_start:
+    x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed)
+  else:
+    x = tf.identity(x_nat)
+  yield x
+  for _ in range(params.num_steps):
+    grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale)
+    x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
+                params.clip_min, params.clip_max)
+    yield x
+
+
 def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
         loss_scale=None):
   """Returns adversarial examples within params.epsilon of x_nat (ℓ∞), in the pixel range.
@@ -85,14 +100,8 @@ def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
   x_nat = tf.convert_to_tensor(x_nat)
   if params.epsilon == 0:
     return tf.stop_gradient(x_nat)  # the ε-ball is x_nat itself: natural training
-  if params.random_start:
-    x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed)
-  else:
-    x = tf.identity(x_nat)
-  for _ in range(params.num_steps):
-    grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale)
-    x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
-                params.clip_min, params.clip_max)
+  for x in _iterates(model_fn, x_nat, labels, params, seed, loss_fn, loss_scale):
+    pass
   return tf.stop_gradient(x)
 
 
@@ -136,14 +145,9 @@ def pgd_trace(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=Non
   (x_adv, losses [num_steps + 1, batch]). For studying the inner maximisation (the
   paper's Figures 1 and 2), not for speed."""
   loss_fn = loss_fn or losses.attack_loss(params.loss_func)
-  x_nat = tf.convert_to_tensor(x_nat)
-  x = (random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed)
-       if params.random_start else tf.identity(x_nat))
-  trace = [loss_fn(labels, model_fn(x))]
-  for _ in range(params.num_steps):
-    grad = input_gradient(model_fn, x, labels, loss_fn)
-    x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
-                params.clip_min, params.clip_max)
+  trace = []
+  for x in _iterates(model_fn, tf.convert_to_tensor(x_nat), labels, params, seed, loss_fn,
+                     None):
     trace.append(loss_fn(labels, model_fn(x)))
   return tf.stop_gradient(x), tf.stack(trace)
 

@@ -87,6 +87,12 @@ def require_latest(model_dir: str) -> str:
   return path
 
 
+def restore_newest_model(model, model_dir: str, tf1_variables=None, log=print):
+  """`restore_model` from the newest readable checkpoint of model_dir: (path, step)."""
+  return restore_newest_readable(
+      model_dir, lambda path: restore_model(model, path, tf1_variables), log)
+
+
 def restore_model(model, path: str, tf1_variables=None) -> int:
   """Loads the model weights saved at `path`, ours or an original TF1 checkpoint (then
   `tf1_variables(model)` names them); returns the checkpoint's step.

@@ -116,9 +116,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
 def _restored_evaluator(challenge, config, strategy, log, attack=True):
   """An evaluator of the newest readable checkpoint of model_dir."""
   model, evaluator = _model_and_evaluator(challenge, config, strategy, log, attack)
-  checkpoints.restore_newest_readable(
-      config.model_dir, lambda p: checkpoints.restore_model(model, p, challenge.tf1_variables),
-      log)
+  checkpoints.restore_newest_model(model, config.model_dir, challenge.tf1_variables, log)
   return evaluator
 
 

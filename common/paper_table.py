@@ -68,8 +68,7 @@ def load_model(challenge, config, model_dir: str, log, attack_precision='float32
   model_config = (challenge.load_config(saved) if os.path.exists(saved) else config)
   checkpoints.require_latest(model_dir)
   model = challenge.build_model(model_config)
-  checkpoints.restore_newest_readable(
-      model_dir, lambda p: checkpoints.restore_model(model, p, challenge.tf1_variables), log)
+  checkpoints.restore_newest_model(model, model_dir, challenge.tf1_variables, log)
   return model, precision.Twin(model, lambda: challenge.build_model(model_config),
                                attack_precision)
 
@@ -86,8 +85,8 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
                          'sources: ' + ', '.join(sorted({r.source for r in rows} - {WHITE_BOX})))
   attack_precision = precision.check(config.eval_precision, 'eval_precision')
   precision.announce_attack_precision(attack_precision, log)
-  model, attackers = load_model(challenge, config, config.model_dir, log, attack_precision)
-  attackers = {WHITE_BOX: attackers}
+  model, twin = load_model(challenge, config, config.model_dir, log, attack_precision)
+  attackers = {WHITE_BOX: twin}
   for name, model_dir in sources.items():
     attackers[name] = load_model(challenge, config, model_dir, log, attack_precision)[1]
   test = challenge.load_data(config).test.head(num_examples)

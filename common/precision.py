@@ -113,7 +113,6 @@ def training_optimizer(optimizer, precision: str):
   return optimizer
 
 
-
 def announce_attack_precision(attack_precision: str, log) -> None:
   """Says so when an evaluation's attack is not float32 (it is opt-in)."""
   if attack_precision != 'float32':
