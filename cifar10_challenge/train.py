@@ -3,4 +3,4 @@ from cifar10_challenge.challenge import CIFAR10
 from common import cli, commands
 
 if __name__ == '__main__':
-  cli.run(commands.train, CIFAR10)
+  cli.run(commands.train, CIFAR10, commands.TRAIN_OPTIONS)

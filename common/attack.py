@@ -33,14 +33,21 @@ class PGDParams:
   clip_max: float = 1.0
 
 
-def random_start(x_nat, epsilon, clip_min, clip_max, seed=None):
+def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None):
   """x_nat + U(-ε, ε), clipped to the pixel range. `seed`: optional shape-[2] int tensor
-  for a stateless (reproducible, resumable) draw."""
+  for a stateless (reproducible, resumable) draw. `rows` (with a seed): (first, total) when
+  x_nat is rows first.. of a batch of `total` split over replicas: the noise is those rows
+  of the whole batch's draw, so each example starts where it would on one device."""
   shape = tf.shape(x_nat)
   if seed is None:
     noise = tf.random.uniform(shape, -epsilon, epsilon, dtype=x_nat.dtype)
-  else:
+  elif rows is None:
     noise = tf.random.stateless_uniform(shape, seed, -epsilon, epsilon, dtype=x_nat.dtype)
+  else:
+    first, total = rows
+    whole = tf.random.stateless_uniform(tf.concat([[total], shape[1:]], 0), seed, -epsilon,
+                                        epsilon, dtype=x_nat.dtype)
+    noise = whole[first:first + shape[0]]
   return tf.clip_by_value(x_nat + noise, clip_min, clip_max)
 
 
@@ -72,11 +79,12 @@ def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None):
   return grad
 
 
-def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_scale):
+def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_scale,
+              rows=None):
   """x after the start and after each of the k steps, in the original's order: the one
   place the steps are chained (`pgd` keeps the last, `pgd_trace` looks at each)."""
   if params.random_start:
-    x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed)
+    x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed, rows)
   else:
     x = tf.identity(x_nat)
   yield x
@@ -88,19 +96,20 @@ def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_sc
 
 
 def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
-        loss_scale=None):
+        loss_scale=None, rows=None):
   """Returns adversarial examples within params.epsilon of x_nat (ℓ∞), in the pixel range.
 
   model_fn: callable x -> logits (e.g. `lambda x: model(x, training=False)`); x stays in
   x_nat's dtype (float32) whatever precision model_fn computes in.
   loss_fn: per-example loss (labels, logits) -> [batch]; default: params.loss_func.
   loss_scale: see `input_gradient` (`common.precision.Twin.loss_scale`).
+  rows: see `random_start`.
   """
   loss_fn = loss_fn or losses.attack_loss(params.loss_func)
   x_nat = tf.convert_to_tensor(x_nat)
   if params.epsilon == 0:
     return tf.stop_gradient(x_nat)  # the ε-ball is x_nat itself: natural training
-  for x in _iterates(model_fn, x_nat, labels, params, seed, loss_fn, loss_scale):
+  for x in _iterates(model_fn, x_nat, labels, params, seed, loss_fn, loss_scale, rows):
     pass
   return tf.stop_gradient(x)
 

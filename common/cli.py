@@ -1,6 +1,7 @@
 """Command-line plumbing shared by every script: absl flags from the config keys, errors as
 one line and an exit code instead of a traceback."""
 import json
+import logging as python_logging
 import signal
 import sys
 
@@ -52,8 +53,8 @@ def run(command, challenge, options=None) -> None:
   """Runs `command(challenge, config, **options)` as an absl program.
 
   `options`: {name: (default, help)} of the command's settings beyond the config, each
-  made a flag of its default's type (a tuple: a repeatable string flag). A ChallengeError prints `error: <message>` on stderr
-  and exits with its exit code.
+  made a flag of its default's type (a tuple: a repeatable string flag). A ChallengeError
+  prints `error: <message>` on stderr and exits with its exit code.
   """
   define_config_flags(challenge)
   FLAGS.set_default('verbosity', logging.WARNING)  # TF's INFO lines drown the output
@@ -67,6 +68,8 @@ def run(command, challenge, options=None) -> None:
   def main(argv):
     # SIGTERM (a scheduler, `kill`) ends a script like Ctrl-C: one line, no traceback.
     signal.signal(signal.SIGTERM, _terminated)
+    # TF's own Python logger reports every collective and checkpoint shard at INFO.
+    python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     try:

@@ -18,15 +18,29 @@ from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
 
 
-def train(challenge, config, strategy=None):
-  return training.train(challenge, config, strategy)
+# Options of train.py beyond the config: how this machine (or cluster) trains, not what.
+TRAIN_OPTIONS = {
+    'strategy': ('auto', 'how training is distributed: ' + '; '.join(
+        f'{name}: {what}' for name, what in distribute.STRATEGIES.items())),
+    'cluster_resolver': ('', 'where the cluster of hosts is described: ' + '; '.join(
+        f'{name}: {what}' for name, what in distribute.CLUSTER_RESOLVERS.items())
+        + '; empty: TF_CONFIG if it names several workers'),
+    'slurm_port': (distribute.SLURM_PORT, 'with --cluster_resolver slurm: the port of the '
+                   'first task on each host (the next tasks take the next ports)'),
+}
+
+
+def train(challenge, config, strategy='auto', cluster_resolver='',
+          slurm_port=distribute.SLURM_PORT):
+  return training.train(challenge, config,
+                        distribute.get_strategy(strategy, cluster_resolver, slurm_port))
 
 
 def _evaluation_setup(challenge, config):
   """(strategy, device scope) for evaluation: eval_on_cpu pins it to the CPU."""
   if config.eval_on_cpu:
     return tf.distribute.get_strategy(), tf.device('/cpu:0')
-  return distribute.get_strategy(), contextlib.nullcontext()
+  return distribute.local_strategy(), contextlib.nullcontext()
 
 
 def _model_and_evaluator(challenge, config, strategy, log, attack=True):
@@ -124,7 +138,7 @@ def pgd_attack(challenge, config, log=print):
   """Attacks the latest checkpoint on the first num_eval_examples test images and saves
   them (float32, the model's input layout) to store_adv_path."""
   checkpoints.require_latest(config.model_dir)
-  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), log)
+  evaluator = _restored_evaluator(challenge, config, distribute.local_strategy(), log)
   test = challenge.load_data(config).test.head(config.num_eval_examples)
   batch_size = config.eval_batch_size
   log('Iterating over {} batches'.format(math.ceil(len(test) / batch_size)))
@@ -146,7 +160,7 @@ def run_attack(challenge, config, log=print):
   params = challenge.attack_params(config)
   x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
                           challenge.pixel_max)
-  evaluator = _restored_evaluator(challenge, config, distribute.get_strategy(), log,
+  evaluator = _restored_evaluator(challenge, config, distribute.local_strategy(), log,
                                   attack=False)  # scoring: float32 always
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))

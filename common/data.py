@@ -57,6 +57,20 @@ def training_batches(split: Split, batch_size: int, seed: int, start_step: int =
           .prefetch(tf.data.AUTOTUNE))
 
 
+def replica_batches(global_batches: tf.data.Dataset, first_row: int, num_rows: int,
+                    replica_batch: int) -> tf.data.Dataset:
+  """One worker's share of a stream of global batches: rows first_row .. first_row+num_rows
+  of each, as num_rows / replica_batch consecutive batches of replica_batch (one per local
+  replica, in replica order). Workers taking disjoint row ranges that cover the global
+  batch see every example of it exactly once between them."""
+  def split(x, y):
+    def per_replica(t):
+      return tf.reshape(t[first_row:first_row + num_rows],
+                        [num_rows // replica_batch, replica_batch] + t.shape[1:].as_list())
+    return tf.data.Dataset.from_tensor_slices((per_replica(x), per_replica(y)))
+  return global_batches.flat_map(split).prefetch(tf.data.AUTOTUNE)
+
+
 def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
   """The split in order, in batches (the last one may be smaller)."""
   return (tf.data.Dataset.from_tensor_slices((split.images, split.labels))

@@ -14,10 +14,25 @@ without touching the averages; at the end of a step each replica's new averages 
 averaged over replicas and written back, so every replica (and the checkpoint) holds the
 same values. (Keras 3 creates them with aggregation NONE: assigned in place under a
 MirroredStrategy, replicas' copies would drift apart and only the first one be saved.)
+
+Several replicas, several hosts. training_batch_size is the global batch: global batch s is
+the same set of examples however many replicas there are, and replica r of R (numbered
+across hosts) gets its rows r·B/R .. (r+1)·B/R. Every random draw of a step (augmentation,
+the attack's random start) is made for the whole global batch from (seed, step) and each
+replica keeps its rows, so without batch norm (MNIST) training is the one-device training up
+to float summation order; with it (CIFAR-10) each replica normalises with its own rows'
+statistics (per-replica batch norm). Under MultiWorkerMirroredStrategy only the
+chief writes the model_dir (checkpoints, config.json, summaries) and prints progress; the
+other workers save their checkpoints into a scratch directory they delete, and every worker
+resumes from the chief's model_dir, which must be the same storage on every host.
 """
 import datetime
+import json
 import os
+import shutil
+import tempfile
 import time
+import zlib
 
 import keras
 import tensorflow as tf
@@ -72,6 +87,15 @@ class Trainer:
     self.data_seed = challenge.data_seed(config) if challenge.data_seed else self.seed
     keras.utils.set_random_seed(self.seed)  # weight initialisation
     self.global_batch = config.training_batch_size
+    replicas = self.strategy.num_replicas_in_sync
+    if self.global_batch % replicas:
+      raise ChallengeError(
+          f'training_batch_size {self.global_batch} (the global batch) does not split evenly '
+          f'over {replicas} replicas; use a multiple of {replicas}')
+    self.replica_batch = self.global_batch // replicas
+    self.chief = distribute.is_chief(self.strategy)
+    if not self.chief:
+      self.log = lambda *args, **kwargs: None  # the chief reports for everyone
     self.attack_params = challenge.attack_params(config)
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
@@ -101,13 +125,14 @@ class Trainer:
 
   def _replica_step(self, x, y):
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    # A stateless seed per (config seed, step, replica): reproducible, and a resumed run
-    # draws the random starts an uninterrupted one would have.
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()]), replica)
+    # A stateless seed per (config seed, step): reproducible, a resumed run draws the random
+    # starts an uninterrupted one would have, and the draw is made for the global batch (this
+    # replica keeps its rows), so it does not depend on the number of replicas.
+    seed = tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()])
+    rows = (replica * self.replica_batch, self.global_batch)
     forward = _StatefulForward(self.twin)
     x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params, seed=seed,
-                       loss_scale=self.twin.loss_scale)
+                       loss_scale=self.twin.loss_scale, rows=rows)
     with tf.GradientTape() as tape:
       logits = forward(x_adv, update_state=True)
       loss = self.training_loss(y, logits, self.model, self.global_batch)
@@ -167,30 +192,101 @@ class Trainer:
              + ('' if len(found) == len(slots) else ' (the others start at zero)'))
     return step
 
+  def _input(self, train_split, start_step):
+    """The distributed stream of training batches from start_step: every worker builds the
+    same global batches (same seed) and keeps its replicas' rows."""
+    global_batches = data.training_batches(train_split, self.global_batch, self.data_seed,
+                                           start_step, augment=self.challenge.augment)
+
+    def worker_share(context):
+      rows = self.replica_batch * (context.num_replicas_in_sync // context.num_input_pipelines)
+      return data.replica_batches(global_batches, context.input_pipeline_id * rows, rows,
+                                  self.replica_batch)
+    return iter(self.strategy.distribute_datasets_from_function(worker_share))
+
+  def _check_workers_agree(self, num_train):
+    """Every worker must resume from the same step with the same settings and data, or
+    they would train different models while exchanging gradients. (Always true in one
+    process.)"""
+    settings = {key.name: self.config[key.name] for key in self.challenge.config_keys
+                if not key.is_path}  # paths may differ from host to host
+    fingerprint = zlib.crc32(json.dumps(settings, sort_keys=True).encode())
+    mine = tf.constant([[int(self.step.numpy()), fingerprint, num_train]], tf.int64)
+    gathered = tf.function(lambda: self.strategy.gather(
+        self.strategy.run(lambda: tf.identity(mine)), axis=0))().numpy()
+    per_worker = self.strategy.num_replicas_in_sync // distribute.num_workers(self.strategy)
+    steps, prints, sizes = gathered[::per_worker].T  # one row per worker, in worker order
+    if len(set(steps)) > 1:
+      raise ChallengeError(
+          'the workers would resume from different steps (' + ', '.join(
+              f'worker {i}: {step}' for i, step in enumerate(steps))
+          + f"): every host must see the chief's model_dir {self.config.model_dir} (shared "
+          'storage, the same path or the same files), and only one training run may use it')
+    if len(set(prints)) > 1:
+      raise ChallengeError('the workers were given different configs: run train.py with the '
+                           'same config.json and flags on every host (only paths may differ)')
+    if len(set(sizes)) > 1:
+      raise ChallengeError('the workers loaded different training sets (' + ', '.join(
+          f'worker {i}: {n} examples' for i, n in enumerate(sizes)) + '): give every host '
+          'the same data')
+
+  def _save(self, manager, step):
+    manager.save(checkpoint_number=step)
+    if not self.chief:  # saved only because every worker takes part; nothing is kept
+      for name in os.listdir(manager.directory):
+        os.remove(os.path.join(manager.directory, name))
+
   def run(self) -> int:
     """Trains until max_num_training_steps; returns the final step."""
     config = self.config
-    os.makedirs(config.model_dir, exist_ok=True)
-    manager = checkpoints.manager(self.checkpoint, config.model_dir)
+    if self.chief:
+      os.makedirs(config.model_dir, exist_ok=True)
+      checkpoint_dir = config.model_dir
+    else:
+      checkpoint_dir = tempfile.mkdtemp(prefix='madry-tf2-' + distribute.task_name(
+          self.strategy).replace(' ', '') + '-')
+      print(f'{distribute.task_name(self.strategy)}: training with the chief, which writes '
+            f'{config.model_dir} and reports progress', flush=True)
+    try:
+      return self._run(checkpoint_dir)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+      if distribute.num_workers(self.strategy) == 1:
+        raise
+      # A worker died or became unreachable: TF aborts the collectives of the others.
+      cause = next((line.strip() for line in str(e).splitlines() if 'abort' in line.lower()),
+                   type(e).__name__)
+      raise ChallengeError(
+          f'{distribute.task_name(self.strategy)} lost contact with the other workers '
+          f'({cause}). Checkpoints in {config.model_dir} are intact: start every worker '
+          'again, and they resume together from the latest one.') from None
+    finally:
+      if not self.chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+  def _run(self, checkpoint_dir) -> int:
+    config = self.config
+    manager = checkpoints.manager(self.checkpoint, checkpoint_dir)
     resumed = self.restore_latest()
+    datasets = self.challenge.load_data(config)
+    self._check_workers_agree(len(datasets.train))
     start = int(self.step.numpy())
     last = config.max_num_training_steps
     if start >= last:
       self.log(f'{config.model_dir} is already trained to step {start} '
                f'(max_num_training_steps {last}); nothing to do')
       return start
-    files.save_text(os.path.join(config.model_dir, 'config.json'), config.to_json())
-    datasets = self.challenge.load_data(config)
-    batches = iter(self.strategy.experimental_distribute_dataset(
-        data.training_batches(datasets.train, self.global_batch, self.data_seed, start,
-                              augment=self.challenge.augment)))
-    writer = tf.summary.create_file_writer(config.model_dir)
+    if self.chief:
+      files.save_text(os.path.join(config.model_dir, 'config.json'), config.to_json())
+      writer = tf.summary.create_file_writer(config.model_dir)
+    else:
+      writer = tf.summary.create_noop_writer()
+    batches = self._input(datasets.train, start)
     training_time, timed_steps, run_start = 0.0, 0, time.time()
 
     for ii in range(start, last):
       batch = next(batches)
       if ii % config.num_checkpoint_steps == 0 and not (resumed and ii == start):
-        manager.save(checkpoint_number=ii)
+        self._save(manager, ii)
       output = ii % config.num_output_steps == 0
       if output:
         nat_acc = float(self.natural_correct(batch)) / self.global_batch
@@ -225,7 +321,7 @@ class Trainer:
           images = self.strategy.experimental_local_results(x_adv)[0]
           tf.summary.image('images adv train', self.challenge.summary_images(images),
                            max_outputs=3)
-    manager.save(checkpoint_number=last)
+    self._save(manager, last)
     writer.close()
     self.log(f'Finished at step {last}; final checkpoint {manager.latest_checkpoint}')
     return last

@@ -3,4 +3,4 @@ from common import cli, commands
 from mnist_challenge.challenge import MNIST
 
 if __name__ == '__main__':
-  cli.run(commands.train, MNIST)
+  cli.run(commands.train, MNIST, commands.TRAIN_OPTIONS)

@@ -42,6 +42,19 @@ def test_random_start_is_reproducible_with_a_stateless_seed():
   assert np.abs(a - c).max() > 0
 
 
+def test_random_start_of_a_batch_split_over_replicas_equals_the_whole_batchs():
+  # Each replica draws the whole global batch's noise and keeps its rows: every example
+  # starts where it would on one device, however the batch is split.
+  x = tf.constant(batch()[0][:6])
+  seed = tf.constant([4, 9], tf.int64)
+  whole = attack.random_start(x, 0.3, 0.0, 1.0, seed=seed)
+  for parts in (2, 3):
+    rows = 6 // parts
+    pieces = [attack.random_start(x[i * rows:(i + 1) * rows], 0.3, 0.0, 1.0, seed=seed,
+                                  rows=(i * rows, 6)) for i in range(parts)]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
 def test_sign_step_and_project():
   x = tf.constant([[0.5, 0.5, 0.95, 0.02]])
   step = attack.sign_step(x, tf.constant([[2.0, -0.1, 1.0, 0.0]]), 0.1).numpy()

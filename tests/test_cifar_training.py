@@ -39,7 +39,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, cifar_dir):
 def test_mirrored_training_keeps_every_replica_identical(tmp_path, cifar_dir):
   # Keras 3 makes BN moving averages with aggregation NONE; assigned in place under a
   # MirroredStrategy, replica copies would drift apart. The trainer averages them.
-  strategy = distribute.get_strategy(['/cpu:0', '/cpu:1'])
+  strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
   config = tiny_cifar_config(tmp_path, cifar_dir, max_num_training_steps=2,
                              training_attack_batch_norm='batch_update')
   trainer = training.Trainer(CIFAR10, config, strategy=strategy, log=quiet)
@@ -55,7 +55,7 @@ def test_mirrored_training_keeps_every_replica_identical(tmp_path, cifar_dir):
 
 def test_replicas_losses_add_up_to_the_originals_total_loss(tmp_path, cifar_dir):
   config = tiny_cifar_config(tmp_path, cifar_dir, weight_decay=0.01)
-  strategy = distribute.get_strategy(['/cpu:0', '/cpu:1'])
+  strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
   with strategy.scope():
     model = CIFAR10.build_model(config)
   loss_fn = CIFAR10.make_training_loss(config)

@@ -87,6 +87,34 @@ def test_training_batches_cover_each_epoch_once_and_resume_exactly():
   assert other_seed != stream[:3]
 
 
+@pytest.mark.parametrize('workers, local_replicas', [(1, 2), (2, 1), (2, 2), (4, 1)])
+def test_workers_shares_are_the_global_batches_rows_without_duplicates(workers,
+                                                                       local_replicas):
+  split = data.Split(np.arange(12, dtype=np.float32)[:, None], np.arange(12, dtype=np.int64))
+  global_batch, steps = 8, 6  # 4 epochs' worth; batches span epochs
+  replica_batch = global_batch // (workers * local_replicas)
+  expected = [y.numpy().tolist() for _, y in
+              data.training_batches(split, global_batch, seed=5).take(steps)]
+  shares = []
+  for worker in range(workers):
+    rows = replica_batch * local_replicas
+    stream = data.replica_batches(data.training_batches(split, global_batch, seed=5),
+                                  worker * rows, rows, replica_batch)
+    batches = [(x.numpy(), y.numpy()) for x, y in stream.take(steps * local_replicas)]
+    assert all(x.shape == (replica_batch, 1) and y.shape == (replica_batch,)
+               for x, y in batches)
+    assert all(np.array_equal(x[:, 0], y) for x, y in batches)  # images stay with labels
+    shares.append([[y.tolist() for _, y in batches[s * local_replicas:(s + 1) * local_replicas]]
+                   for s in range(steps)])
+  for step in range(steps):
+    # Replica r of worker w holds rows (w·L + r)·b ..: in order, they are the global batch.
+    joined = sum((sum(share[step], []) for share in shares), [])
+    assert joined == expected[step]
+  flat = sum(expected, [])
+  for epoch in range(len(flat) // 12):  # no example repeated or dropped within an epoch
+    assert sorted(flat[12 * epoch:12 * (epoch + 1)]) == list(range(12))
+
+
 def test_eval_batches_keep_order():
   split = data.Split(np.arange(7, dtype=np.float32)[:, None], np.arange(7, dtype=np.int64))
   labels = [y.numpy().tolist() for _, y in data.eval_batches(split, 3)]

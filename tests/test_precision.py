@@ -219,7 +219,7 @@ def test_bfloat16_training_under_mirrored_strategy_matches_one_device(tmp_path, 
   single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
   initial = flat(single.model.trainable_variables)
   single.run()
-  strategy = distribute.get_strategy(['/cpu:0', '/cpu:1'])
+  strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
   mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
                               strategy=strategy, log=quiet)
   mirrored.run()

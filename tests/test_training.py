@@ -71,12 +71,13 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
 
 def test_mirrored_strategy_gives_the_same_update_as_one_device(tmp_path, mnist_dir):
   # Same global batch of 8 split over 2 logical CPUs; the summed loss's gradients are summed
-  # over replicas, so the update must equal the single-device one.
-  config = tiny_config(tmp_path, mnist_dir, random_start=False, max_num_training_steps=2)
+  # over replicas, and each example's random start is drawn as on one device, so the
+  # update must equal the single-device one.
+  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=2)
   single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
   initial = weights(single.model)
   single.run()
-  mirrored_strategy = distribute.get_strategy(['/cpu:0', '/cpu:1'])
+  mirrored_strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
   assert mirrored_strategy.num_replicas_in_sync == 2
   mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
                               strategy=mirrored_strategy, log=quiet)
@@ -85,6 +86,14 @@ def test_mirrored_strategy_gives_the_same_update_as_one_device(tmp_path, mnist_d
   assert min(changed) > 1e-5  # every variable was updated
   for a, b in zip(weights(single.model), weights(mirrored.model)):
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+
+
+def test_a_global_batch_that_does_not_split_over_the_replicas_is_an_error(tmp_path, mnist_dir):
+  strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
+  with pytest.raises(ChallengeError, match='training_batch_size 7 .* does not split evenly '
+                                           'over 2 replicas; use a multiple of 2'):
+    training.Trainer(MNIST, tiny_config(tmp_path, mnist_dir, training_batch_size=7),
+                     strategy=strategy, log=quiet)
 
 
 def test_unknown_loss_fails_before_training(tmp_path, mnist_dir):
