@@ -123,8 +123,10 @@ def main():
                                workdir))
       print(f'repeat {repeat + 1}/{options.repeats} done', file=sys.stderr, flush=True)
   print(machine())
-  print(f'{options.challenge} recipe step (PGD + update), {options.steps} steps per run, '
-        f'medians of {options.repeats} interleaved runs; one core per "host"')
+  what = ('MNIST recipe step (PGD-40 + Adam)' if options.challenge == 'mnist' else
+          'CIFAR-10 non-wide recipe step (PGD-10 + momentum)')
+  print(f'{what}, {options.steps} steps per run, medians of {options.repeats} interleaved '
+        'runs; one core per "host"')
   medians = {name: statistics.median(r) for name, r in rates.items()}
   for name, rate in medians.items():
     print(f'  {name:<32} {rate:8.1f} examples/s')

@@ -24,7 +24,8 @@ STRATEGIES = {
 }
 CLUSTER_RESOLVERS = {
     'tf_config': 'the TF_CONFIG environment variable (the default)',
-    'slurm': "SLURM's environment inside `srun` (one task per host)",
+    'slurm': "SLURM's environment inside `srun` (a task per host, or several per host on "
+             'consecutive ports)',
 }
 SLURM_PORT = 8888  # TF's SlurmClusterResolver default: the first task's port on each node
 # The parts of a cluster MultiWorkerMirroredStrategy trains with; TF_CONFIG may also name an
@@ -103,11 +104,9 @@ def read_tf_config(environ: Mapping[str, str] = os.environ) -> Optional[dict]:
   return tf_config
 
 
-def training_workers(tf_config: Optional[dict]) -> int:
-  """How many processes train together according to TF_CONFIG (0 without one)."""
-  if tf_config is None:
-    return 0
-  return sum(len(tf_config['cluster'].get(job, ())) for job in _TRAINING_JOBS)
+def _training_tasks(cluster: Mapping) -> int:
+  """How many processes of a cluster ({job: [addresses]}) train together."""
+  return sum(len(cluster.get(job, ())) for job in _TRAINING_JOBS)
 
 
 def choose(strategy: str = 'auto', cluster_resolver: Optional[str] = None,
@@ -125,7 +124,8 @@ def choose(strategy: str = 'auto', cluster_resolver: Optional[str] = None,
     if cluster_resolver == 'tf_config':
       read_tf_config(environ)  # malformed: an error now, not inside TF
     return 'multi_worker'
-  workers = training_workers(read_tf_config(environ))
+  tf_config = read_tf_config(environ)
+  workers = _training_tasks(tf_config['cluster']) if tf_config else 0
   if strategy == 'auto':
     if workers > 1:
       return 'multi_worker'
@@ -158,8 +158,8 @@ def _cluster_resolver(name, port_base):
     try:
       return _SlurmResolver(port_base, len(tf.config.list_physical_devices('GPU')))
     except (RuntimeError, ValueError) as e:
-      raise ChallengeError(f'--cluster_resolver slurm: {e} (run train.py with srun, one task '
-                           'per process; see the README)') from None
+      raise ChallengeError(f'--cluster_resolver slurm: {e} (start train.py with srun; see the '
+                           'README, "Training on several hosts")') from None
   return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
@@ -198,8 +198,7 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
   resolver = _cluster(strategy)
   if resolver is None:
     return 1
-  jobs = resolver.cluster_spec().as_dict()
-  return sum(len(jobs.get(job, ())) for job in _TRAINING_JOBS)
+  return _training_tasks(resolver.cluster_spec().as_dict())
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
