@@ -33,6 +33,12 @@ from cifar10_challenge import data as cifar_data  # noqa: E402
 from mnist_challenge import data as mnist_data  # noqa: E402
 from timing import machine  # noqa: E402
 
+# --challenge: (directory, global batch of the recipe, what one step is).
+CHALLENGES = {
+    'mnist': ('mnist_challenge', 50, 'MNIST recipe step (PGD-40 + Adam)'),
+    'cifar': ('cifar10_challenge', 128, 'CIFAR-10 non-wide recipe step (PGD-10 + momentum)'),
+}
+
 
 def write_data(challenge, directory):
   """Random images in the challenge's on-disk format (speed does not depend on them)."""
@@ -96,16 +102,15 @@ def run(script, args, cores, workdir, timeout=1800):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--challenge', choices=('mnist', 'cifar'), default='mnist')
+  parser.add_argument('--challenge', choices=tuple(CHALLENGES), default='mnist')
   parser.add_argument('--repeats', type=int, default=8)
   parser.add_argument('--steps', type=int, default=15, help='training steps per run')
   options = parser.parse_args()
   if len(os.sched_getaffinity(0)) < 2:
     raise SystemExit('needs two cores')
-  batch = 50 if options.challenge == 'mnist' else 128
+  directory, batch, what = CHALLENGES[options.challenge]
+  script = os.path.join(directory, 'train.py')
   every = options.steps // 3
-  script = os.path.join(f'{options.challenge}_challenge' if options.challenge == 'mnist'
-                        else 'cifar10_challenge', 'train.py')
   with tempfile.TemporaryDirectory() as workdir:
     common = write_data(options.challenge, workdir) + [
         '--max_num_training_steps', str(options.steps), '--num_output_steps', str(every),
@@ -123,8 +128,6 @@ def main():
                                workdir))
       print(f'repeat {repeat + 1}/{options.repeats} done', file=sys.stderr, flush=True)
   print(machine())
-  what = ('MNIST recipe step (PGD-40 + Adam)' if options.challenge == 'mnist' else
-          'CIFAR-10 non-wide recipe step (PGD-10 + momentum)')
   print(f'{what}, {options.steps} steps per run, medians of {options.repeats} interleaved '
         'runs; one core per "host"')
   medians = {name: statistics.median(r) for name, r in rates.items()}

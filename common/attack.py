@@ -41,10 +41,8 @@ def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None):
   shape = tf.shape(x_nat)
   if seed is None:
     noise = tf.random.uniform(shape, -epsilon, epsilon, dtype=x_nat.dtype)
-  elif rows is None:
-    noise = tf.random.stateless_uniform(shape, seed, -epsilon, epsilon, dtype=x_nat.dtype)
   else:
-    first, total = rows
+    first, total = rows or (0, shape[0])  # without rows: the whole batch is x_nat
     whole = tf.random.stateless_uniform(tf.concat([[total], shape[1:]], 0), seed, -epsilon,
                                         epsilon, dtype=x_nat.dtype)
     noise = whole[first:first + shape[0]]
