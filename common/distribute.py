@@ -33,6 +33,13 @@ SLURM_PORT = 8888  # TF's SlurmClusterResolver default: the first task's port on
 _TRAINING_JOBS = ('chief', 'worker')
 
 
+def physical_gpus() -> int:
+  """How many GPUs this process may use. Listing physical devices does not start TF's
+  runtime (listing logical ones would, and joining a cluster must come first). The one
+  place the code asks, so that a caller (the tests) can mean the CPU on a GPU host."""
+  return len(tf.config.list_physical_devices('GPU'))
+
+
 def _cross_device_ops(devices):
   # TF's default for MirroredStrategy is collective all-reduce, whose keys every strategy
   # starts at the same values; TF caches collective instances by key, so a second strategy
@@ -40,9 +47,8 @@ def _cross_device_ops(devices):
   # "Shape mismatch in the collective instance" (tensorflow#62790). These reductions use no
   # collective keys: NCCL on GPUs (as TF's default did before), one-device reduction on CPUs.
   # NCCL needs one physical GPU per device: not for CPUs nor virtual GPUs.
-  physical_gpus = len(tf.config.list_physical_devices('GPU'))
   if (all('GPU' in device.upper() for device in devices)
-      and physical_gpus == len(tf.config.list_logical_devices('GPU'))):
+      and physical_gpus() == len(tf.config.list_logical_devices('GPU'))):
     return tf.distribute.NcclAllReduce()
   return tf.distribute.ReductionToOneDevice()
 
@@ -52,7 +58,7 @@ def local_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Str
   logical CPUs in tests); otherwise every visible GPU, or the default strategy with one or
   none."""
   if not devices:
-    gpus = tf.config.list_logical_devices('GPU')
+    gpus = tf.config.list_logical_devices('GPU') if physical_gpus() else []
     if len(gpus) <= 1:
       return tf.distribute.get_strategy()
     devices = [gpu.name for gpu in gpus]
@@ -69,7 +75,7 @@ def read_tf_config(environ: Mapping[str, str] = os.environ) -> Optional[dict]:
     return ChallengeError(
         f'TF_CONFIG {problem}. It must be JSON like {{"cluster": {{"worker": ["host1:12345", '
         '"host2:12345"]}, "task": {"type": "worker", "index": 0}}, the same cluster on every '
-        'host and each host its own index (see the README, "Training on several hosts")')
+        'host and each host its own index (see docs/multihost.md)')
   try:
     tf_config = json.loads(text)
   except json.JSONDecodeError as e:
@@ -156,10 +162,10 @@ class _SlurmResolver(tf.distribute.cluster_resolver.SlurmClusterResolver):
 def _cluster_resolver(name, port_base):
   if name == 'slurm':
     try:
-      return _SlurmResolver(port_base, len(tf.config.list_physical_devices('GPU')))
+      return _SlurmResolver(port_base, physical_gpus())
     except (RuntimeError, ValueError) as e:
-      raise ChallengeError(f'--cluster_resolver slurm: {e} (start train.py with srun; see the '
-                           'README, "Training on several hosts")') from None
+      raise ChallengeError(f'--cluster_resolver slurm: {e} (start train.py with srun; see '
+                           'docs/multihost.md)') from None
   return tf.distribute.cluster_resolver.TFConfigClusterResolver()
 
 
@@ -167,9 +173,7 @@ def get_strategy(strategy: str = 'auto', cluster_resolver: Optional[str] = None,
                  port_base: int = SLURM_PORT) -> tf.distribute.Strategy:
   """The training strategy (see `choose`). Call it before TensorFlow runs anything: joining
   a cluster has to happen at startup."""
-  # Listing physical devices does not start TF's runtime (listing logical ones would).
-  num_gpus = len(tf.config.list_physical_devices('GPU'))
-  chosen = choose(strategy, cluster_resolver, os.environ, num_gpus)
+  chosen = choose(strategy, cluster_resolver, os.environ, physical_gpus())
   if chosen == 'default':
     return tf.distribute.get_strategy()
   if chosen == 'mirrored':

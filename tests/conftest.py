@@ -1,6 +1,18 @@
-"""Shared fixtures. Data is generated in the real on-disk formats; nothing touches the network."""
+"""Shared fixtures. Data is generated in the real on-disk formats; nothing touches the network.
+
+Tests run alike on any host: in-process tests run on the CPU devices they mean (a host's
+GPUs serve only tests marked `gpu`), TF_CONFIG is cleared unless a test sets it, ports for
+worker processes are reserved without a race, and the real-data tests skip unless every file
+they read is there.
+"""
+import contextlib
+import fcntl
+import json
 import os
+import random
+import socket
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,6 +30,7 @@ tf.config.set_logical_device_configuration(
 
 from cifar10_challenge import data as cifar_data  # noqa: E402
 from cifar10_challenge.challenge import CIFAR10  # noqa: E402
+from common import checkpoints, distribute  # noqa: E402
 from common.config import Config  # noqa: E402
 from mnist_challenge import data as mnist_data  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
@@ -27,6 +40,105 @@ TINY_TEST = 60
 CIFAR_BATCH = 40  # images per data_batch_i: 200 training images
 CIFAR_TEST = 50
 NON_WIDE = [16, 16, 32, 64]
+
+
+@pytest.fixture(autouse=True)
+def host_independent(request, monkeypatch):
+  """No test inherits the host's cluster (TF_CONFIG), and in-process tests not marked `gpu`
+  run on the CPU: strategies see no GPU and ops are placed on /CPU:0, so "one device"
+  means the CPU here on any host. (Subprocesses get CUDA_VISIBLE_DEVICES='' instead.)"""
+  monkeypatch.delenv('TF_CONFIG', raising=False)
+  if request.node.get_closest_marker('gpu'):
+    yield
+    return
+  monkeypatch.setattr(distribute, 'physical_gpus', lambda: 0)
+  with tf.device('/CPU:0'):
+    yield
+
+
+def _first_ephemeral_port():
+  try:
+    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+      return int(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    return 32768  # Linux's default
+
+
+@pytest.fixture
+def reserve_ports():
+  """reserve(count, consecutive=False) -> ports for servers that processes of the test will
+  open. No race with the system or other runs of this suite: the ports lie below the
+  ephemeral range (where the kernel picks ports for bind(0) and outgoing connections), each
+  is checked free, and a lock file per port, held until the test ends, keeps concurrent
+  runs off it (a socket held open would keep TF's gRPC server, which refuses to share a
+  port, off it too)."""
+  lock_dir = os.path.join(tempfile.gettempdir(), 'madry-tf2-ports')
+  os.makedirs(lock_dir, exist_ok=True)
+  low = _first_ephemeral_port()
+  first, last = (20000, low - 1) if low > 21000 else (10000, 19999)
+  held = contextlib.ExitStack()
+
+  def lock(port):
+    fd = os.open(os.path.join(lock_dir, f'{port}.lock'), os.O_CREAT | os.O_RDWR)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      os.close(fd)
+      return False
+    held.callback(os.close, fd)
+    with socket.socket() as s:
+      try:
+        s.bind(('127.0.0.1', port))
+      except OSError:
+        return False
+    return True
+
+  def reserve(count, consecutive=False):
+    rng = random.SystemRandom()
+    ports = []
+    for _ in range(1000):
+      if consecutive:
+        start = rng.randint(first, last - count)
+        if all(lock(start + i) for i in range(count)):
+          return list(range(start, start + count))
+      else:
+        port = rng.randint(first, last)
+        if port not in ports and lock(port):
+          ports.append(port)
+          if len(ports) == count:
+            return ports
+    raise RuntimeError(f'no {count} free ports between {first} and {last}')
+
+  with held:
+    yield reserve
+
+
+def require_shared_mnist():
+  """../shared/data/mnist, or a skip naming what is missing (never a download)."""
+  missing = [name for name in mnist_data.FILES.values()
+             if not any(os.path.isfile(os.path.join(SHARED_MNIST, name + suffix))
+                        for suffix in ('', '.gz'))]
+  if missing:
+    pytest.skip(f'real MNIST not complete in {SHARED_MNIST} (missing {", ".join(missing)})')
+  return SHARED_MNIST
+
+
+def require_shared_cifar():
+  """../shared/data/cifar10 (its npz files), or a skip naming what is missing."""
+  missing = [name for name in ('train.npz', 'test.npz')
+             if not os.path.isfile(os.path.join(SHARED_CIFAR, name))]
+  if missing:
+    pytest.skip(f'real CIFAR-10 not complete in {SHARED_CIFAR} (missing {", ".join(missing)})')
+  return SHARED_CIFAR
+
+
+@pytest.fixture(autouse=True)
+def fresh_module_rng(request):
+  """A module's shared generator RNG is reseeded (RNG_SEED) before each of its tests: a
+  test's data then do not depend on which tests ran before it, or whether any did."""
+  module = request.module
+  if hasattr(module, 'RNG_SEED'):
+    module.RNG = np.random.default_rng(module.RNG_SEED)
 
 
 def quiet(*args, **kwargs):
@@ -80,6 +192,47 @@ def run_script(args, cwd=REPO, timeout=300):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
   return subprocess.run([sys.executable] + list(args), cwd=cwd, env=env, timeout=timeout,
                         capture_output=True, text=True)
+
+
+def as_flags(settings):
+  """{config key: value} as the scripts' flags (lists as JSON)."""
+  return [arg for key, value in settings.items()
+          for arg in (f'--{key}', json.dumps(value) if isinstance(value, list) else str(value))]
+
+
+def check_attack_and_scores(challenge, config, attacked_stdout, scored_stdout):
+  """pgd_attack.py's attack.npy and printed accuracies, and run_attack.py's printed accuracy
+  and pred.npy, against the latest checkpoint of model_dir run here, in this process.
+  `config`: the scripts' effective config (the shipped config.json and their flags)."""
+  test = challenge.load_data(config).test.head(config.num_eval_examples)
+  params = challenge.attack_params(config)
+  adversarial = np.load(config.store_adv_path)
+  assert adversarial.shape == test.images.shape and adversarial.dtype == np.float32
+  assert adversarial.min() >= 0 and adversarial.max() <= challenge.pixel_max
+  distance = np.abs(np.float64(adversarial) - test.images).reshape(len(test), -1).max(axis=1)
+  # The ε-ball, up to the float32 rounding of its bounds (an ulp of the largest pixels).
+  assert distance.max() <= params.epsilon + 1e-6 * challenge.pixel_max
+  # Every example moved (the random start alone takes each far into the ball), so every
+  # one the model gets wrong below was perturbed.
+  assert params.random_start
+  assert distance.min() > params.epsilon / 2
+
+  model = challenge.build_model(config)
+  step = checkpoints.restore_model(model, checkpoints.latest(config.model_dir))
+  assert step == config.max_num_training_steps  # the final checkpoint
+
+  def predict(images):
+    return np.argmax(model(images, training=False).numpy(), axis=1)
+  natural_accuracy = np.mean(predict(test.images) == test.labels)
+  predictions = predict(adversarial)
+  adversarial_accuracy = np.mean(predictions == test.labels)
+  assert (f'natural accuracy {100 * natural_accuracy:.2f}%, adversarial accuracy '
+          f'{100 * adversarial_accuracy:.2f}% (attack in {config.eval_precision})'
+          in attacked_stdout.splitlines())
+  assert scored_stdout.splitlines()[0] == f'Accuracy: {100 * adversarial_accuracy:.2f}%'
+  saved = np.load(config.pred_path)
+  assert saved.dtype == np.int64
+  np.testing.assert_array_equal(saved, predictions)
 
 
 def make_cifar_arrays(n, seed=0):

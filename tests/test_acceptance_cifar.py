@@ -9,12 +9,9 @@ import pytest
 from cifar10_challenge import data as cifar_data
 from cifar10_challenge.challenge import CIFAR10
 from common import commands, training
-from conftest import NON_WIDE, SHARED_CIFAR, quiet
+from conftest import NON_WIDE, SHARED_CIFAR, quiet, require_shared_cifar
 
-pytestmark = [
-    pytest.mark.realdata, pytest.mark.slow,
-    pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_CIFAR, 'train.npz')),
-                       reason=f'real CIFAR-10 not found in {SHARED_CIFAR}')]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 STEPS = 600
 
@@ -31,6 +28,7 @@ def write_pickles(directory):
 
 
 def test_natural_training_beats_chance_and_pgd_lowers_accuracy(tmp_path):
+  require_shared_cifar()
   num_test = write_pickles(str(tmp_path))
   config = CIFAR10.load_config(overrides=dict(
       data_path=str(tmp_path), model_dir=str(tmp_path / 'model'), filters=NON_WIDE,

@@ -9,7 +9,8 @@ from common.errors import ChallengeError
 from mnist_challenge.model import build_model
 from mnist_challenge.pgd_attack import LinfPGDAttack
 
-RNG = np.random.default_rng(1)
+RNG_SEED = 1  # conftest reseeds RNG with it before each test
+RNG = np.random.default_rng(RNG_SEED)
 
 
 @pytest.fixture(scope='module')

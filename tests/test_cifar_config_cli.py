@@ -7,7 +7,7 @@ import pytest
 
 from cifar10_challenge.challenge import CIFAR10
 from common.errors import ChallengeError
-from conftest import CIFAR_TEST, NON_WIDE, REPO, run_script
+from conftest import CIFAR_TEST, NON_WIDE, REPO, as_flags, check_attack_and_scores, run_script
 
 # MadryLab/cifar10_challenge config.json, as released.
 ORIGINAL = '''{
@@ -76,13 +76,12 @@ def test_list_keys_are_type_checked(tmp_path):
 
 @pytest.mark.slow
 def test_scripts_train_attack_and_score_and_reject_a_bad_submission(tmp_path, cifar_dir):
-  flags = ['--data_path', cifar_dir, '--model_dir', str(tmp_path / 'model'),
-           '--filters', json.dumps(NON_WIDE), '--max_num_training_steps', '1',
-           '--training_batch_size', '8', '--num_steps', '2', '--eval_batch_size', '25',
-           '--num_eval_examples', str(CIFAR_TEST),
-           '--step_size_schedule', '[[0, 0.05]]',
-           '--store_adv_path', str(tmp_path / 'attack.npy'),
-           '--pred_path', str(tmp_path / 'pred.npy')]
+  settings = dict(data_path=cifar_dir, model_dir=str(tmp_path / 'model'), filters=NON_WIDE,
+                  max_num_training_steps=1, training_batch_size=8, num_steps=2,
+                  eval_batch_size=25, num_eval_examples=CIFAR_TEST,
+                  step_size_schedule=[[0, 0.05]], store_adv_path=str(tmp_path / 'attack.npy'),
+                  pred_path=str(tmp_path / 'pred.npy'))
+  flags = as_flags(settings)
   trained = run_script(['cifar10_challenge/train.py'] + flags)
   assert trained.returncode == 0, trained.stderr
   assert 'training adv accuracy' in trained.stdout
@@ -92,8 +91,10 @@ def test_scripts_train_attack_and_score_and_reject_a_bad_submission(tmp_path, ci
   assert attacked.returncode == 0, attacked.stderr
   scored = run_script(['-m', 'cifar10_challenge.run_attack'] + flags)
   assert scored.returncode == 0, scored.stderr
-  assert scored.stdout.startswith('Accuracy: ') and scored.stdout.splitlines()[0].endswith('%')
   assert np.load(tmp_path / 'pred.npy').shape == (CIFAR_TEST,)
+  # ε 8 and [0, 255] from the shipped config.json.
+  check_attack_and_scores(CIFAR10, CIFAR10.load_config(overrides=settings), attacked.stdout,
+                          scored.stdout)
 
   np.save(tmp_path / 'attack.npy', np.load(tmp_path / 'attack.npy') + 20.0)
   os.remove(tmp_path / 'pred.npy')

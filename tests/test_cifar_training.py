@@ -1,5 +1,6 @@
 """CIFAR-10 training: the loop on the non-wide model (one device and two), batch norm in the
 training-time attack, the TF1 momentum optimizer, and the attack pipeline on tiny data."""
+import dataclasses
 import os
 
 import keras
@@ -8,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, commands, distribute, optimizers, training
+from common import attack, commands, data, distribute, optimizers, training
+from common.data import Datasets, Split
 from common.errors import ChallengeError, InvalidSubmission
-from conftest import CIFAR_TEST, quiet, tiny_cifar_config
+from conftest import CIFAR_TEST, make_cifar_arrays, quiet, tiny_cifar_config
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, cifar_dir):
@@ -53,21 +55,49 @@ def test_mirrored_training_keeps_every_replica_identical(tmp_path, cifar_dir):
   assert all(np.isfinite(v.numpy()).all() for v in trainer.model.weights)
 
 
-def test_replicas_losses_add_up_to_the_originals_total_loss(tmp_path, cifar_dir):
-  config = tiny_cifar_config(tmp_path, cifar_dir, weight_decay=0.01)
-  strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
-  with strategy.scope():
-    model = CIFAR10.build_model(config)
-  loss_fn = CIFAR10.make_training_loss(config)
-  x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
-  y = np.arange(8) % 10
-  batches = strategy.experimental_distribute_dataset(
-      tf.data.Dataset.from_tensor_slices((x, y)).batch(8))
-  per_replica = strategy.run(
-      lambda xs, ys: loss_fn(ys, model(xs, training=False), model, 8), args=next(iter(batches)))
-  total = float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
-  single = float(loss_fn(y, model(x, training=False), model, 8))
-  assert total == pytest.approx(single, rel=1e-5)
+def with_first_batch(config, images, labels):
+  """CIFAR10 without augmentation, whose training set makes global batch 0 exactly
+  (images, labels), in that order."""
+  size = len(labels)
+  # Which training images global batch 0 takes, in order: labels that are the indices.
+  index_split = Split(np.zeros((size, 1), np.float32), np.arange(size))
+  order = next(iter(data.training_batches(index_split, size,
+                                          CIFAR10.data_seed(config))))[1].numpy()
+  train = Split(np.zeros((size, 32, 32, 3), np.float32), np.zeros(size, np.int64))
+  train.images[order], train.labels[order] = images, labels
+  return dataclasses.replace(CIFAR10, augment=None,
+                             load_data=lambda _: Datasets(train=train, test=train))
+
+
+def test_two_replicas_on_identical_halves_compute_one_devices_gradient(tmp_path, cifar_dir):
+  # The path train.py takes (input pipeline, attack with batch statistics, the loss each
+  # replica minimises, the summed update) on a global batch of two identical halves [A; A]:
+  # each replica sees A, so its batch statistics are those of the whole batch, and the
+  # step must be one device's step on A (the same examples, the same mean loss). TF1
+  # momentum's accumulator after one step is the gradient itself: equal accumulators mean
+  # the replicas' losses add up to the original's mean xent + weight decay, not to a
+  # multiple or a fraction of it. (One device on [A; A] is the same step mathematically,
+  # but after the attack its batch statistics over 8 copies round differently, enough to
+  # move some gradients of this fresh network by ~1%.)
+  images, labels = make_cifar_arrays(4, seed=7)
+  images = images.astype(np.float32)
+  config = tiny_cifar_config(tmp_path, cifar_dir, max_num_training_steps=1, weight_decay=0.01,
+                             random_start=False)  # random starts would differ between halves
+  one = training.Trainer(with_first_batch(config, images, labels),
+                         config.replace(model_dir=str(tmp_path / 'one'), training_batch_size=4),
+                         log=quiet)
+  one.run()
+  two = training.Trainer(
+      with_first_batch(config, np.concatenate([images, images]), np.concatenate([labels] * 2)),
+      config.replace(model_dir=str(tmp_path / 'two'), training_batch_size=8),
+      strategy=distribute.local_strategy(['/cpu:0', '/cpu:1']), log=quiet)
+  two.run()
+  for a, b in zip(one.optimizer.accumulators, two.optimizer.accumulators):
+    a, b = a.numpy(), b.numpy()
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+  for a, b in zip(one.model.weights, two.model.weights):  # BN averages included
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
 def _trainer_after_one_step(tmp_path, cifar_dir, mode, **changes):

@@ -4,17 +4,20 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_TEST, run_script
+from conftest import REPO, TINY_TEST, as_flags, check_attack_and_scores, run_script
+from mnist_challenge.challenge import MNIST
 
 pytestmark = pytest.mark.slow
 
 
+def common_settings(tmp_path, mnist_dir):
+  return dict(data_dir=mnist_dir, model_dir=str(tmp_path / 'model'), max_num_training_steps=2,
+              num_checkpoint_steps=1, training_batch_size=10, k=2, eval_batch_size=25,
+              store_adv_path=str(tmp_path / 'attack.npy'), pred_path=str(tmp_path / 'pred.npy'))
+
+
 def common_flags(tmp_path, mnist_dir):
-  return ['--data_dir', mnist_dir, '--model_dir', str(tmp_path / 'model'),
-          '--max_num_training_steps', '2', '--num_checkpoint_steps', '1',
-          '--training_batch_size', '10', '--k', '2', '--eval_batch_size', '25',
-          '--store_adv_path', str(tmp_path / 'attack.npy'),
-          '--pred_path', str(tmp_path / 'pred.npy')]
+  return as_flags(common_settings(tmp_path, mnist_dir))
 
 
 @pytest.fixture(scope='module')
@@ -39,8 +42,10 @@ def test_pgd_attack_from_its_directory_then_run_attack_with_dash_m(trained_dir, 
   assert f'Examples stored in {trained_dir / "attack.npy"}' in attack.stdout
   scored = run_script(['-m', 'mnist_challenge.run_attack'] + flags)
   assert scored.returncode == 0, scored.stderr
-  assert scored.stdout.splitlines()[0].startswith('Accuracy: ')
   assert np.load(trained_dir / 'pred.npy').shape == (TINY_TEST,)
+  # ε 0.3 and [0, 1] from the shipped config.json.
+  config = MNIST.load_config(overrides=common_settings(trained_dir, mnist_dir))
+  check_attack_and_scores(MNIST, config, attack.stdout, scored.stdout)
 
 
 def test_run_attack_rejects_an_invalid_submission_with_exit_code_2(trained_dir, mnist_dir):
@@ -75,7 +80,7 @@ def test_eval_loop_stops_cleanly_on_ctrl_c(tmp_path, mnist_dir):
   import subprocess
   import sys
   import time
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
   process = subprocess.Popen(
       [sys.executable, '-m', 'mnist_challenge.eval', '--data_dir', mnist_dir, '--model_dir',
        str(tmp_path / 'empty'), '--poll_seconds', '0.2'], cwd=REPO, env=env,

@@ -1,5 +1,4 @@
 """MNIST IDX files, the original split, and the training pipeline."""
-import os
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import tensorflow as tf
 
 from common import data
 from common.errors import ChallengeError
-from conftest import TINY_TEST, TINY_TRAIN, make_mnist_arrays, write_mnist
+from conftest import TINY_TEST, TINY_TRAIN, make_mnist_arrays, require_shared_mnist, write_mnist
 from mnist_challenge import data as mnist_data
 
 
@@ -123,10 +122,7 @@ def test_eval_batches_keep_order():
 
 @pytest.mark.realdata
 def test_real_mnist_matches_its_published_statistics():
-  from conftest import SHARED_MNIST
-  if not os.path.isdir(SHARED_MNIST):
-    pytest.skip(f'real MNIST not present at {SHARED_MNIST}')
-  datasets = mnist_data.load(SHARED_MNIST)
+  datasets = mnist_data.load(require_shared_mnist())
   assert len(datasets.train) == 55000 and len(datasets.test) == 10000
   assert np.bincount(datasets.test.labels).tolist() == [
       980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

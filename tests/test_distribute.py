@@ -110,10 +110,11 @@ def test_slurm_resolver_reads_slurms_environment_without_touching_gpus(monkeypat
                       'SLURM_STEP_TASKS_PER_NODE': '1(x2)'}.items():
     monkeypatch.setenv(name, value)
   monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3')
+  monkeypatch.setattr(distribute, 'physical_gpus', lambda: 1)  # what the process sees
   resolver = distribute._cluster_resolver('slurm', 9000)  # pylint: disable=protected-access
   assert resolver.cluster_spec().as_dict() == {'worker': ['gpu07:9000', 'gpu08:9000']}
   assert (resolver.task_type, resolver.task_id) == ('worker', 1)
-  assert resolver.num_accelerators() == {'GPU': 0}  # this machine's GPUs: none
+  assert resolver.num_accelerators() == {'GPU': 1}  # the GPU SLURM made visible, no more
   assert os.environ['CUDA_VISIBLE_DEVICES'] == '3'
 
 

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, commands, landscape, losses, precision, training
+from common import (attack, checkpoints, commands, landscape, losses, paper_table, precision,
+                    training)
 from common.attack import PGDParams
 from common.data import Split
 from common.errors import ChallengeError
@@ -20,7 +21,8 @@ from conftest import quiet, run_script, tiny_cifar_config, tiny_config
 from mnist_challenge import model as mnist_model
 from mnist_challenge.challenge import MNIST
 
-RNG = np.random.default_rng(11)
+RNG_SEED = 11  # conftest reseeds RNG with it before each test
+RNG = np.random.default_rng(RNG_SEED)
 
 
 @pytest.fixture(scope='module')
@@ -142,39 +144,56 @@ def scaled_down(challenge):
   return dataclasses.replace(challenge, paper_table=rows)
 
 
-def test_the_mnist_table_has_every_row_or_an_explicit_skip(tmp_path, mnist_dir):
-  # A (adversarially trained, briefly), A' (another seed) and B (architecture B, natural).
+@pytest.fixture(scope='module')
+def table_models(tmp_path_factory, mnist_dir):
+  """A (adversarially trained, briefly), A' (another seed) and B (architecture B, natural)."""
+  tmp_path = tmp_path_factory.mktemp('table')
   common = dict(max_num_training_steps=6, training_batch_size=20, num_checkpoint_steps=6,
                 eval_batch_size=10)
-  model_a = tiny_config(tmp_path / 'a', mnist_dir, **common)
-  model_a2 = tiny_config(tmp_path / 'a2', mnist_dir, random_seed=7, **common)
-  model_b = tiny_config(tmp_path / 'b', mnist_dir, model='tramer_b', epsilon=0.0, **common)
-  for config in (model_a, model_a2, model_b):
+  models = {'A': tiny_config(tmp_path / 'a', mnist_dir, **common),
+            "A'": tiny_config(tmp_path / 'a2', mnist_dir, random_seed=7, **common),
+            'B': tiny_config(tmp_path / 'b', mnist_dir, model='tramer_b', epsilon=0.0, **common)}
+  for config in models.values():
     training.train(MNIST, config, log=quiet)
+  return models
+
+
+def sources(models, *names):
+  """--source values NAME=MODEL_DIR for the named models."""
+  return tuple(f'{name}={models[name].model_dir}' for name in names)
+
+
+def test_the_mnist_table_has_every_row_or_an_explicit_skip(tmp_path, table_models):
+  model_a = table_models['A']
   lines = []
   log = lambda *a, **k: lines.append(a[0])
   challenge = scaled_down(MNIST)
-  results = commands.evaluate_table(challenge, model_a, source=(f"A'={model_a2.model_dir}",),
+  results = commands.evaluate_table(challenge, model_a,
+                                    source=sources(table_models, "A'"),
                                     num_examples=10, output_dir=str(tmp_path / 'out'), log=log)
   rows = read_table(tmp_path / 'out' / 'table.csv')
   assert len(rows) == len(results) == len(MNIST.paper_table)
-  for row, spec in zip(rows, MNIST.paper_table):
-    assert row['method'] == spec.method and row['source'] == spec.source
+  for row, spec, result in zip(rows, challenge.paper_table, results):
+    assert (row['method'], row['source'], row['restarts']) == (
+        spec.method, spec.source, str(spec.restarts))
+    assert row['steps'] == ('' if spec.steps is None else str(spec.steps))
     if spec.source == 'B':  # not given: listed, not dropped
       assert row['accuracy %'] == '' and row['note'].startswith('skipped')
     else:
-      assert 0 <= float(row['accuracy %']) <= 100 and row['note'] == ''
-    assert row['paper %'] == ('' if spec.paper is None else f'{spec.paper:.1f}')
+      assert row['accuracy %'] == f'{result.accuracy:.2f}' and row['note'] == ''
   accuracy = {r.row.label: r.accuracy for r in results}
-  natural = accuracy['natural from A']
-  assert all(a <= natural for label, a in accuracy.items() if a is not None and 'from A' in
-             label and "A'" not in label)
+  # The natural row: the model's own predictions on the first 10 test images.
+  model = MNIST.build_model(model_a)
+  checkpoints.restore_model(model, checkpoints.latest(model_a.model_dir))
+  test = MNIST.load_data(model_a).test.head(10)
+  assert accuracy['natural from A'] == 100.0 * np.mean(
+      np.argmax(model(test.images, training=False), 1) == test.labels)
   assert accuracy['PGD 4 x 3 from A'] <= accuracy['PGD 4 from A']
   assert (tmp_path / 'out' / 'table.md').read_text().count('\n| ') == len(MNIST.paper_table) + 1
   assert any('skipped' in line for line in lines)
   # Deterministic: the same figures again; B given, its rows are run.
   again = commands.evaluate_table(
-      challenge, model_a, source=(f"A'={model_a2.model_dir}", f'B={model_b.model_dir}'),
+      challenge, model_a, source=sources(table_models, "A'", 'B'),
       num_examples=10, output_dir=str(tmp_path / 'out2'), log=quiet)
   for first, second in zip(results, again):
     if first.accuracy is not None:
@@ -184,7 +203,82 @@ def test_the_mnist_table_has_every_row_or_an_explicit_skip(tmp_path, mnist_dir):
   with pytest.raises(ChallengeError, match='--source must be NAME=MODEL_DIR'):
     commands.evaluate_table(challenge, model_a, source=('nonsense',), log=quiet)
   with pytest.raises(ChallengeError, match='no row of the table uses source'):
-    commands.evaluate_table(challenge, model_a, source=(f'C={model_b.model_dir}',), log=quiet)
+    commands.evaluate_table(challenge, model_a, source=(f'C={table_models["B"].model_dir}',),
+                            log=quiet)
+
+
+def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
+  # What each row's attack actually receives when it runs (recorded at the calls into the
+  # attack core, as the compiled evaluation traces them), against the row's specification.
+  runs, current = {}, {}
+  real_evaluator_for, real_pgd, real_restarts = (paper_table.evaluator_for, attack.pgd,
+                                                 attack.pgd_restarts)
+
+  def evaluator_for(row, model, attacker, *args, **kwargs):
+    evaluator = real_evaluator_for(row, model, attacker, *args, **kwargs)
+    current['row'] = row.label
+    runs[row.label] = {'evaluated': model, 'crafted with': attacker.model,
+                       'target rule': evaluator.target_rule, 'pgd': [], 'restarts': []}
+    return evaluator
+
+  def pgd(model_fn, x_nat, labels, params, seed=None, loss_fn=None, **kwargs):
+    runs[current['row']]['pgd'].append((params, loss_fn))
+    return real_pgd(model_fn, x_nat, labels, params, seed=seed, loss_fn=loss_fn, **kwargs)
+
+  def pgd_restarts(model_fn, x_nat, labels, params, restarts, *args, **kwargs):
+    runs[current['row']]['restarts'].append(restarts)
+    return real_restarts(model_fn, x_nat, labels, params, restarts, *args, **kwargs)
+
+  monkeypatch.setattr(paper_table, 'evaluator_for', evaluator_for)
+  monkeypatch.setattr(attack, 'pgd', pgd)
+  monkeypatch.setattr(attack, 'pgd_restarts', pgd_restarts)
+  challenge = scaled_down(MNIST)
+  results = commands.evaluate_table(
+      challenge, table_models['A'], source=sources(table_models, "A'", 'B'),
+      num_examples=10, target_rule='least_likely', output_dir=str(tmp_path / 'out'), log=quiet)
+  assert all(result.accuracy is not None for result in results)
+  config = table_models['A']
+  model_a, crafted_with = runs['natural from A']['evaluated'], {}
+  for spec in challenge.paper_table:
+    run = runs[spec.label]
+    assert run['evaluated'] is model_a, spec.label  # every row scores model A
+    crafted_with.setdefault(spec.source, run['crafted with'])
+    assert run['crafted with'] is crafted_with[spec.source], spec.label
+  # The gradients come from the row's source: A's own model, or the model in the source's
+  # model_dir (its weights, and for B its architecture).
+  assert crafted_with['A'] is model_a
+  for name, model in crafted_with.items():
+    saved = MNIST.build_model(table_models[name])
+    checkpoints.restore_model(saved, checkpoints.latest(table_models[name].model_dir))
+    assert model.name == saved.name and len(model.weights) == len(saved.weights)
+    for ours, expected in zip(model.weights, saved.weights):
+      np.testing.assert_array_equal(ours.numpy(), expected.numpy())
+  for spec in challenge.paper_table:
+    run = runs[spec.label]
+    if spec.method == 'natural':
+      assert run['pgd'] == [] and run['restarts'] == []
+      continue
+    params, loss_fn = run['pgd'][0]
+    assert all(p == params for p, _ in run['pgd'])  # every trace and restart alike
+    assert params.epsilon == config.epsilon == 0.3
+    assert (params.clip_min, params.clip_max) == (0.0, 1.0)
+    if spec.method == 'FGSM':
+      assert (params.num_steps, params.step_size, params.random_start) == (1, 0.3, False)
+    else:
+      assert (params.num_steps, params.step_size, params.random_start) == (
+          spec.steps, config.a, True), spec.label
+    assert set(run['restarts']) == ({spec.restarts} if spec.restarts > 1 else set()), spec.label
+    assert run['target rule'] == ('least_likely' if spec.method == 'targeted' else None)
+    if spec.method in ('CW', 'CW+'):
+      assert loss_fn.func is losses.cw, spec.label
+      assert loss_fn.keywords == {'confidence': {'CW': 0.0, 'CW+': 50.0}[spec.method]}
+    elif spec.method == 'targeted':
+      # Descends the target class's cross-entropy: the loss is minus xent of the target.
+      logits = tf.constant([[2.0, 0.5, -1.0]])
+      assert float(loss_fn(tf.constant([1]), logits)[0]) == pytest.approx(
+          -float(losses.xent(tf.constant([1]), logits)[0]))
+    else:
+      assert loss_fn is losses.xent, spec.label
 
 
 @pytest.mark.slow

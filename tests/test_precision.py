@@ -13,7 +13,8 @@ from common.errors import ChallengeError
 from conftest import NON_WIDE, make_cifar_arrays, quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
 
-RNG = np.random.default_rng(5)
+RNG_SEED = 5  # conftest reseeds RNG with it before each test
+RNG = np.random.default_rng(RNG_SEED)
 
 
 def mnist_batch(n=24):
@@ -214,22 +215,23 @@ def test_evaluation_is_float32_unless_opted_in_and_says_so(trained):
 
 
 def test_bfloat16_training_under_mirrored_strategy_matches_one_device(tmp_path, mnist_dir):
-  config = tiny_config(tmp_path, mnist_dir, random_start=False, max_num_training_steps=2,
+  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=1,
                        precision='mixed_bfloat16')
   single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
-  initial = flat(single.model.trainable_variables)
   single.run()
   strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
   mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
                               strategy=strategy, log=quiet)
   mirrored.run()
-  a, b = flat(single.model.trainable_variables), flat(mirrored.model.trainable_variables)
   for variable in mirrored.model.trainable_variables:  # replicas hold the same weights
     copies = strategy.experimental_local_results(variable.value)
     np.testing.assert_array_equal(copies[0].numpy(), copies[1].numpy())
-  # The same updates up to bfloat16 rounding: weight gradients are rounded to bfloat16
-  # after summing 8 examples on one device, 4 on each replica, and Adam's first steps turn
-  # even a tiny gradient into a step of ±lr, so a few near-zero ones flip (0.987 measured).
-  da, db = a - initial, b - initial
-  assert np.abs(da).max() > 1e-5
-  assert da @ db / np.linalg.norm(da) / np.linalg.norm(db) > 0.95
+  # The same gradient up to bfloat16 rounding: Adam's first moment after one step is 0.1 ·
+  # the gradient, so it shows the gradient's scale (a gradient off by the number of replicas
+  # would be 50% or 100% off). Weight gradients are rounded to bfloat16 after summing 8
+  # examples on one device, 4 on each replica: 0.3% per variable measured.
+  moments = lambda trainer: trainer.optimizer._momentums  # pylint: disable=protected-access
+  for a, b in zip(moments(single), moments(mirrored)):
+    a, b = a.numpy(), b.numpy()
+    assert np.linalg.norm(a) > 0
+    assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)

@@ -12,33 +12,55 @@ from common import attack, checkpoints, commands, tf1_checkpoints, training
 from common.errors import ChallengeError
 from conftest import NON_WIDE, quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
-from tf1_originals import Original, cifar_network, mnist_network
+from tf1_originals import Original, cifar_network, cifar_training_loss, mnist_network
 
 v1 = tf.compat.v1
 
 
-def saved_original(tmp_path_factory, network, input_shape, pixel_max, optimizer, step):
-  """An original network with random weights (and BN averages), trained 2 steps so that its
-  optimizer slots hold values, saved by TF1's Saver at `step`."""
-  original = Original(network, input_shape, 0, optimizer)
+MNIST_STEP, CIFAR_STEP = 24900, 70000  # the saved checkpoints' steps (tests spell them out)
+TRAINED_STEPS = 2  # TF1 training steps before saving, so that the slots hold values
+
+
+def saved_original(tmp_path_factory, network, input_shape, pixel_max, make_optimizer, step):
+  """An original network with random weights (and BN averages), trained from step
+  `step - TRAINED_STEPS` (optimizer state as TF1 has it there: Adam's bias-correction
+  powers agree with the step) to `step`, saved by TF1's Saver."""
+  original = Original(network, input_shape, 0, make_optimizer)
   original.randomise(np.random.default_rng(0))
+  original.start_at(step - TRAINED_STEPS)
   rng = np.random.default_rng(1)
-  original.train_steps(rng.uniform(0, pixel_max, (4,) + input_shape), rng.integers(0, 10, 4), 2)
+  original.train_steps(rng.uniform(0, pixel_max, (4,) + input_shape), rng.integers(0, 10, 4),
+                       TRAINED_STEPS)
   model_dir = str(tmp_path_factory.mktemp('tf1'))
-  original.save(model_dir, step)
+  original.save(model_dir)
   return original, model_dir
+
+
+def mnist_optimizer(global_step):
+  """mnist_challenge/train.py's optimizer."""
+  del global_step
+  return v1.train.AdamOptimizer(1e-4)
+
+
+def cifar_optimizer(global_step, schedule=((0, 0.1), (40000, 0.01), (60000, 0.001)),
+                    momentum=0.9):
+  """cifar10_challenge/train.py's optimizer, with its config's schedule by default."""
+  rate = v1.train.piecewise_constant(tf.cast(global_step, tf.int32),
+                                     [step for step, _ in schedule[1:]],
+                                     [rate for _, rate in schedule])
+  return v1.train.MomentumOptimizer(rate, momentum)
 
 
 @pytest.fixture(scope='module')
 def mnist_tf1(tmp_path_factory):
-  return saved_original(tmp_path_factory, mnist_network, (784,), 1.0,
-                        v1.train.AdamOptimizer(1e-4), step=24900)
+  return saved_original(tmp_path_factory, mnist_network, (784,), 1.0, mnist_optimizer,
+                        MNIST_STEP)
 
 
 @pytest.fixture(scope='module')
 def cifar_tf1(tmp_path_factory):
   return saved_original(tmp_path_factory, cifar_network(NON_WIDE), (32, 32, 3), 255.0,
-                        v1.train.MomentumOptimizer(0.01, 0.9), step=70000)
+                        cifar_optimizer, CIFAR_STEP)
 
 
 def copy_files(source, target):
@@ -131,6 +153,79 @@ def test_mnist_adam_slots_and_step_map(mnist_tf1, tmp_path, mnist_dir):
   for name, slot in MNIST.tf1_slots(trainer.optimizer, trainer.model).items():
     assert name.endswith(('/Adam', '/Adam_1'))
     np.testing.assert_array_equal(slot.numpy(), values[name], err_msg=name)
+  # TF1 checkpoints Adam's bias-correction powers; Keras derives them from the restored
+  # step (β^(iterations + 1) at the next update). The fixture's must agree with its step.
+  next_update = int(trainer.optimizer.iterations.numpy()) + 1
+  for name, beta in (('beta1_power', trainer.optimizer.beta_1),
+                     ('beta2_power', trainer.optimizer.beta_2)):
+    np.testing.assert_allclose(values[name], float(np.float32(beta)) ** next_update,
+                               rtol=1e-5, atol=1e-30, err_msg=name)
+  assert values['beta2_power'] > 1e-12  # β2's power is not negligible: the check can fail
+
+
+def assert_same_step(ours, before, after, rtol=5e-5):
+  """Each of `ours` {TF1 name: variable} holds the original's value `after` one step, to
+  `rtol` of the largest change that step made to the variable, plus 2 ulp of the value. The
+  change must dwarf that rounding, or a wrong step could pass for a right one.
+
+  rtol: TF1's Adam kernel computes 1 - β2 in float32 (1 - float32(0.999) is 1.3e-5 below
+  0.001), Keras in float64: the second moments' changes differ by that much."""
+  for name, variable in ours.items():
+    change = np.abs(after[name] - before[name]).max()
+    rounding = 2 * np.spacing(np.abs(after[name]))
+    assert change > 100 * rounding.max(), f'{name}: the step hardly changed it ({change:.3g})'
+    error = np.abs(variable.numpy() - after[name])
+    worst = np.unravel_index(np.argmax(error - rounding), error.shape)
+    assert np.all(error <= rtol * change + rounding), (
+        f'{name}: differs from the original by up to {error.max():.3g} ({error.max() / change:.3g} '
+        f'of the step\'s largest change {change:.3g}); at {worst}: ours '
+        f'{variable.numpy()[worst]!r}, the original\'s {after[name][worst]!r}')
+
+
+@pytest.mark.parametrize('which', ['mnist', 'cifar10'])
+def test_a_fine_tuning_step_equals_one_more_step_of_the_original(which, mnist_tf1, cifar_tf1,
+                                                                 tmp_path, mnist_dir, cifar_dir):
+  # ε 0: the training-time attack returns the batch itself, so both take their step on the
+  # same batch. The original's step runs in a fresh graph restored from the checkpoint: the
+  # fixture's own must keep the saved values for the other tests.
+  rng = np.random.default_rng(7)
+  if which == 'mnist':
+    (_, model_dir), challenge, step = mnist_tf1, MNIST, MNIST_STEP
+    config = tiny_config(tmp_path, mnist_dir, epsilon=0.0, random_start=False,
+                         training_batch_size=8)
+    x = rng.uniform(0, 1, (8, 784))
+    original = Original(mnist_network, (784,), 0, mnist_optimizer)
+  else:
+    (_, model_dir), challenge, step = cifar_tf1, CIFAR10, CIFAR_STEP
+    # A rate that rises at step 60000: updates far above float32 rounding, and a rate that
+    # a trainer not resumed at the checkpoint's step would not use.
+    config = tiny_cifar_config(tmp_path, cifar_dir, epsilon=0.0, random_start=False,
+                               training_batch_size=8, step_size_schedule=[[0, 0.001],
+                                                                          [60000, 0.1]])
+    x = rng.uniform(0, 255, (8, 32, 32, 3))
+    # The train-mode graph (batch statistics; the step updates the moving averages) and
+    # train.py's total loss (mean xent + weight decay).
+    original = Original(
+        cifar_network(NON_WIDE, training=True), (32, 32, 3), 0,
+        lambda global_step: cifar_optimizer(global_step, config.step_size_schedule,
+                                            config.momentum),
+        cifar_training_loss(config.weight_decay))
+  x, y = x.astype(np.float32), rng.integers(0, 10, 8)
+  path = checkpoints.latest(model_dir)
+  original.restore(path)
+  before = original.variables()
+  original.train_steps(x, y, 1)
+  after = original.variables()
+
+  trainer = training.Trainer(challenge, config, log=quiet)
+  assert trainer.restore_tf1(path) == step
+  _, _, x_adv = trainer.train_step((tf.constant(x), tf.constant(y)))
+  np.testing.assert_array_equal(x_adv, x)
+  # The weights (CIFAR-10's BN moving averages included), then the optimizer slots.
+  assert_same_step(challenge.tf1_variables(trainer.model), before, after)
+  assert_same_step(challenge.tf1_slots(trainer.optimizer, trainer.model), before, after)
+  assert after['global_step'] == step + 1
+  assert int(trainer.step.numpy()) == int(trainer.optimizer.iterations.numpy()) == step + 1
 
 
 def test_converter_writes_a_checkpoint_of_this_project(cifar_tf1, tmp_path, cifar_dir):

@@ -69,11 +69,26 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def test_mirrored_strategy_gives_the_same_update_as_one_device(tmp_path, mnist_dir):
+def first_moments(trainer):
+  """Adam's first-moment slots: after one step from zero, (1 - β1) times the gradient, so
+  they show the gradient's scale (Adam's first steps themselves are ≈ lr · sign(g))."""
+  return [m.numpy() for m in trainer.optimizer._momentums]  # pylint: disable=protected-access
+
+
+def assert_same_gradient(expected, actual, rtol=1e-5):
+  """Each slot equal to a small fraction of its largest entry: float summation order differs,
+  a gradient off by the number of replicas (or a missing share) does not pass."""
+  for a, b in zip(expected, actual):
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, a, rtol=0, atol=rtol * np.abs(a).max())
+
+
+def test_mirrored_strategy_gives_the_same_gradient_and_update_as_one_device(tmp_path, mnist_dir):
   # Same global batch of 8 split over 2 logical CPUs; the summed loss's gradients are summed
   # over replicas, and each example's random start is drawn as on one device, so the
-  # update must equal the single-device one.
-  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=2)
+  # gradient (Adam's first moment after one step) and the update must equal the
+  # single-device ones.
+  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=1)
   single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
   initial = weights(single.model)
   single.run()
@@ -82,6 +97,7 @@ def test_mirrored_strategy_gives_the_same_update_as_one_device(tmp_path, mnist_d
   mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
                               strategy=mirrored_strategy, log=quiet)
   mirrored.run()
+  assert_same_gradient(first_moments(single), first_moments(mirrored))
   changed = [np.abs(a - b).max() for a, b in zip(weights(single.model), initial)]
   assert min(changed) > 1e-5  # every variable was updated
   for a, b in zip(weights(single.model), weights(mirrored.model)):

@@ -1,6 +1,7 @@
 """The original challenges' networks as TF1 graphs (tf.compat.v1), for tests: variables with
 the original names and shapes (random values), saved by tf.compat.v1.train.Saver exactly as
-the original train.py did, and a reference forward pass and input gradient in that graph."""
+the original train.py did, a reference forward pass and input gradient in that graph, and the
+original's training step."""
 import math
 import os
 
@@ -10,22 +11,45 @@ import tensorflow as tf
 v1 = tf.compat.v1
 
 
+def summed_xent(labels, logits):
+  """The MNIST original's training loss and both originals' attack loss (`model.xent`): the
+  SUM of the batch's cross-entropies."""
+  return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                                      logits=logits))
+
+
+def cifar_training_loss(weight_decay):
+  """The CIFAR-10 original train.py's total_loss: mean xent + weight_decay · Σ l2_loss over
+  the trainable variables named DW (model._decay)."""
+  def loss(labels, logits):
+    mean_xent = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=logits))
+    decay = tf.add_n([tf.nn.l2_loss(v) for v in v1.trainable_variables()
+                      if v.op.name.find('DW') > 0])
+    return mean_xent + weight_decay * decay
+  return loss
+
+
 class Original:
   """A TF1 graph and session holding one original network; `logits(x)` and `gradient(x, y)`
-  run the reference; `save(model_dir, step)` writes a TF1 checkpoint."""
+  run the reference, `train_steps` the original's training step (`make_optimizer(global_step)`
+  minimising `loss(labels, logits)`); `save(model_dir)` writes a TF1 checkpoint, `restore`
+  reads one."""
 
-  def __init__(self, build, input_shape, seed, optimizer=None):
+  def __init__(self, build, input_shape, seed, make_optimizer=None, loss=summed_xent):
     self.graph = tf.Graph()
     with self.graph.as_default():
       v1.set_random_seed(seed)
       self.x = v1.placeholder(tf.float32, (None,) + tuple(input_shape))
       self.y = v1.placeholder(tf.int64, (None,))
       self.pre_softmax = build(self.x)
-      xent = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-          labels=self.y, logits=self.pre_softmax))
-      self.grad = v1.gradients(xent, self.x)[0]
+      self.grad = v1.gradients(summed_xent(self.y, self.pre_softmax), self.x)[0]
       self.global_step = v1.train.get_or_create_global_step()
-      self.train = optimizer.minimize(xent, global_step=self.global_step) if optimizer else None
+      self.optimizer, self.train = None, None
+      if make_optimizer:
+        self.optimizer = make_optimizer(self.global_step)
+        self.train = self.optimizer.minimize(loss(self.y, self.pre_softmax),
+                                             global_step=self.global_step)
       self.saver = v1.train.Saver(max_to_keep=3)
       self.session = v1.Session(graph=self.graph)
       self.session.run(v1.global_variables_initializer())
@@ -45,13 +69,28 @@ class Original:
     for _ in range(steps):
       self.session.run(self.train, {self.x: x, self.y: y})
 
-  def save(self, model_dir, step=None):
+  def start_at(self, step):
+    """Puts the optimizer state where TF1 has it after `step` updates: the global step, and
+    Adam's bias-correction powers, which TF1 keeps as variables (`beta1_power`,
+    `beta2_power`) that start at β and are multiplied by β after each update, so hold
+    β^(step + 1). (Keras derives them from the step: the two must agree.)"""
+    with self.graph.as_default():
+      self.global_step.load(step, self.session)
+      for variable in v1.global_variables():
+        if variable.op.name in ('beta1_power', 'beta2_power'):
+          beta = float(self.session.run(variable.initial_value))
+          variable.load(np.float32(beta ** (step + 1)), self.session)
+
+  def save(self, model_dir):
     os.makedirs(model_dir, exist_ok=True)
     with self.graph.as_default():
-      if step is not None:
-        self.global_step.load(step, self.session)
       return self.saver.save(self.session, os.path.join(model_dir, 'checkpoint'),
                              global_step=self.global_step)
+
+  def restore(self, path):
+    """Every variable of the graph (weights, slots, step) from a TF1 checkpoint."""
+    with self.graph.as_default():
+      self.saver.restore(self.session, path)
 
   def logits(self, x):
     return self.session.run(self.pre_softmax, {self.x: x})
@@ -91,9 +130,13 @@ def mnist_network(x):
   return tf.matmul(h, w4) + b4
 
 
-def cifar_network(filters):
-  """cifar10_challenge/model.py in eval mode (batch norm from its moving averages), with
-  tf.contrib.layers.batch_norm's variable names (a `BatchNorm` scope)."""
+def cifar_network(filters, training=False):
+  """cifar10_challenge/model.py, with tf.contrib.layers.batch_norm's variable names (a
+  `BatchNorm` scope). In eval mode batch norm uses its moving averages. In train mode
+  (`training`) it uses the batch statistics (the fused kernel, as contrib's batch_norm
+  chose for 4-D inputs) and, as the original's `updates_collections=None` did, updates the
+  moving averages (decay 0.9) in place on every forward pass: a training step updates them
+  once."""
   def conv(name, x, in_filters, out_filters, stride):
     with v1.variable_scope(name):
       n = 3 * 3 * out_filters
@@ -110,7 +153,16 @@ def cifar_network(filters):
                              trainable=False)
       variance = v1.get_variable('moving_variance', [channels],
                                  initializer=v1.ones_initializer(), trainable=False)
-      return tf.nn.batch_normalization(x, mean, variance, beta, gamma, 0.001)
+      if not training:
+        return tf.nn.batch_normalization(x, mean, variance, beta, gamma, 0.001)
+      # The batch variance the fused kernel returns is the unbiased one, as contrib fed to
+      # the moving variance; assign_moving_average(decay 0.9, zero_debias=False).
+      y, batch_mean, batch_variance = v1.nn.fused_batch_norm(x, gamma, beta, epsilon=0.001,
+                                                             is_training=True)
+      updates = [v1.assign_sub(mean, (mean - batch_mean) * 0.1),
+                 v1.assign_sub(variance, (variance - batch_variance) * 0.1)]
+      with tf.control_dependencies(updates):
+        return tf.identity(y)
 
   def relu(x):
     return tf.where(x < 0.0, 0.1 * x, x)

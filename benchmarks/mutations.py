@@ -1,0 +1,147 @@
+"""Does the suite catch real bugs? Each mutation below puts one plausible bug into a copy of
+the working tree, runs tests there, and lists the tests that fail; a mutation that no test
+catches is reported and makes the exit code 1.
+
+  python benchmarks/mutations.py                  # each: the fast suite + the files that target it
+  python benchmarks/mutations.py --suite          # each: the whole suite (about 15 min apiece)
+  python benchmarks/mutations.py --only fgsm_step --only cw_plus_kappa
+
+The copy is made from the files git knows (tracked and untracked, not ignored), and its
+tests import the copy (PYTHONPATH, also for the scripts they start), never this checkout.
+"""
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Sequence, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  bug: str
+  path: str
+  edits: Sequence[Tuple[str, str]]  # (old, new): each old must occur exactly once
+  tests: Sequence[str] = ()  # slow test files that target it, run beside the fast suite
+
+
+MUTATIONS = (
+    Mutation('replica_gradients_averaged', 'replica gradients averaged instead of summed',
+             'common/training.py',
+             [('scaled_loss = self.updater.scale_loss(loss)',
+               'scaled_loss = self.updater.scale_loss(loss) / self.strategy.num_replicas_in_sync')],
+             ['tests/test_multiworker.py']),
+    Mutation('cw_plus_kappa', "CW+ κ 50 -> 0 in the paper's table", 'common/paper_table.py',
+             [("CW_CONFIDENCE = {'CW': 0.0, 'CW+': 50.0}", "CW_CONFIDENCE = {'CW': 0.0, 'CW+': 0.0}")]),
+    Mutation('fgsm_step', 'FGSM step ε/2 instead of ε', 'common/attack.py',
+             [('return PGDParams(epsilon, 1, epsilon, False,',
+               'return PGDParams(epsilon, 1, epsilon / 2, False,')]),
+    Mutation('random_start_unclipped', 'random start not clipped to the pixel range',
+             'common/attack.py',
+             [('return tf.clip_by_value(x_nat + noise, clip_min, clip_max)', 'return x_nat + noise')]),
+    Mutation('tf1_adam_slots_swapped', 'TF1 Adam slots mapped to the wrong variables',
+             'mnist_challenge/challenge.py',
+             [("slots[f'{name}/Adam'] = optimizer._momentums[index]",
+               "slots[f'{name}/Adam'] = optimizer._velocities[index]"),
+              ("slots[f'{name}/Adam_1'] = optimizer._velocities[index]",
+               "slots[f'{name}/Adam_1'] = optimizer._momentums[index]")]),
+    Mutation('submission_tolerance', 'submission tolerance 1e-4 -> 1e-3', 'common/submission.py',
+             [('TOLERANCE = 1e-4', 'TOLERANCE = 1e-3')]),
+    Mutation('score_reread', 'run_attack scores a re-read of the file, not the validated array',
+             'common/commands.py',
+             [('predictions = evaluator.predict(Split(x_adv, test.labels)',
+               'predictions = evaluator.predict(Split(np.load(config.store_adv_path).astype('
+               'np.float32), test.labels)')],
+             ['tests/test_cli.py']),
+    Mutation('cifar_decay_not_split', "CIFAR-10's weight decay not split over the replicas",
+             'cifar10_challenge/challenge.py',
+             [('weight_decay * model.weight_decay_loss(keras_model) / replicas',
+               'weight_decay * model.weight_decay_loss(keras_model)')]),
+    Mutation('tf1_step_not_restored', "fine-tuning a TF1 checkpoint restarts Adam's step at 0",
+             'common/training.py',
+             [('    self.optimizer.iterations.assign(step)  # the learning-rate schedule\'s step\n',
+               '')]),
+)
+
+
+def copy_tree(target):
+  """The files git knows (tracked and untracked, not ignored) into target."""
+  names = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard', '-z'], cwd=REPO,
+                         check=True, capture_output=True).stdout.decode().split('\0')
+  for name in filter(None, names):
+    source = os.path.join(REPO, name)
+    if os.path.isfile(source):
+      os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+      shutil.copy2(source, os.path.join(target, name))
+  # The real-data tests find ../shared beside the checkout.
+  shared = os.path.join(os.path.dirname(REPO), 'shared')
+  if os.path.isdir(shared):
+    os.symlink(shared, os.path.join(os.path.dirname(target), 'shared'))
+
+
+def apply(mutation, root):
+  path = os.path.join(root, mutation.path)
+  with open(path) as f:
+    text = f.read()
+  for old, new in mutation.edits:
+    if text.count(old) != 1:
+      raise SystemExit(f'{mutation.name}: "{old}" occurs {text.count(old)} times in '
+                       f'{mutation.path}; update the mutation')
+    text = text.replace(old, new)
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+def run_tests(root, args):
+  env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL='2')
+  where = subprocess.run([sys.executable, '-c', 'import common; print(common.__file__)'],
+                         cwd=root, env=env, capture_output=True, text=True).stdout
+  assert where.startswith(root), f'the copy imports {where.strip()}, not itself'
+  result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                           '-rfE'] + args, cwd=root, env=env, capture_output=True, text=True)
+  failed = sorted(set(re.findall(r'^(?:FAILED|ERROR) (\S+)', result.stdout, re.MULTILINE)))
+  summary = (result.stdout.strip().splitlines() or [''])[-1]
+  return failed, summary
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--suite', action='store_true', help='run the whole suite per mutation')
+  parser.add_argument('--only', action='append', choices=[m.name for m in MUTATIONS])
+  options = parser.parse_args()
+  chosen = [m for m in MUTATIONS if not options.only or m.name in options.only]
+  missed = []
+  for mutation in chosen:
+    began = time.time()
+    with tempfile.TemporaryDirectory() as scratch:
+      root = os.path.join(scratch, 'repo')
+      copy_tree(root)
+      apply(mutation, root)
+      runs = [[]] if options.suite else [['-m', 'not slow']] + (
+          [list(mutation.tests)] if mutation.tests else [])
+      failed, summary = [], []
+      for args in runs:
+        more, line = run_tests(root, args)
+        failed, summary = failed + more, summary + [line]
+    print(f'\n{mutation.name}: {mutation.bug} ({mutation.path}; {time.time() - began:.0f} s)')
+    print(f'  {"; ".join(summary)}')
+    for test in failed:
+      print(f'  fails: {test}')
+    if not failed:
+      print('  NOT CAUGHT: no test failed')
+      missed.append(mutation.name)
+    sys.stdout.flush()
+  print(f'\n{len(chosen) - len(missed)} of {len(chosen)} mutations caught'
+        + (f'; not caught: {", ".join(missed)}' if missed else ''))
+  sys.exit(1 if missed else 0)
+
+
+if __name__ == '__main__':
+  main()
