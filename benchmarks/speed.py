@@ -1,10 +1,14 @@
-"""Speed report: float32 vs mixed precision, and float32 vs a raw-TF-ops reference, for the
-attacks and the adversarial training steps of both challenges, in one process.
+"""Speed report: float32 against mixed precision, TF32 (on GPUs) and XLA, and float32 against
+a raw-TF-ops reference, for the attacks and the adversarial training steps of both
+challenges, in one process.
 
 Sections (each: variants interleaved --repeats times after a warm-up, medians):
   MNIST, PGD-40 on a batch of 200 and the training step (PGD-40 + Adam) on 50;
   CIFAR-10 non-wide, PGD-10 and the training step (PGD-10 + momentum) on 128;
-  CIFAR-10 wide, the same on --wide_batch (the wide net is slow on a CPU).
+  CIFAR-10 wide, the same on --wide_batch (default: 128 on a GPU, 16 on a CPU).
+Variants: float32, mixed_bfloat16, each also with XLA (jit_compile); on a GPU tf32 and tf32
+with XLA too; the training step also with op determinism (what `deterministic` costs).
+TF32 and determinism are process-wide switches: each variant sets them before it runs.
 Every variant starts from the same weights and inputs; random starts are off so that the
 reference does the same work. Also: the input pipeline alone (CIFAR-10 with augmentation),
 against the fastest training step. Run: python benchmarks/speed.py [--repeats 8]
@@ -18,9 +22,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import config as tf_config  # noqa: E402  (determinism off)
 
 from cifar10_challenge.challenge import CIFAR10  # noqa: E402
-from common import attack, data, losses  # noqa: E402
+from common import attack, data, losses, precision, runtime  # noqa: E402
 from common.training import Trainer  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
 from raw_reference import RawCIFAR, RawMNIST  # noqa: E402
@@ -35,21 +40,41 @@ def silent(*args, **kwargs):
 
 
 def report(title, batch, medians, repeats):
-  """Prints examples/s per variant and the ratios the issue asks for; returns medians."""
+  """Prints examples/s per variant and each one's speed against float32; returns medians."""
   print(f'\n{title} (medians of {repeats} interleaved runs)')
   for name, seconds in medians.items():
-    print(f'  {name:<28} {seconds:8.3f} s  {batch / seconds:8.1f} examples/s')
-  if MIXED in medians:
-    print(f'  speed-up {MIXED} over float32: {medians["float32"] / medians[MIXED]:.2f}x')
+    ratio = (f'  {medians["float32"] / seconds:5.2f}x float32' if name != 'float32' else '')
+    print(f'  {name:<28} {seconds:8.3f} s  {batch / seconds:8.1f} examples/s{ratio}')
   if 'raw reference' in medians:
     print(f'  time float32 / raw reference: '
           f'{medians["float32"] / medians["raw reference"]:.3f} (target <= 1.05)')
-  if 'float32, XLA' in medians:
-    print(f'  time XLA / float32: {medians["float32, XLA"] / medians["float32"]:.2f}')
   if 'float32, tf.while_loop' in medians:
     print(f'  time tf.while_loop / unrolled (float32): '
           f'{medians["float32, tf.while_loop"] / medians["float32"]:.2f}')
   return medians
+
+
+def variants(gpu):
+  """{name: (precision, XLA)} of the trainers and attacks to compare."""
+  chosen = {'float32': ('float32', False), MIXED: (MIXED, False),
+            'float32, XLA': ('float32', True), f'{MIXED}, XLA': (MIXED, True)}
+  if gpu:  # TF32 changes nothing on a CPU
+    chosen.update({'tf32': ('tf32', False), 'tf32, XLA': ('tf32', True)})
+  return chosen
+
+
+def in_precision(name, fn, deterministic=False):
+  """fn, run with the process-wide switches of precision `name` (and determinism)."""
+  def run():
+    precision.use(name)
+    if deterministic:
+      tf_config.enable_op_determinism()
+    try:
+      return fn()
+    finally:
+      if deterministic:
+        tf_config.disable_op_determinism()
+  return run
 
 
 def while_loop_pgd(model_fn, params):
@@ -68,21 +93,22 @@ def while_loop_pgd(model_fn, params):
   return run
 
 
-def trainers(challenge, overrides):
-  """float32 and mixed-precision trainers from the same initial weights."""
+def trainers(challenge, overrides, chosen):
+  """A trainer per variant ({name: (precision, XLA)}), all from the same initial weights."""
   built = {}
-  for precision in ('float32', MIXED):
+  for name, (precision_name, jit) in chosen.items():
     config = challenge.load_config(overrides={
         **overrides, 'model_dir': '/nonexistent', 'random_start': False,
-        'precision': precision})
-    built[precision] = Trainer(challenge, config, log=silent)
+        'precision': precision_name, 'jit_compile': 'true' if jit else 'false'})
+    built[name] = Trainer(challenge, config, log=silent)
+  precision.use('float32')  # each trainer set the switch for itself; variants set it per run
   return built
 
 
 def compare(challenge, reference_class, overrides, attack_batch, step_batch, repeats, title,
-            reference=True, xla=False, while_loop=False):
+            chosen, reference=True, while_loop=False):
   """The PGD and training-step sections of one challenge/network."""
-  built = trainers(challenge, {**overrides, 'training_batch_size': step_batch})
+  built = trainers(challenge, {**overrides, 'training_batch_size': step_batch}, chosen)
   float32, config = built['float32'], built['float32'].config
   params = dataclasses.replace(challenge.attack_params(config), random_start=False)
   rng = np.random.default_rng(0)
@@ -90,8 +116,9 @@ def compare(challenge, reference_class, overrides, attack_batch, step_batch, rep
   x = tf.constant((rng.uniform(0, 1, shape) * challenge.pixel_max).astype(np.float32))
   y = tf.constant(rng.integers(0, 10, attack_batch).astype(np.int64))
   xs, ys = x[:step_batch], y[:step_batch]
-  attacks = {precision: attack.make_pgd(lambda v, t=t: t.twin(v, training=False), params)
-             for precision, t in built.items()}
+  attacks = {name: attack.make_pgd(lambda v, t=t: t.twin(v, training=False), params,
+                                   jit_compile=t.jit_compile)
+             for name, t in built.items()}
   raw = None
   if reference:
     raw = (reference_class(float32.model) if reference_class is RawMNIST
@@ -103,23 +130,24 @@ def compare(challenge, reference_class, overrides, attack_batch, step_batch, rep
     a, b = attacks['float32'](x, y).numpy(), attacks['raw reference'](x, y).numpy()
     print(f'  PGD outputs, ours vs reference: max difference {np.abs(a - b).max():.2e}, '
           f'{np.mean(a == b) * 100:.2f}% of pixels identical')
-  if xla:
-    attacks['float32, XLA'] = tf.function(jit_compile=True)(
-        lambda x_nat, labels: attack.pgd(lambda v: float32.model(v, training=False), x_nat,
-                                         labels, params))
   if while_loop:
     attacks['float32, tf.while_loop'] = while_loop_pgd(
         lambda v: float32.model(v, training=False), params)
     a, b = attacks['float32'](x, y).numpy(), attacks['float32, tf.while_loop'](x, y).numpy()
     print(f'  PGD outputs, unrolled vs tf.while_loop: {np.mean(a == b) * 100:.2f}% of pixels '
           'identical')
+  precision_of = lambda name: chosen[name][0] if name in chosen else 'float32'
   k = params.num_steps
   results = {'attack': report(
       f'{title}: PGD-{k}, batch {attack_batch}', attack_batch, interleaved(
-          {name: (lambda f=f: f(x, y)) for name, f in attacks.items()}, repeats), repeats)}
-  steps = {precision: (lambda t=t: t.train_step((xs, ys))) for precision, t in built.items()}
+          {name: in_precision(precision_of(name), lambda f=f: f(x, y))
+           for name, f in attacks.items()}, repeats), repeats)}
+  steps = {name: in_precision(precision_of(name), lambda t=t: t.train_step((xs, ys)))
+           for name, t in built.items()}
+  steps['float32, deterministic'] = in_precision(
+      'float32', lambda: float32.train_step((xs, ys)), deterministic=True)
   if raw is not None:
-    steps['raw reference'] = lambda: raw.train_step(xs, ys, params)
+    steps['raw reference'] = in_precision('float32', lambda: raw.train_step(xs, ys, params))
   results['step'] = report(f'{title}: training step (PGD-{k} + update), batch {step_batch}',
                            step_batch, interleaved(steps, repeats), repeats)
   return results
@@ -143,21 +171,26 @@ def pipeline_examples_per_second(batch, num_batches=60):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--repeats', type=int, default=8)
-  parser.add_argument('--wide_batch', type=int, default=16)
+  parser.add_argument('--wide_batch', type=int, default=0,
+                      help='default: 128 (the recipe) on a GPU, 16 on a CPU')
   parser.add_argument('--skip_wide', action='store_true')
   parser.add_argument('--mnist_only', action='store_true', help='the MNIST sections only')
   args = parser.parse_args()
+  runtime.start()  # as every command: GPU memory growth, TF32 off
   print(machine())
+  gpu = bool(tf.config.list_physical_devices('GPU'))
+  chosen = variants(gpu)
   # The recipes' training batches: MNIST 50, CIFAR-10 128.
-  compare(MNIST, RawMNIST, {}, 200, 50, args.repeats, 'MNIST', xla=True, while_loop=True)
+  compare(MNIST, RawMNIST, {}, 200, 50, args.repeats, 'MNIST', chosen, while_loop=True)
   if args.mnist_only:
     return
   cifar = compare(CIFAR10, RawCIFAR, {'filters': NON_WIDE}, 128, 128, args.repeats,
-                  'CIFAR-10 non-wide')
+                  'CIFAR-10 non-wide', chosen)
   if not args.skip_wide:
-    compare(CIFAR10, RawCIFAR, {}, args.wide_batch, args.wide_batch, args.repeats,
-            'CIFAR-10 wide', reference=False)
-  fastest = 128 / cifar['step'][MIXED]
+    wide_batch = args.wide_batch or (128 if gpu else 16)
+    compare(CIFAR10, RawCIFAR, {}, wide_batch, wide_batch, args.repeats, 'CIFAR-10 wide',
+            chosen, reference=False)
+  fastest = 128 / min(cifar['step'].values())
   supply = pipeline_examples_per_second(128)
   print(f'\nCIFAR-10 input pipeline alone (batch 128, augmentation): {supply:.0f} examples/s, '
         f'{supply / fastest:.0f}x what the fastest training step above consumes '

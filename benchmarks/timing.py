@@ -24,9 +24,16 @@ def _cpu():
   return f'{name} ({", ".join(units) or "no bfloat16 units"})'
 
 
+def _gpus():
+  """The GPUs' names (TensorFlow's device details), or 'no GPU'."""
+  names = [tf.config.experimental.get_device_details(gpu).get('device_name', gpu.name)
+           for gpu in tf.config.list_physical_devices('GPU')]
+  return ', '.join(names) or 'no GPU'
+
+
 def machine():
-  return (f'machine: {_cpu()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, '
-          f'Keras {keras.__version__}')
+  return (f'machine: {_cpu()}, {os.cpu_count()} cores, {_gpus()}, TensorFlow '
+          f'{tf.__version__}, Keras {keras.__version__}')
 
 
 def timed(fn):

@@ -11,6 +11,7 @@ from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
 from common.config import Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
+from common.runtime import RUNTIME_KEYS
 
 CONFIG_KEYS = (
     Key('model_dir', str, '../checkpoints/cifar10/a_very_robust_model', is_path=True,
@@ -44,7 +45,7 @@ CONFIG_KEYS = (
     Key('epsilon', float, 8.0, minimum=0),
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS
 
 PIXEL_MAX = 255.0
 

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from common.data import Datasets, Split
+from common.data import Datasets, Split, check_reachable
 from common.errors import ChallengeError
 
 TRAIN_FILES = tuple(f'data_batch_{i}' for i in range(1, 6))
@@ -22,6 +22,8 @@ META_FILE = 'batches.meta'
 FILES = TRAIN_FILES + (TEST_FILE, META_FILE)
 LABEL_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                'ship', 'truck')
+# Where tensorflow_datasets' cifar10 downloads from (its builder's URL).
+TFDS_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 PAD = 4  # zero-pad 32x32 to 36x36, then crop 32x32 at random
 
 
@@ -122,6 +124,8 @@ def in_original_order(ids, images, labels, split_name):
 def load_with_tfds(data_path):
   """The tfds `cifar10` dataset (downloaded and prepared under data_path/tfds)."""
   import tensorflow_datasets as tfds  # slow import, only needed here
+  if not tfds.builder('cifar10', data_dir=os.path.join(data_path, 'tfds')).is_prepared():
+    check_reachable(TFDS_URL)  # offline: fail now, not after the downloader's retries
   arrays = []
   for split_name in ('train', 'test'):
     examples = tfds.as_numpy(tfds.load('cifar10', split=split_name, batch_size=-1,

@@ -3,8 +3,9 @@
 `LinfPGDAttack(model, epsilon, num_steps, step_size, random_start, loss_func).perturb(x, y)`
 is importable, as in the original, for a Keras model returning logits on [0, 255] pixels.
 """
+from common import cli  # first: it starts TensorFlow quietly
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, cli, commands
+from common import attack, commands
 
 
 class LinfPGDAttack(attack.LinfPGDAttack):

@@ -2,8 +2,9 @@
 
 Exit codes: 0 scored; 2 invalid submission; 1 any other failure (config, data, checkpoint).
 """
+from common import cli  # first: it starts TensorFlow quietly
 from cifar10_challenge.challenge import CIFAR10
-from common import cli, commands
+from common import commands
 
 if __name__ == '__main__':
   cli.run(commands.run_attack, CIFAR10)

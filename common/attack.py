@@ -33,14 +33,29 @@ class PGDParams:
   clip_max: float = 1.0
 
 
-def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None):
+def per_example(seed, examples, draw, dtype=tf.float32):
+  """draw(seed_i) for each example, seed_i = fold_in(seed, examples[i]): each example's draw
+  depends on (seed, its index in the whole set) alone, not on how the set is batched or split
+  over replicas. `examples`: int64 tensor [batch]."""
+  return tf.map_fn(lambda index: draw(tf.random.experimental.stateless_fold_in(seed, index)),
+                   tf.cast(examples, tf.int64), fn_output_signature=dtype)
+
+
+def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examples=None):
   """x_nat + U(-ε, ε), clipped to the pixel range. `seed`: optional shape-[2] int tensor
-  for a stateless (reproducible, resumable) draw. `rows` (with a seed): (first, total) when
-  x_nat is rows first.. of a batch of `total` split over replicas: the noise is those rows
-  of the whole batch's draw, so each example starts where it would on one device."""
+  for a stateless (reproducible, resumable) draw; with it, either
+  `rows`: (first, total) when x_nat is rows first.. of a batch of `total` split over
+  replicas: the noise is those rows of the whole batch's draw, so each example starts where
+  it would on one device (training: a fixed global batch); or
+  `examples`: each example's index in the whole set: its noise is drawn from (seed, index)
+  alone (evaluation: independent of the batch size and of the replicas).
+  Draw outside XLA-compiled code: XLA's stateless generators give other numbers than TF's."""
   shape = tf.shape(x_nat)
   if seed is None:
     noise = tf.random.uniform(shape, -epsilon, epsilon, dtype=x_nat.dtype)
+  elif examples is not None:
+    noise = per_example(seed, examples, lambda example_seed: tf.random.stateless_uniform(
+        shape[1:], example_seed, -epsilon, epsilon, dtype=x_nat.dtype), x_nat.dtype)
   else:
     first, total = rows or (0, shape[0])  # without rows: the whole batch is x_nat
     whole = tf.random.stateless_uniform(tf.concat([[total], shape[1:]], 0), seed, -epsilon,
@@ -78,10 +93,12 @@ def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None):
 
 
 def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_scale,
-              rows=None):
+              rows=None, start=None):
   """x after the start and after each of the k steps, in the original's order: the one
   place the steps are chained (`pgd` keeps the last, `pgd_trace` looks at each)."""
-  if params.random_start:
+  if start is not None:
+    x = start
+  elif params.random_start:
     x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed, rows)
   else:
     x = tf.identity(x_nat)
@@ -94,7 +111,7 @@ def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_sc
 
 
 def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
-        loss_scale=None, rows=None):
+        loss_scale=None, rows=None, start=None):
   """Returns adversarial examples within params.epsilon of x_nat (ℓ∞), in the pixel range.
 
   model_fn: callable x -> logits (e.g. `lambda x: model(x, training=False)`); x stays in
@@ -102,59 +119,77 @@ def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
   loss_fn: per-example loss (labels, logits) -> [batch]; default: params.loss_func.
   loss_scale: see `input_gradient` (`common.precision.Twin.loss_scale`).
   rows: see `random_start`.
+  start: the starting point, if drawn already (`starting_points`; e.g. outside an
+  XLA-compiled attack); it replaces the random start (or x_nat).
   """
   loss_fn = loss_fn or losses.attack_loss(params.loss_func)
   x_nat = tf.convert_to_tensor(x_nat)
   if params.epsilon == 0:
     return tf.stop_gradient(x_nat)  # the ε-ball is x_nat itself: natural training
-  for x in _iterates(model_fn, x_nat, labels, params, seed, loss_fn, loss_scale, rows):
+  for x in _iterates(model_fn, x_nat, labels, params, seed, loss_fn, loss_scale, rows, start):
     pass
   return tf.stop_gradient(x)
 
 
-def pgd_restarts(model_fn, x_nat, labels, params: PGDParams, restarts: int, seed,
-                 loss_fn=None, loss_scale=None, score_fn=None):
+def starting_points(x_nat, params: PGDParams, seed, restarts=1, rows=None, examples=None):
+  """The starts of `restarts` PGD runs, [restarts, batch, ...]: x_nat if params has no
+  random start; else the first from `seed` (as `pgd(..., seed=seed)` draws it), restart r
+  from fold_in(seed, r). rows/examples: see `random_start`."""
+  x_nat = tf.convert_to_tensor(x_nat)
+  if not params.random_start:
+    return tf.stack([x_nat] * restarts)
+  seeds = [seed] + [tf.random.experimental.stateless_fold_in(seed, r)
+                    for r in range(1, restarts)]
+  return tf.stack([random_start(x_nat, params.epsilon, params.clip_min, params.clip_max,
+                                restart_seed, rows, examples) for restart_seed in seeds])
+
+
+def pgd_restarts(model_fn, x_nat, labels, params: PGDParams, restarts: int, seed=None,
+                 loss_fn=None, loss_scale=None, score_fn=None, starts=None):
   """The worst case, per example, of PGD from `restarts` random starts.
 
   An example counts as robust only if it survives every restart: the result is the first
   restart's example that `score_fn` (default: model_fn; e.g. the float32 model when the
   attack runs in another precision) misclassifies, or if none does, the one of highest
-  loss. seed: shape-[2] int tensor; the first restart draws from `seed` (so one restart is
-  `pgd(..., seed=seed)` and more can only lower accuracy), restart r > 0 from
-  fold_in(seed, r). The restarts run in a `tf.while_loop` around the k unrolled steps (a
-  graph of 2k steps, not R·k).
+  loss. The starts are `starts` ([restarts, batch, ...]) or `starting_points(x_nat, params,
+  seed, restarts)`: one restart is `pgd(..., seed=seed)`, and more can only lower
+  accuracy. The restarts run in a `tf.while_loop` around the k unrolled steps (a graph of
+  2k steps, not R·k).
   """
   loss_fn = loss_fn or losses.attack_loss(params.loss_func)
   score_fn = score_fn or model_fn
   labels = tf.cast(labels, tf.int64)
+  if starts is None:
+    starts = starting_points(x_nat, params, seed, restarts)
 
-  def attempt(restart_seed):
+  def attempt(start):
     x = pgd(model_fn, x_nat, labels, params, loss_fn=loss_fn, loss_scale=loss_scale,
-            seed=restart_seed)
+            start=start)
     logits = score_fn(x)
     return x, tf.not_equal(tf.argmax(logits, axis=1), labels), loss_fn(labels, logits)
 
   def keep_worse(restart, best_x, best_wrong, best_loss):
-    x, wrong, loss = attempt(tf.random.experimental.stateless_fold_in(seed, restart))
+    x, wrong, loss = attempt(tf.gather(starts, restart))
     worse = ~best_wrong & (wrong | (loss > best_loss))  # a fooled example stays
     pick = lambda new, old: tf.where(
         tf.reshape(worse, [-1] + [1] * (len(old.shape) - 1)), new, old)
     return (restart + 1, pick(x, best_x), best_wrong | wrong, pick(loss, best_loss))
 
-  first = attempt(seed)
+  first = attempt(starts[0])
   _, best_x, _, _ = tf.while_loop(lambda restart, *_: restart < restarts, keep_worse,
                                   (tf.constant(1),) + first)
   return best_x
 
 
-def pgd_trace(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None):
+def pgd_trace(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
+              start=None):
   """`pgd` that also returns the per-example loss at the start and after every step:
   (x_adv, losses [num_steps + 1, batch]). For studying the inner maximisation (the
   paper's Figures 1 and 2), not for speed."""
   loss_fn = loss_fn or losses.attack_loss(params.loss_func)
   trace = []
   for x in _iterates(model_fn, tf.convert_to_tensor(x_nat), labels, params, seed, loss_fn,
-                     None):
+                     None, start=start):
     trace.append(loss_fn(labels, model_fn(x)))
   return tf.stop_gradient(x), tf.stack(trace)
 
@@ -179,16 +214,22 @@ def check_target_rule(rule: str) -> str:
   return rule
 
 
-def choose_targets(rule, logits, labels, seed=None):
+def choose_targets(rule, logits, labels, seed=None, examples=None):
   """The target class of each example under `rule` (TARGET_RULES); never its label.
-  `logits`: the attacked model's on the natural inputs; `seed` (stateless) for 'random'."""
+  `logits`: the attacked model's on the natural inputs; `seed` (stateless) for 'random',
+  with `examples` (see `random_start`) drawn per example."""
   check_target_rule(rule)
   labels = tf.cast(labels, tf.int64)
   num_classes = tf.shape(logits, out_type=tf.int64)[-1]
   if rule == 'random':
     shape = tf.shape(labels)
-    shift = (tf.random.uniform(shape, 1, num_classes, dtype=tf.int64) if seed is None else
-             tf.random.stateless_uniform(shape, seed, 1, num_classes, dtype=tf.int64))
+    if seed is None:
+      shift = tf.random.uniform(shape, 1, num_classes, dtype=tf.int64)
+    elif examples is not None:
+      shift = per_example(seed, examples, lambda example_seed: tf.random.stateless_uniform(
+          [], example_seed, 1, num_classes, dtype=tf.int64), tf.int64)
+    else:
+      shift = tf.random.stateless_uniform(shape, seed, 1, num_classes, dtype=tf.int64)
     return (labels + shift) % num_classes
   wrong = 1.0 - tf.one_hot(labels, tf.cast(num_classes, tf.int32), dtype=tf.float32)
   logits = tf.cast(logits, tf.float32)
@@ -203,11 +244,15 @@ def targeted(loss_fn):
   return lambda targets, logits: -loss_fn(targets, logits)
 
 
-def make_pgd(model_fn, params: PGDParams, loss_scale=None):
-  """`pgd` compiled once: a function (x_nat, labels) -> x_adv."""
+def make_pgd(model_fn, params: PGDParams, loss_scale=None, jit_compile=False):
+  """`pgd` compiled once: a function (x_nat, labels) -> x_adv. With `jit_compile` the steps
+  are compiled by XLA and the random start is drawn before them, by TF's own generator."""
   loss_fn = losses.attack_loss(params.loss_func)  # fails early on an unknown name
-  return tf.function(lambda x_nat, labels: pgd(model_fn, x_nat, labels, params,
-                                               loss_fn=loss_fn, loss_scale=loss_scale))
+  steps = tf.function(lambda x_nat, labels, start: pgd(
+      model_fn, x_nat, labels, params, loss_fn=loss_fn, loss_scale=loss_scale, start=start),
+      jit_compile=jit_compile)
+  return tf.function(lambda x_nat, labels: steps(
+      x_nat, labels, starting_points(x_nat, params, None)[0]))
 
 
 class LinfPGDAttack:

@@ -1,14 +1,60 @@
 """Command-line plumbing shared by every script: absl flags from the config keys, errors as
-one line and an exit code instead of a traceback."""
+one line and an exit code instead of a traceback, and TensorFlow started quietly.
+
+TensorFlow's own start-up lines (oneDNN and CPU-feature notes, "could not find cuda drivers",
+and on a machine without a GPU driver `failed call to cuInit: ... (303)`, which reads like a
+failure and is not one) stay out of the output, unless TF_CPP_MIN_LOG_LEVEL asks for them
+(0 or 1); its Python INFO lines too, unless --verbosity asks. That is why this module
+imports TensorFlow itself, before the scripts' other imports do.
+"""
+import contextlib
 import json
 import logging as python_logging
+import os
+import re
 import signal
 import sys
+import tempfile
 
 from absl import app, flags, logging
 
-from common.config import Config
-from common.errors import ChallengeError
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # read when TensorFlow is imported
+
+# TensorFlow's C++ log lines (I/W, and the cuInit error of a machine without a GPU driver),
+# the notice absl prints before its log is set up, and the CPU-feature note's second line.
+_TF_NOISE = re.compile(r'^([IW]\d{4} |E\d{4} .*failed call to cuInit|WARNING: All log messages '
+                       r'before absl::InitializeLog|To enable the following instructions)')
+
+
+@contextlib.contextmanager
+def _tensorflow_noise_filtered():
+  """What is written to stderr (file descriptor 2, where TensorFlow's C++ logs go) inside,
+  replayed afterwards without TensorFlow's start-up noise."""
+  if os.environ['TF_CPP_MIN_LOG_LEVEL'] in ('0', '1'):  # asked for
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors='replace').splitlines():
+        if not _TF_NOISE.match(line):
+          print(line, file=sys.stderr)
+
+
+with _tensorflow_noise_filtered():
+  import tensorflow  # noqa: F401,E402  (its import logs)
+
+from common import runtime  # noqa: E402
+from common.config import Config  # noqa: E402
+from common.errors import ChallengeError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -57,7 +103,6 @@ def run(command, challenge, options=None) -> None:
   prints `error: <message>` on stderr and exits with its exit code.
   """
   define_config_flags(challenge)
-  FLAGS.set_default('verbosity', logging.WARNING)  # TF's INFO lines drown the output
   options = options or {}
   for name, (default, help_text) in options.items():
     if isinstance(default, tuple):
@@ -68,8 +113,11 @@ def run(command, challenge, options=None) -> None:
   def main(argv):
     # SIGTERM (a scheduler, `kill`) ends a script like Ctrl-C: one line, no traceback.
     signal.signal(signal.SIGTERM, _terminated)
-    # TF's own Python logger reports every collective and checkpoint shard at INFO.
-    python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
+    # TF's Python logs report every collective and checkpoint shard at INFO (e.g. "Sharding
+    # callback duration" at every checkpoint); --verbosity 0 shows them.
+    if not FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+      python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
@@ -85,4 +133,6 @@ def run(command, challenge, options=None) -> None:
       print('\nterminated', file=sys.stderr)
       sys.exit(143)
 
+  with _tensorflow_noise_filtered():  # TF looks for its devices here (or at app.run's start)
+    runtime.start()
   app.run(main)

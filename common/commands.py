@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import (attack, checkpoints, distribute, files, landscape, paper_table,
-                    precision, submission, tf1_checkpoints, training)
+                    precision, runtime, submission, tf1_checkpoints, training)
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
@@ -33,7 +33,8 @@ TRAIN_OPTIONS = {
 def train(challenge, config, strategy='auto', cluster_resolver='',
           slurm_port=distribute.SLURM_PORT):
   return training.train(challenge, config,
-                        distribute.get_strategy(strategy, cluster_resolver, slurm_port))
+                        distribute.get_strategy(strategy, cluster_resolver, slurm_port),
+                        announce=True)
 
 
 def _evaluation_setup(challenge, config):
@@ -52,7 +53,10 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True):
                                      'eval_precision')
   twin = precision.Twin(model, lambda: challenge.build_model(config), attack_precision)
   precision.announce_attack_precision(attack_precision, log)
-  return model, Evaluator(model, challenge.attack_params(config), strategy, twin)
+  jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
+                       log if attack else None)  # run_attack's output stays the original's
+  return model, Evaluator(model, challenge.attack_params(config), strategy, twin,
+                          jit_compile=jit)
 
 
 # Options of eval.py beyond the config: {name: (default, help)}; cli.run makes them flags.
@@ -255,11 +259,13 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
   model_dirs = {'model': config.model_dir}
   if compare_model_dir:
     model_dirs['compared'] = compare_model_dir
+  jit = runtime.set_up(tf.distribute.get_strategy(), 'float32', config.jit_compile,
+                       config.deterministic, log)
   traces = {}
   for name, model_dir in model_dirs.items():
     model, _ = paper_table.load_model(challenge, config, model_dir, log)
     traces[name] = landscape.trace_losses(model, test, params, restarts,
-                                          challenge.seed(config), config.eval_batch_size)
+                                          challenge.seed(config), config.eval_batch_size, jit)
     log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}, '
         f'{restarts} random starts per example; final xent:')
     summary = landscape.summarise(traces[name][:, :, -1])

@@ -23,6 +23,9 @@ class Key:
   # `cd mnist_challenge && python train.py` and `python mnist_challenge/train.py` agree.
   is_path: bool = False
   minimum: Optional[float] = None  # for numbers
+  # For strings: the values allowed. Where they include "true"/"false", a JSON boolean is
+  # read as that string (`"jit_compile": true` and `--jit_compile true` agree).
+  choices: Optional[Sequence[str]] = None
 
 
 class Config(Mapping):
@@ -64,6 +67,8 @@ def _type_name(t) -> str:
 
 def check_value(key: Key, value: Any) -> Any:
   """Returns `value` as the key's type, or raises naming the key."""
+  if key.choices is not None and isinstance(value, bool) and 'true' in key.choices:
+    value = 'true' if value else 'false'
   ok = (isinstance(value, bool) if key.type is bool else
         # bool is an int in Python, but `true` is not a step count.
         isinstance(value, int) and not isinstance(value, bool) if key.type is int else
@@ -73,6 +78,9 @@ def check_value(key: Key, value: Any) -> Any:
     raise ChallengeError(
         f'config key "{key.name}" must be {_type_name(key.type)}, '
         f'found {json.dumps(value)} ({type(value).__name__})')
+  if key.choices is not None and value not in key.choices:
+    raise ChallengeError(f'config key "{key.name}" must be one of {", ".join(key.choices)}, '
+                         f'found {json.dumps(value)}')
   if key.minimum is not None and value < key.minimum:
     raise ChallengeError(f'config key "{key.name}" must be at least {key.minimum:g}, '
                          f'found {value}')

@@ -1,5 +1,9 @@
-"""Input pipelines shared by both challenges (arrays in memory -> tf.data)."""
+"""Input pipelines shared by both challenges (arrays in memory -> tf.data), and the check
+that a download can start at all."""
 import dataclasses
+import socket
+import threading
+import urllib.parse
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -71,7 +75,34 @@ def replica_batches(global_batches: tf.data.Dataset, first_row: int, num_rows: i
   return global_batches.flat_map(split).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(split: Split, batch_size: int) -> tf.data.Dataset:
-  """The split in order, in batches (the last one may be smaller)."""
-  return (tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+def eval_batches(split: Split, batch_size: int, with_index: bool = False) -> tf.data.Dataset:
+  """The split in order, in batches (the last one may be smaller) of (images, labels), and
+  with_index: each example's index in the split (int64) too."""
+  columns = (split.images, split.labels)
+  if with_index:
+    columns += (np.arange(len(split), dtype=np.int64),)
+  return (tf.data.Dataset.from_tensor_slices(columns).batch(batch_size)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def check_reachable(url: str, timeout: float = 10.0) -> None:
+  """Raises OSError within about `timeout` seconds if url's host cannot be resolved or
+  reached: on an offline compute node a downloader would retry for minutes before failing.
+  A slow network that answers is fine: only the first connection is timed."""
+  parsed = urllib.parse.urlsplit(url)
+  address = (parsed.hostname, parsed.port or (443 if parsed.scheme == 'https' else 80))
+  outcome = []
+
+  def connect():  # in a thread: name resolution has no timeout of its own
+    try:
+      socket.create_connection(address, timeout=timeout).close()
+      outcome.append(None)
+    except OSError as e:
+      outcome.append(e)
+  thread = threading.Thread(target=connect, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  if not outcome:
+    raise OSError(f'{address[0]} did not answer within {timeout:g} s (no network?)')
+  if outcome[0] is not None:
+    raise OSError(f'cannot reach {address[0]}:{address[1]} ({outcome[0]})')

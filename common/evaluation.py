@@ -48,23 +48,30 @@ class Evaluator:
   The attack runs in the precision of `attack_twin` (default: the model, float32);
   accuracies, losses and predictions are always the float32 model's. With `restarts` > 1
   each example gets the worst case of that many random starts (`attack.pgd_restarts`).
-  With a `seed`, random starts are stateless draws from (seed, batch, replica): the same
-  for every run; without one, TF's global generator draws them.
+  With a `seed`, each example's random starts (and random target) are stateless draws from
+  (seed, its index in the split): the same on every run, whatever the batch size and the
+  number of replicas; without one, TF's global generator draws them.
 
   Transfer (black-box) attacks: an `attack_twin` of another (source) model; its gradients
   craft the examples, the evaluated model only scores them (and, with restarts, judges
   which restart is worst). `loss_fn` replaces params.loss_func (e.g. CW with another κ);
   `target_rule` (attack.TARGET_RULES) makes the attack targeted: it descends the loss of a
   target class chosen from the attacking model's natural logits.
+
+  `jit_compile`: the attack and scoring of each replica's batch are compiled by XLA; what
+  is random is drawn before, by TF's generators (XLA's give other numbers), so the results
+  are those without XLA up to float rounding.
   """
 
   def __init__(self, model, params: attack.PGDParams, strategy=None,
                attack_twin: Optional[precision.Twin] = None, restarts: int = 1,
-               seed: Optional[int] = None, loss_fn=None, target_rule: Optional[str] = None):
+               seed: Optional[int] = None, loss_fn=None, target_rule: Optional[str] = None,
+               jit_compile: bool = False):
     self.model = model
     self.strategy = strategy or tf.distribute.get_strategy()
     self._model_fn = lambda x: model(x, training=False)
     self.attack_twin = attack_twin or precision.Twin(model, None, 'float32')
+    self._attack_fn = lambda x: self.attack_twin(x, training=False)
     self.params = params
     self._loss_fn = loss_fn or losses.attack_loss(params.loss_func)
     self.restarts, self.seed, self.target_rule = restarts, seed, target_rule
@@ -74,36 +81,43 @@ class Evaluator:
         raise ValueError('targeted PGD with restarts is not supported')
     if restarts > 1 and seed is None:
       self.seed = 0
+    self._attack_and_score = (tf.function(self._attack_and_score_fn, jit_compile=True)
+                              if jit_compile else self._attack_and_score_fn)
 
-  def _replica_attack(self, x, y, batch_index):
-    attack_fn = lambda v: self.attack_twin(v, training=False)
-    seed = None
+  def _replica_attack(self, x, y, examples):
+    """Draws the random starts and targets, then attacks and scores (compiled)."""
+    seed, draws = None, None
     if self.seed is not None:
-      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-      seed = tf.random.experimental.stateless_fold_in(
-          tf.stack([tf.constant(self.seed, tf.int64), batch_index]), replica)
+      seed, draws = tf.constant([self.seed, 0], tf.int64), examples
+    targets = y
     if self.target_rule is not None:
-      target_seed = None if seed is None else tf.random.experimental.stateless_fold_in(
-          seed, -1)
-      targets = attack.choose_targets(self.target_rule, attack_fn(x), y, target_seed)
-      x_adv = attack.pgd(attack_fn, x, targets, self.params, seed=seed,
-                         loss_fn=attack.targeted(self._loss_fn),
-                         loss_scale=self.attack_twin.loss_scale)
+      target_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, -1)
+      targets = attack.choose_targets(self.target_rule, self._attack_fn(x), y, target_seed,
+                                      draws)
+    starts = attack.starting_points(x, self.params, seed, self.restarts, examples=draws)
+    return self._attack_and_score(x, y, targets, starts)
+
+  def _attack_and_score_fn(self, x, y, targets, starts):
+    scale = self.attack_twin.loss_scale
+    if self.target_rule is not None:
+      x_adv = attack.pgd(self._attack_fn, x, targets, self.params,
+                         loss_fn=attack.targeted(self._loss_fn), loss_scale=scale,
+                         start=starts[0])
     elif self.restarts > 1:
-      x_adv = attack.pgd_restarts(attack_fn, x, y, self.params, self.restarts, seed,
-                                  self._loss_fn, self.attack_twin.loss_scale,
-                                  score_fn=self._model_fn)
+      x_adv = attack.pgd_restarts(self._attack_fn, x, y, self.params, self.restarts,
+                                  loss_fn=self._loss_fn, loss_scale=scale,
+                                  score_fn=self._model_fn, starts=starts)
     else:
-      x_adv = attack.pgd(attack_fn, x, y, self.params, seed=seed, loss_fn=self._loss_fn,
-                         loss_scale=self.attack_twin.loss_scale)
+      x_adv = attack.pgd(self._attack_fn, x, y, self.params, loss_fn=self._loss_fn,
+                         loss_scale=scale, start=starts[0])
     nat_logits, adv_logits = self._model_fn(x), self._model_fn(x_adv)
     return (losses.num_correct(y, nat_logits), tf.reduce_sum(losses.xent(y, nat_logits)),
             losses.num_correct(y, adv_logits), tf.reduce_sum(losses.xent(y, adv_logits)),
             x_adv)
 
   @tf.function(reduce_retracing=True)
-  def _attack_batch(self, batch, batch_index):
-    *stats, x_adv = self.strategy.run(self._replica_attack, args=batch + (batch_index,))
+  def _attack_batch(self, batch):
+    *stats, x_adv = self.strategy.run(self._replica_attack, args=batch)
     return [self.strategy.reduce(SUM, s, axis=None) for s in stats], x_adv
 
   @tf.function(reduce_retracing=True)
@@ -111,16 +125,16 @@ class Evaluator:
     return self.strategy.run(
         lambda x, y: tf.argmax(self._model_fn(x), axis=1), args=batch)
 
-  def _batches(self, split, batch_size):
+  def _batches(self, split, batch_size, with_index=False):
     return self.strategy.experimental_distribute_dataset(
-        data.eval_batches(split, batch_size))
+        data.eval_batches(split, batch_size, with_index))
 
   def attack(self, split: data.Split, batch_size: int, keep_adversarial=False,
              log=None) -> Results:
     totals = np.zeros(4)
     adversarial = []
-    for i, batch in enumerate(self._batches(split, batch_size)):
-      stats, x_adv = self._attack_batch(batch, tf.constant(i, tf.int64))
+    for i, batch in enumerate(self._batches(split, batch_size, with_index=True)):
+      stats, x_adv = self._attack_batch(batch)
       totals += [float(s) for s in stats]
       if keep_adversarial:
         adversarial.append(_local_concat(self.strategy, x_adv))

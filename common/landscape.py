@@ -18,15 +18,18 @@ OUTLIER_IQRS = 3.0
 
 
 def trace_losses(model, split: Split, params: attack.PGDParams, restarts: int, seed: int,
-                 batch_size: int) -> np.ndarray:
-  """xent after each PGD iteration of each restart: [examples, restarts, steps + 1]."""
+                 batch_size: int, jit_compile: bool = False) -> np.ndarray:
+  """xent after each PGD iteration of each restart: [examples, restarts, steps + 1].
+  jit_compile: the traced steps compiled by XLA (the random starts drawn before, by TF)."""
   params = dataclasses.replace(params, random_start=True)
   model_fn = lambda x: model(x, training=False)
+  trace = tf.function(lambda x, y, start: attack.pgd_trace(
+      model_fn, x, y, params, loss_fn=losses.xent, start=start)[1], jit_compile=jit_compile)
 
   @tf.function(reduce_retracing=True)
   def run(x, y, chunk):
-    return attack.pgd_trace(model_fn, x, y, params, loss_fn=losses.xent,
-                            seed=tf.stack([tf.constant(seed, tf.int64), chunk]))[1]
+    seed_of_chunk = tf.stack([tf.constant(seed, tf.int64), chunk])
+    return trace(x, y, attack.starting_points(x, params, seed_of_chunk)[0])
 
   # Every (example, restart) pair is one row of a batch: example-major order.
   x = np.repeat(split.images, restarts, axis=0)

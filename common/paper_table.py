@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from common import attack, checkpoints, files, losses, precision
+from common import attack, checkpoints, files, losses, precision, runtime
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
 
@@ -46,7 +46,7 @@ class Result:
 
 
 def evaluator_for(row: Row, model, attacker, params: attack.PGDParams, strategy, seed,
-                  target_rule) -> Evaluator:
+                  target_rule, jit_compile=False) -> Evaluator:
   """The Evaluator of `row` against `model`, crafting with `attacker` (a Twin)."""
   if row.method == 'FGSM':
     row_params = attack.fgsm_params(params.epsilon, params.clip_min, params.clip_max)
@@ -57,7 +57,8 @@ def evaluator_for(row: Row, model, attacker, params: attack.PGDParams, strategy,
              if row.method in CW_CONFIDENCE else None)
   return Evaluator(model, row_params, strategy, attacker, restarts=row.restarts, seed=seed,
                    loss_fn=loss_fn,
-                   target_rule=target_rule if row.method == 'targeted' else None)
+                   target_rule=target_rule if row.method == 'targeted' else None,
+                   jit_compile=jit_compile)
 
 
 def load_model(challenge, config, model_dir: str, log, attack_precision='float32'):
@@ -85,6 +86,8 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
                          'sources: ' + ', '.join(sorted({r.source for r in rows} - {WHITE_BOX})))
   attack_precision = precision.check(config.eval_precision, 'eval_precision')
   precision.announce_attack_precision(attack_precision, log)
+  jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
+                       log)
   model, twin = load_model(challenge, config, config.model_dir, log, attack_precision)
   attackers = {WHITE_BOX: twin}
   for name, model_dir in sources.items():
@@ -99,7 +102,8 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
       continue
     began = time.perf_counter()
     evaluator = evaluator_for(row, model, attackers[row.source], params, strategy,
-                              seed=challenge.seed(config) + index, target_rule=target_rule)
+                              seed=challenge.seed(config) + index, target_rule=target_rule,
+                              jit_compile=jit)
     if row.method == 'natural':
       predictions = evaluator.predict(test, config.eval_batch_size)
       accuracy = 100.0 * float((predictions == test.labels).mean())

@@ -17,13 +17,17 @@ import contextlib
 from typing import Callable
 
 import keras
+import tensorflow as tf
 
 from common.config import Key
 from common.errors import ChallengeError
 
 # {name: what it does}; the names are Keras dtype policies.
 PRECISIONS = {
-    'float32': 'float32 throughout, as the original',
+    'float32': 'float32 throughout, as the original (IEEE float32: TF32 off on every device)',
+    'tf32': 'float32 weights and arithmetic, but matrix multiplications and convolutions in '
+            'TF32 (10-bit mantissa) on NVIDIA Ampere and newer GPUs; the same as float32 '
+            'elsewhere',
     'mixed_bfloat16': 'bfloat16 compute, float32 weights, inputs, logits and losses '
                       '(CPUs with AVX-512 BF16 or AMX, TPUs, recent GPUs)',
     'mixed_float16': 'float16 compute with loss scaling, float32 weights, inputs, logits '
@@ -57,11 +61,31 @@ def check(precision: str, key: str = 'precision') -> str:
   return precision
 
 
+def computes_in_float32(precision: str) -> bool:
+  """float32 and tf32 compute with float32 tensors (tf32 only rounds inside matmuls and
+  convolutions, a process-wide switch): their twin is the model itself."""
+  return check(precision) in ('float32', 'tf32')
+
+
+def use_tf32(enabled: bool) -> None:
+  """TensorFlow's TF32 switch, process-wide: its matmuls and convolutions on Ampere and newer
+  GPUs round their inputs to a 10-bit mantissa when on (TensorFlow's default!). Off, float32
+  is IEEE float32 everywhere."""
+  tf.config.experimental.enable_tensor_float_32_execution(enabled)
+
+
+def use(precision: str) -> str:
+  """Sets the process for computing in `precision` (TF32 on only for 'tf32')."""
+  use_tf32(check(precision) == 'tf32')
+  return precision
+
+
 @contextlib.contextmanager
 def policy(precision: str):
   """Layers built inside use `precision` as their dtype policy (Keras' is global)."""
   previous = keras.config.dtype_policy()
-  keras.config.set_dtype_policy(check(precision))
+  keras.config.set_dtype_policy('float32' if computes_in_float32(precision) else
+                                check(precision))
   try:
     yield
   finally:
@@ -77,7 +101,7 @@ class Twin:
 
   def __init__(self, model: keras.Model, build: Callable[[], keras.Model], precision: str):
     self.model, self.precision = model, check(precision)
-    if precision == 'float32':
+    if computes_in_float32(precision):
       self._runner = model
     else:
       with policy(precision):
@@ -115,6 +139,9 @@ def training_optimizer(optimizer, precision: str):
 
 def announce_attack_precision(attack_precision: str, log) -> None:
   """Says so when an evaluation's attack is not float32 (it is opt-in)."""
-  if attack_precision != 'float32':
+  if attack_precision == 'tf32':
+    log('attack precision: tf32 (eval_precision; opt-in, the reference evaluation is '
+        'float32); TF32 is a process-wide switch, so the scoring runs in TF32 too')
+  elif attack_precision != 'float32':
     log(f'attack precision: {attack_precision} (eval_precision; opt-in, the reference '
         'evaluation is float32); accuracies are scored in float32')

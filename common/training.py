@@ -38,7 +38,7 @@ import keras
 import tensorflow as tf
 
 from common import (attack, checkpoints, data, distribute, files, losses, precision,
-                    tf1_checkpoints)
+                    runtime, tf1_checkpoints)
 from common.challenge import Challenge
 from common.config import Config
 from common.errors import ChallengeError
@@ -68,13 +68,14 @@ class _StatefulForward:
       self.state = state
     return logits
 
-  def write_state(self):
-    """Assigns the carried state, floats averaged over replicas (call in replica context)."""
-    context = tf.distribute.get_replica_context()
-    for variable, value in zip(self.model.non_trainable_variables, self.state):
-      if value.dtype.is_floating:
-        value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
-      variable.assign(value)
+
+def _write_state(model, state):
+  """Assigns the carried state, floats averaged over replicas (call in replica context)."""
+  context = tf.distribute.get_replica_context()
+  for variable, value in zip(model.non_trainable_variables, state):
+    if value.dtype.is_floating:
+      value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+    variable.assign(value)
 
 
 class Trainer:
@@ -99,7 +100,8 @@ class Trainer:
     self.attack_params = challenge.attack_params(config)
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
-    precision.check(config.precision)
+    self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,
+                                      config.deterministic)
     with self.strategy.scope():
       self.model = challenge.build_model(config)
       # The optimizer whose state is checkpointed; `updater` applies updates through it
@@ -115,6 +117,8 @@ class Trainer:
     self.twin = precision.Twin(self.model, lambda: challenge.build_model(config),
                                config.precision)
     self.checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.step)
+    self._gradients = (tf.function(self._gradients_fn, jit_compile=True) if self.jit_compile
+                       else self._gradients_fn)
     self.attack_batch_norm = challenge.training_attack_batch_norm(config)
     if self.attack_batch_norm not in ATTACK_BATCH_NORM:
       raise ChallengeError(
@@ -127,20 +131,34 @@ class Trainer:
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     # A stateless seed per (config seed, step): reproducible, a resumed run draws the random
     # starts an uninterrupted one would have, and the draw is made for the global batch (this
-    # replica keeps its rows), so it does not depend on the number of replicas.
+    # replica keeps its rows), so it does not depend on the number of replicas. It is drawn
+    # here, outside XLA, whose generators give other numbers.
     seed = tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()])
-    rows = (replica * self.replica_batch, self.global_batch)
+    start = attack.starting_points(x, self.attack_params, seed, rows=(
+        replica * self.replica_batch, self.global_batch))[0]
+    gradients, state, correct, xent_sum, x_adv = self._gradients(x, y, start)
+    # The update and the replicas' exchanges stay outside XLA (collectives and the
+    # optimizer's cross-replica merge cannot be compiled into a replica's function).
+    variables = self.model.trainable_variables
+    self.updater.apply_gradients(zip(gradients, variables))
+    _write_state(self.model, state)
+    return correct, xent_sum, x_adv
+
+  def _gradients_fn(self, x, y, start):
+    """The attack from `start`, then the (scaled) loss's weight gradients: (gradients, the
+    model's new non-trainable state, correct, xent sum, x_adv); XLA-compiled with
+    jit_compile."""
     forward = _StatefulForward(self.twin)
-    x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params, seed=seed,
-                       loss_scale=self.twin.loss_scale, rows=rows)
+    x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params,
+                       loss_scale=self.twin.loss_scale, start=start)
+    variables = self.model.trainable_variables
     with tf.GradientTape() as tape:
       logits = forward(x_adv, update_state=True)
       loss = self.training_loss(y, logits, self.model, self.global_batch)
       scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
-    variables = self.model.trainable_variables
-    self.updater.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
-    forward.write_state()
-    return (losses.num_correct(y, logits), tf.reduce_sum(losses.xent(y, logits)), x_adv)
+    gradients = tape.gradient(scaled_loss, variables)
+    return (gradients, forward.state, losses.num_correct(y, logits),
+            tf.reduce_sum(losses.xent(y, logits)), x_adv)
 
   def _attack_model(self, forward):
     """The x -> logits function the training-time attack differentiates."""
@@ -328,5 +346,11 @@ class Trainer:
     return last
 
 
-def train(challenge: Challenge, config: Config, strategy=None, log=print) -> int:
-  return Trainer(challenge, config, strategy, log).run()
+def train(challenge: Challenge, config: Config, strategy=None, log=print,
+          announce=False) -> int:
+  """Trains to max_num_training_steps; `announce`: the chief first says what runs where."""
+  trainer = Trainer(challenge, config, strategy, log)
+  if announce:
+    trainer.log(runtime.describe(trainer.strategy, config.precision, trainer.jit_compile,
+                                 config.deterministic))
+  return trainer.run()

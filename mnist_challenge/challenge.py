@@ -10,6 +10,7 @@ from common.challenge import ATTACK_OUTPUT_KEYS, Challenge
 from common.config import Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
+from common.runtime import RUNTIME_KEYS
 from mnist_challenge import data, model
 
 CONFIG_KEYS = (
@@ -32,7 +33,7 @@ CONFIG_KEYS = (
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS
 
 
 def attack_params(config) -> PGDParams:

@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from common.data import Datasets, Split
+from common.data import Datasets, Split, check_reachable
 from common.errors import ChallengeError
 
 FILES = {
@@ -73,6 +73,12 @@ def _find(data_dir):
   return found
 
 
+def download_url() -> str:
+  """Where tensorflow_datasets downloads MNIST's four .gz files from."""
+  import tensorflow_datasets as tfds  # slow import, only needed here
+  return tfds.builder_cls('mnist').URL
+
+
 def download_with_tfds(data_dir: str) -> None:
   """Fetches the four .gz files into data_dir with tensorflow_datasets' downloader.
 
@@ -80,7 +86,8 @@ def download_with_tfds(data_dir: str) -> None:
   must keep its original order, so we take the raw files from the URL tfds uses.
   """
   import tensorflow_datasets as tfds  # slow import, only needed here
-  url = tfds.builder_cls('mnist').URL
+  url = download_url()
+  check_reachable(url)  # offline: fail now, not after the downloader's retries
   os.makedirs(data_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
     manager = tfds.download.DownloadManager(download_dir=tmp)

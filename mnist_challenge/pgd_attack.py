@@ -3,7 +3,8 @@
 `LinfPGDAttack(model, epsilon, k, a, random_start, loss_func).perturb(x, y)` is importable,
 as in the original, for a Keras model returning logits on [0, 1] pixels.
 """
-from common import attack, cli, commands
+from common import cli  # first: it starts TensorFlow quietly
+from common import attack, commands
 from mnist_challenge.challenge import MNIST
 
 

@@ -17,16 +17,25 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # disable_op_determinism
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO, '..', 'shared', 'data', 'mnist')
 SHARED_CIFAR = os.path.join(REPO, '..', 'shared', 'data', 'cifar10')
 
-# Two logical CPU devices, so that MirroredStrategy runs on this GPU-less machine. This must
-# happen before TensorFlow initialises its devices, hence at import.
+# Two logical CPU devices, so that MirroredStrategy runs on any machine; on a GPU host, the
+# first GPU as two logical GPUs too (tests marked `gpu`: MirroredStrategy on one physical
+# GPU), each given a share of its memory so that the scripts that gpu tests start find room
+# beside this process. Strict float32 (TF32 off), as every command. This must happen before
+# TensorFlow initialises its devices, hence at import.
 _cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+GPUS = tf.config.list_physical_devices('GPU')
+if GPUS:
+  tf.config.set_logical_device_configuration(
+      GPUS[0], [tf.config.LogicalDeviceConfiguration(memory_limit=8192)] * 2)
+tf.config.experimental.enable_tensor_float_32_execution(False)
 
 from cifar10_challenge import data as cifar_data  # noqa: E402
 from cifar10_challenge.challenge import CIFAR10  # noqa: E402
@@ -42,18 +51,30 @@ CIFAR_TEST = 50
 NON_WIDE = [16, 16, 32, 64]
 
 
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `gpu` skip, saying why, on a machine without one."""
+  if not GPUS:
+    skip = pytest.mark.skip(reason='needs a GPU (this machine has none)')
+    for item in items:
+      if item.get_closest_marker('gpu'):
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def host_independent(request, monkeypatch):
   """No test inherits the host's cluster (TF_CONFIG), and in-process tests not marked `gpu`
   run on the CPU: strategies see no GPU and ops are placed on /CPU:0, so "one device"
-  means the CPU here on any host. (Subprocesses get CUDA_VISIBLE_DEVICES='' instead.)"""
+  means the CPU here on any host. (Subprocesses get CUDA_VISIBLE_DEVICES='' instead.) A
+  test that turns on op determinism or TF32 (process-wide switches) leaves them off."""
   monkeypatch.delenv('TF_CONFIG', raising=False)
   if request.node.get_closest_marker('gpu'):
     yield
-    return
-  monkeypatch.setattr(distribute, 'physical_gpus', lambda: 0)
-  with tf.device('/CPU:0'):
-    yield
+  else:
+    monkeypatch.setattr(distribute, 'physical_gpus', lambda: 0)
+    with tf.device('/CPU:0'):
+      yield
+  tf_config.disable_op_determinism()
+  tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 def _first_ephemeral_port():

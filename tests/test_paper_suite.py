@@ -98,9 +98,11 @@ def test_transfer_uses_the_sources_gradients_only(net):
   transfer = Evaluator(net, params, attack_twin=precision.Twin(source, None, 'float32'),
                        seed=9).attack(data, 20, keep_adversarial=True)
   white_box = Evaluator(net, params, seed=9).attack(data, 20, keep_adversarial=True)
-  # The same seed, batch and replica: the transfer examples are PGD on the source alone.
-  seed = tf.random.experimental.stateless_fold_in(tf.constant([9, 0], tf.int64), 0)
-  on_source = attack.pgd(lambda v: source(v, training=False), x, y, params, seed=seed)
+  # The same random starts (seed 9, drawn per example): the transfer examples are PGD on
+  # the source alone.
+  start = attack.starting_points(x, params, tf.constant([9, 0], tf.int64),
+                                 examples=tf.range(20, dtype=tf.int64))[0]
+  on_source = attack.pgd(lambda v: source(v, training=False), x, y, params, start=start)
   np.testing.assert_allclose(transfer.adversarial, on_source.numpy(), atol=1e-6)
   assert not np.allclose(transfer.adversarial, white_box.adversarial)
   assert transfer.nat_correct == white_box.nat_correct == 20  # scored by the target

@@ -44,7 +44,7 @@ def test_precision_keys_default_to_float32_and_unknown_names_are_errors(tmp_path
     config = challenge.load_config()
     assert (config.precision, config.eval_precision) == ('float32', 'float32')
   with pytest.raises(ChallengeError, match='unknown precision "bfloat16"; use one of: '
-                                           'float32, mixed_bfloat16, mixed_float16'):
+                                           'float32, tf32, mixed_bfloat16, mixed_float16'):
     training.Trainer(MNIST, tiny_config(tmp_path, mnist_dir, precision='bfloat16'))
   with pytest.raises(ChallengeError, match='unknown eval_precision "half"'):
     commands.evaluate(MNIST, tiny_config(tmp_path, mnist_dir, eval_precision='half'),
@@ -187,7 +187,8 @@ def test_evaluation_is_float32_unless_opted_in_and_says_so(trained):
   config = trained.replace(epsilon=0.3, k=5, a=0.05)
   lines = []
   float32 = commands.evaluate(MNIST, config, once=True, log=lines_of(lines))
-  assert not any('precision' in line or 'attack in' in line for line in lines)
+  assert lines[0].endswith('precision float32, XLA off, deterministic off')
+  assert not any(line.startswith('attack precision') or 'attack in' in line for line in lines)
   model = MNIST.build_model(config)
   checkpoints.restore_model(model, tf.train.latest_checkpoint(config.model_dir))
   test = MNIST.load_data(config).test

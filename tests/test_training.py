@@ -137,7 +137,10 @@ def test_eval_once_reports_and_writes_the_original_summaries(trained):
   predictions = np.argmax(model(test.images), axis=1)
   assert results.nat_correct == int(np.sum(predictions == test.labels))
   assert results.adv_accuracy <= results.nat_accuracy
-  assert lines[1:] == ['natural: {:.2f}%'.format(100 * results.nat_accuracy),
+  # What runs where (the trained config's eval_on_cpu: the CPU), then the original's lines.
+  assert lines[0] == ('strategy: one device, 1 worker, 1 replica, CPU; precision float32, '
+                      'XLA off, deterministic off')
+  assert lines[2:] == ['natural: {:.2f}%'.format(100 * results.nat_accuracy),
                        'adversarial: {:.2f}%'.format(100 * results.adv_accuracy),
                        'avg nat loss: {:.4f}'.format(results.avg_nat_xent),
                        'avg adv loss: {:.4f}'.format(results.avg_adv_xent)]
