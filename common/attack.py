@@ -14,6 +14,7 @@ weight update share one compiled replica step, which also avoids k host round tr
 GPU. The price is a graph k times the model's, traced once.
 """
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +32,16 @@ class PGDParams:
   loss_func: str = 'xent'
   clip_min: float = 0.0
   clip_max: float = 1.0
+  # The random start's noise is U(-start_radius, start_radius) (default: ε); N-FGSM draws
+  # it from a wider box.
+  start_radius: Optional[float] = None
+  # Each step is projected back to the ε-ball (then clipped to the pixel range); N-FGSM's is
+  # not: its perturbation may exceed ε.
+  project_to_ball: bool = True
+
+  @property
+  def noise_radius(self) -> float:
+    return self.epsilon if self.start_radius is None else self.start_radius
 
 
 def per_example(seed, examples, draw, dtype=tf.float32):
@@ -99,14 +110,17 @@ def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_sc
   if start is not None:
     x = start
   elif params.random_start:
-    x = random_start(x_nat, params.epsilon, params.clip_min, params.clip_max, seed, rows)
+    x = random_start(x_nat, params.noise_radius, params.clip_min, params.clip_max, seed, rows)
   else:
     x = tf.identity(x_nat)
   yield x
   for _ in range(params.num_steps):
     grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale)
-    x = project(sign_step(x, grad, params.step_size), x_nat, params.epsilon,
-                params.clip_min, params.clip_max)
+    x = sign_step(x, grad, params.step_size)
+    if params.project_to_ball:
+      x = project(x, x_nat, params.epsilon, params.clip_min, params.clip_max)
+    else:
+      x = tf.clip_by_value(x, params.clip_min, params.clip_max)
     yield x
 
 
@@ -140,7 +154,7 @@ def starting_points(x_nat, params: PGDParams, seed, restarts=1, rows=None, examp
     return tf.stack([x_nat] * restarts)
   seeds = [seed] + [tf.random.experimental.stateless_fold_in(seed, r)
                     for r in range(1, restarts)]
-  return tf.stack([random_start(x_nat, params.epsilon, params.clip_min, params.clip_max,
+  return tf.stack([random_start(x_nat, params.noise_radius, params.clip_min, params.clip_max,
                                 restart_seed, rows, examples) for restart_seed in seeds])
 
 
@@ -197,6 +211,37 @@ def pgd_trace(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=Non
 def fgsm_params(epsilon, clip_min, clip_max, loss_func='xent') -> PGDParams:
   """FGSM, x + ε·sign(∇): PGD's one step of size ε from x itself (no random start)."""
   return PGDParams(epsilon, 1, epsilon, False, loss_func, clip_min, clip_max)
+
+
+# The attacks adversarial training can use: {name: what it is}.
+TRAINING_ATTACKS = {
+    'pgd': "the configured PGD (k steps from a random start), as the original",
+    'fgsm_rs': 'FGSM with random start (Wong, Rice & Kolter 2020, "Fast is better than '
+               'free"): a start uniform in the ε-ball, one step of training_step_size '
+               '(default 1.25 ε), projected to the ε-ball and the pixel range',
+    'n_fgsm': 'N-FGSM (de Jorge et al. 2022): noise uniform in [-kε, kε] (k = '
+              'noise_multiplier), one step of training_step_size (default ε), clipped to the '
+              'pixel range but not projected to the ε-ball',
+}
+DEFAULT_STEP = {'fgsm_rs': 1.25, 'n_fgsm': 1.0}  # × ε, when training_step_size is 0
+
+
+def training_attack_params(params: PGDParams, name: str, step_size: float = 0.0,
+                           noise_multiplier: float = 2.0) -> PGDParams:
+  """The training-time attack `name` (TRAINING_ATTACKS) at params' ε, pixel range and loss:
+  params itself for 'pgd', else one step of `step_size` (0: the method's default) from a
+  random start, on the same three operations as PGD."""
+  if name not in TRAINING_ATTACKS:
+    raise ChallengeError(f'unknown training_attack "{name}"; use one of: '
+                         + ', '.join(TRAINING_ATTACKS))
+  if name == 'pgd':
+    return params
+  step = step_size or DEFAULT_STEP[name] * params.epsilon
+  single = dataclasses.replace(params, num_steps=1, step_size=step, random_start=True)
+  if name == 'n_fgsm':
+    return dataclasses.replace(single, start_radius=noise_multiplier * params.epsilon,
+                               project_to_ball=False)
+  return single
 
 
 # How targeted PGD picks the class to push each example into: {name: what it picks}.

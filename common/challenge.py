@@ -6,9 +6,10 @@ from typing import Callable, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from common.attack import PGDParams
+from common.attack import TRAINING_ATTACKS, PGDParams
 from common.config import Config, Key, load_config
 from common.data import Datasets
+from common.optimizers import LR_SCHEDULES
 
 # The last config keys of both challenges, alike in both (the originals' order).
 ATTACK_OUTPUT_KEYS = (
@@ -18,6 +19,36 @@ ATTACK_OUTPUT_KEYS = (
         help='where pgd_attack.py writes, and run_attack.py reads, the adversarial test set'),
     Key('pred_path', str, 'pred.npy', is_path=True,
         help="where run_attack.py writes its predictions; new (the original: ./pred.npy)"),
+)
+
+
+# Fast adversarial training: the training-time attack, the learning-rate schedule and the
+# catastrophic-overfitting guard (the same keys in both challenges; defaults: the original).
+FAST_TRAINING_KEYS = (
+    Key('training_attack', str, 'pgd', choices=tuple(TRAINING_ATTACKS),
+        help='the attack of adversarial training: ' + '; '.join(
+            f'"{name}": {what}' for name, what in TRAINING_ATTACKS.items()) + '; new'),
+    Key('training_step_size', float, 0.0, minimum=0,
+        help='fgsm_rs and n_fgsm: the step; 0: the method\'s own (fgsm_rs 1.25 ε, n_fgsm ε); new'),
+    Key('noise_multiplier', float, 2.0, minimum=0,
+        help='n_fgsm: the start\'s noise is uniform in [-kε, kε] for this k; new'),
+    Key('lr_schedule', str, 'piecewise', choices=tuple(LR_SCHEDULES),
+        help='learning rate: ' + '; '.join(f'"{name}": {what}'
+                                           for name, what in LR_SCHEDULES.items()) + '; new'),
+    Key('warmup_fraction', float, 0.4, minimum=0,
+        help='one_cycle: the fraction of the run at which the rate peaks; new'),
+    Key('robustness_check_steps', int, 0, minimum=0,
+        help='every this many steps, PGD on held-out images; training stops, restoring the '
+             'best checkpoint, if its accuracy falls robustness_check_drop below the best '
+             '(catastrophic overfitting); 0: off; new'),
+    Key('robustness_check_k', int, 10, minimum=1,
+        help='the check\'s PGD steps (step 2.5 ε / k, random start); new'),
+    Key('robustness_check_drop', float, 0.2, minimum=0,
+        help='the fall in held-out PGD accuracy (a fraction, 0.2 = 20 points) that stops '
+             'training; new'),
+    Key('robustness_check_examples', int, 1000, minimum=1,
+        help='held-out images the check attacks (MNIST: from the 5,000 validation images; '
+             'CIFAR-10: the last training images, held out of training); new'),
 )
 
 

@@ -34,6 +34,13 @@ def manager(checkpoint, model_dir, max_to_keep=3) -> tf.train.CheckpointManager:
                                     checkpoint_name=CHECKPOINT_NAME, step_counter=checkpoint.step)
 
 
+def save_model(model, step: int, model_dir: str) -> str:
+  """A weights-only checkpoint of `model` at `step` in model_dir (a model to ship: no
+  optimizer slots), which every evaluation command reads; returns its path."""
+  checkpoint = tf.train.Checkpoint(model=model, step=tf.Variable(step, dtype=tf.int64))
+  return manager(checkpoint, model_dir).save(checkpoint_number=step)
+
+
 def _in_dir(model_dir: str, name: str) -> Optional[str]:
   """The checkpoint `name` (as an index lists it) among model_dir's own files, if there."""
   own = os.path.join(model_dir, os.path.basename(name))

@@ -3,6 +3,7 @@ evaluate (the paper's table), landscape) as importable functions of (challenge, 
 Each challenge's scripts are thin absl mains over these."""
 import contextlib
 import datetime
+import json
 import math
 import os
 import sys
@@ -11,8 +12,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import (attack, checkpoints, distribute, files, landscape, paper_table,
-                    precision, runtime, submission, tf1_checkpoints, training)
+from common import (attack, autoattack, checkpoints, distribute, files, landscape,
+                    paper_table, precision, runtime, submission, tf1_checkpoints, training)
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
@@ -277,3 +278,68 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
   landscape.write(traces, test.labels, output_dir)
   log(f'Written to {output_dir} (landscape.npz; tensorboard --logdir {output_dir})')
   return traces
+
+
+# Options of autoattack.py beyond the config.
+AUTOATTACK_OPTIONS = {
+    'version': ('standard', 'standard: APGD-CE, APGD-T, FAB-T, Square, each on the points '
+                            'still robust (Croce & Hein 2020); ignored with --attacks'),
+    'attacks': ('', 'a comma-separated chain instead, from: ' + ', '.join(autoattack.STANDARD)),
+    'num_examples': (0, 'test images to attack (the first ones; default: num_eval_examples)'),
+    'batch_size': (0, 'examples per compiled batch (default: eval_batch_size)'),
+    'seed': (0, 'the seed of the random starts and squares'),
+    'output_dir': ('', 'where to write autoattack.json; default: <model_dir>/autoattack'),
+}
+
+
+def run_autoattack(challenge, config, version='standard', attacks='', num_examples=0,
+                   batch_size=0, seed=0, output_dir='', log=print):
+  """AutoAttack on model_dir's newest checkpoint: prints each attack's cumulative robust
+  accuracy and time, writes autoattack.json (settings, figures, the attack that broke each
+  example) and the adversarial test set to store_adv_path (the submission format: the rest
+  of the test set, beyond num_examples, unchanged)."""
+  if version != 'standard' and not attacks:
+    raise ChallengeError(f'unknown version "{version}"; use standard, or --attacks')
+  chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
+      autoattack.STANDARD)
+  checkpoints.require_latest(config.model_dir)
+  strategy = distribute.local_strategy()
+  with strategy.scope():
+    model = challenge.build_model(config)
+  jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
+  path, step = checkpoints.restore_newest_model(model, config.model_dir,
+                                                challenge.tf1_variables, log)
+  test = challenge.load_data(config).test
+  num_examples = min(num_examples or config.num_eval_examples, len(test))
+  batch_size = batch_size or config.eval_batch_size
+  replicas = strategy.num_replicas_in_sync
+  batch_size = -(-batch_size // replicas) * replicas  # a multiple of the replicas
+  params = challenge.attack_params(config)
+  log(f'{challenge.name}: AutoAttack ({", ".join(chain)}) on {path}, first {num_examples} '
+      f'test images, ε {params.epsilon:g}, seed {seed}')
+  attacker = autoattack.AutoAttack(
+      lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
+      challenge.image_shape, chain, batch_size, seed, strategy, jit, log=log)
+  head = test.head(num_examples)
+  report = attacker.run(head.images, head.labels)
+  adversarial = test.images.copy()
+  adversarial[:num_examples] = report.adversarial
+  files.save_npy(config.store_adv_path, adversarial.astype(np.float32))
+  output_dir = output_dir or os.path.join(config.model_dir, 'autoattack')
+  summary = {
+      'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
+      'attacks': chain, 'seed': seed, 'batch_size': batch_size,
+      'clean accuracy %': 100 * report.clean_accuracy,
+      'robust accuracy % after each attack': {o.attack: 100 * o.robust_accuracy
+                                              for o in report.outcomes},
+      'seconds per attack': {o.attack: round(o.seconds, 2) for o in report.outcomes},
+      'robust accuracy %': 100 * report.robust_accuracy,
+      'broken by': [name or None for name in report.broken_by],
+      'adversarial set': config.store_adv_path,
+  }
+  os.makedirs(output_dir, exist_ok=True)
+  files.save_text(os.path.join(output_dir, 'autoattack.json'), json.dumps(summary, indent=1))
+  log(f'robust accuracy: {100 * report.robust_accuracy:.2f}%')
+  log(f'Adversarial set written to {config.store_adv_path}; figures to '
+      f'{os.path.join(output_dir, "autoattack.json")}')
+  return report

@@ -56,3 +56,46 @@ def piecewise_schedule(step_size_schedule, key='step_size_schedule'):
   if len(pairs) == 1:
     return rates[0]
   return keras.optimizers.schedules.PiecewiseConstantDecay(steps[1:], rates)
+
+
+@keras.saving.register_keras_serializable('madry_tf2')
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+  """The one-cycle rate of fast adversarial training: linear from 0 at step 0 to `peak` at
+  `warmup_fraction` of `total_steps`, then linear to 0 at the last step. A function of the
+  optimizer's step alone, so a resumed run continues exactly."""
+
+  def __init__(self, peak, total_steps, warmup_fraction):
+    self.peak, self.total_steps, self.warmup_fraction = peak, total_steps, warmup_fraction
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warmup = max(self.warmup_fraction * self.total_steps, 1e-9)
+    rest = max(self.total_steps - warmup, 1e-9)
+    rate = tf.minimum(step / warmup, (self.total_steps - step) / rest)
+    return self.peak * tf.clip_by_value(rate, 0.0, 1.0)
+
+  def get_config(self):
+    return {'peak': self.peak, 'total_steps': self.total_steps,
+            'warmup_fraction': self.warmup_fraction}
+
+
+LR_SCHEDULES = {
+    'piecewise': 'the original: piecewise constant (MNIST: learning_rate throughout; CIFAR-10: '
+                 'step_size_schedule)',
+    'one_cycle': 'linear from 0 to learning_rate at warmup_fraction of the run, then linear to '
+                 '0 at max_num_training_steps (fast training)',
+}
+
+
+def learning_rate(config, piecewise):
+  """The rate the config's lr_schedule names; `piecewise`: the challenge's original one."""
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ChallengeError(f'unknown lr_schedule "{config.lr_schedule}"; use one of: '
+                         + ', '.join(LR_SCHEDULES))
+  if config.lr_schedule == 'one_cycle':
+    if not 0 < config.warmup_fraction < 1:
+      raise ChallengeError('config key "warmup_fraction" must lie between 0 and 1 (a fraction '
+                           f'of the run), found {config.warmup_fraction}')
+    return OneCycle(config.learning_rate, config.max_num_training_steps,
+                    config.warmup_fraction)
+  return piecewise

@@ -13,19 +13,21 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from common import attack, checkpoints, files, losses, precision, runtime
+from common import attack, autoattack, checkpoints, files, losses, precision, runtime
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
 
 WHITE_BOX = 'A'
-METHODS = ('natural', 'FGSM', 'PGD', 'targeted', 'CW', 'CW+')
+# 'AutoAttack': the standard version (common/autoattack.py), beside the paper's attacks.
+METHODS = ('natural', 'FGSM', 'PGD', 'targeted', 'CW', 'CW+', 'AutoAttack')
 CW_CONFIDENCE = {'CW': 0.0, 'CW+': 50.0}
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
   method: str  # one of METHODS
-  steps: Optional[int] = None  # PGD-like methods
+  steps: Optional[int] = None  # PGD-like methods; AutoAttack: APGD's and FAB's iterations
+  # (and Square's queries / 50: the standard version is steps 100)
   restarts: int = 1
   source: str = WHITE_BOX
   paper: Optional[float] = None  # the paper's accuracy, %
@@ -107,6 +109,15 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
     if row.method == 'natural':
       predictions = evaluator.predict(test, config.eval_batch_size)
       accuracy = 100.0 * float((predictions == test.labels).mean())
+    elif row.method == 'AutoAttack':
+      replicas = strategy.num_replicas_in_sync
+      attacker = autoattack.AutoAttack(
+          lambda x: model(x, training=False), params.epsilon, params.clip_min,
+          params.clip_max, challenge.image_shape, autoattack.STANDARD,
+          -(-config.eval_batch_size // replicas) * replicas, challenge.seed(config) + index,
+          strategy, jit, apgd_iterations=row.steps, fab_iterations=row.steps,
+          square_queries=50 * row.steps, log=lambda *a, **k: None)
+      accuracy = 100.0 * attacker.run(test.images, test.labels).robust_accuracy
     else:
       accuracy = 100.0 * evaluator.attack(test, config.eval_batch_size).adv_accuracy
     result = Result(row, accuracy, time.perf_counter() - began)

@@ -37,7 +37,7 @@ import zlib
 import keras
 import tensorflow as tf
 
-from common import (attack, checkpoints, data, distribute, files, losses, precision,
+from common import (attack, checkpoints, data, distribute, files, guard, losses, precision,
                     runtime, tf1_checkpoints)
 from common.challenge import Challenge
 from common.config import Config
@@ -97,7 +97,10 @@ class Trainer:
     self.chief = distribute.is_chief(self.strategy)
     if not self.chief:
       self.log = lambda *args, **kwargs: None  # the chief reports for everyone
-    self.attack_params = challenge.attack_params(config)
+    # The training-time attack: the configured PGD, or a single-step one (fast training).
+    self.attack_params = attack.training_attack_params(
+        challenge.attack_params(config), config.training_attack, config.training_step_size,
+        config.noise_multiplier)
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,
@@ -111,6 +114,12 @@ class Trainer:
       # Keras 3 optimizers must create their slots in the strategy scope, before the
       # first distributed step (not inside tf.function).
       self.updater.build(self.model.trainable_variables)
+      # Keras checkpoints a constant learning rate as a variable: a run resumed with another
+      # rate in its config would go on with the old one.
+      rate = self.optimizer._learning_rate  # pylint: disable=protected-access
+      self._constant_rate = (None if isinstance(
+          rate, keras.optimizers.schedules.LearningRateSchedule)
+                             else float(tf.convert_to_tensor(rate.value)))
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
     # The twin only lends its layers to stateless calls: its own variables are never
     # read, so it stays outside the strategy (no per-replica copies).
@@ -192,6 +201,8 @@ class Trainer:
       if tf1_checkpoints.is_tf1(path):
         return self.restore_tf1(path)
       checkpoints.restore(self.checkpoint, path, f'{self.model.name} training state')
+      if self._constant_rate is not None:  # the config's rate, not the checkpoint's
+        self.optimizer.learning_rate = self._constant_rate
       self.log(f'Resuming from {path} at step {int(self.step.numpy())}')
     path, _ = checkpoints.restore_newest_readable(self.config.model_dir, restore, self.log)
     return path is not None
@@ -249,11 +260,14 @@ class Trainer:
           f'worker {i}: {n} examples' for i, n in enumerate(sizes)) + '): give every host '
           'the same data')
 
-  def _save(self, manager, step):
+  def save(self, manager, step):
+    """Saves through `manager` (every worker must take part); only the chief keeps it."""
     manager.save(checkpoint_number=step)
     if not self.chief:  # saved only because every worker takes part; nothing is kept
       for name in os.listdir(manager.directory):
-        os.remove(os.path.join(manager.directory, name))
+        path = os.path.join(manager.directory, name)
+        if os.path.isfile(path):
+          os.remove(path)
 
   def run(self) -> int:
     """Trains until max_num_training_steps; returns the final step."""
@@ -284,10 +298,13 @@ class Trainer:
 
   def _run(self, checkpoint_dir) -> int:
     config = self.config
-    manager = checkpoints.manager(self.checkpoint, checkpoint_dir)
+    self.manager = checkpoints.manager(self.checkpoint, checkpoint_dir)
     resumed = self.restore_latest()
     datasets = self.challenge.load_data(config)
-    self._check_workers_agree(len(datasets.train))
+    train, held_out = datasets.train, None
+    if config.robustness_check_steps:
+      train, held_out = guard.split_held_out(datasets, config.robustness_check_examples)
+    self._check_workers_agree(len(train))
     start = int(self.step.numpy())
     last = config.max_num_training_steps
     if start >= last:
@@ -299,13 +316,19 @@ class Trainer:
       writer = tf.summary.create_file_writer(config.model_dir)
     else:
       writer = tf.summary.create_noop_writer()
-    batches = self._input(datasets.train, start)
+    robustness = None
+    if held_out is not None:
+      robustness = guard.RobustnessGuard(self, config, held_out,
+                                         self.challenge.attack_params(config), checkpoint_dir)
+    batches = self._input(train, start)
     training_time, timed_steps, run_start = 0.0, 0, time.time()
 
     for ii in range(start, last):
       batch = next(batches)
       if ii % config.num_checkpoint_steps == 0 and not (resumed and ii == start):
-        self._save(manager, ii)
+        self.save(self.manager, ii)
+      if robustness and ii and ii % config.robustness_check_steps == 0:
+        robustness.check(ii, writer)
       output = ii % config.num_output_steps == 0
       if output:
         nat_acc = float(self.natural_correct(batch)) / self.global_batch
@@ -340,9 +363,11 @@ class Trainer:
           images = self.strategy.experimental_local_results(x_adv)[0]
           tf.summary.image('images adv train', self.challenge.summary_images(images),
                            max_outputs=3)
-    self._save(manager, last)
+    self.save(self.manager, last)
+    if robustness:
+      robustness.check(last, writer)
     writer.close()
-    self.log(f'Finished at step {last}; final checkpoint {manager.latest_checkpoint}')
+    self.log(f'Finished at step {last}; final checkpoint {self.manager.latest_checkpoint}')
     return last
 
 

@@ -135,6 +135,9 @@ def test_two_workers_train_as_one_process_would_and_resume(tmp_path, mnist_dir, 
   for code, out, err in results:
     assert code == 0, err[-3000:]
   (_, chief_out, _), (_, other_out, _) = results
+  assert chief_out.splitlines()[0] == ('strategy: MultiWorkerMirroredStrategy, 2 workers, '
+                                       '2 replicas, CPU; precision float32, XLA off, '
+                                       'deterministic off')
   assert 'Step 2:' in chief_out and 'Finished at step 4' in chief_out
   assert other_out.strip() == (f'worker 1: training with the chief, which writes '
                                f'{config.model_dir} and reports progress')

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import (attack, checkpoints, commands, landscape, losses, paper_table, precision,
-                    training)
+from common import (attack, autoattack, checkpoints, commands, landscape, losses, paper_table,
+                    precision, training)
 from common.attack import PGDParams
 from common.data import Split
 from common.errors import ChallengeError
@@ -131,10 +131,12 @@ def test_the_tables_hold_the_papers_rows():
       'natural from A', 'FGSM from A', 'PGD 40 from A', 'PGD 100 from A', 'PGD 40 x 20 from A',
       'PGD 100 x 20 from A', 'targeted 40 from A', 'CW 40 from A', 'CW+ 40 from A',
       "FGSM from A'", "PGD 40 from A'", "PGD 100 x 20 from A'", "CW 40 from A'",
-      "CW+ 40 from A'", 'FGSM from B', 'PGD 40 from B', 'CW 40 from B', 'CW+ 40 from B']
+      "CW+ 40 from A'", 'FGSM from B', 'PGD 40 from B', 'CW 40 from B', 'CW+ 40 from B',
+      'AutoAttack 100 from A']
   assert [row.label for row in CIFAR10.paper_table] == [
       'natural from A', 'FGSM from A', 'PGD 7 from A', 'PGD 20 from A', 'CW 30 from A',
-      "FGSM from A'", "PGD 7 from A'", "CW 30 from A'", 'FGSM from A_nat', 'PGD 7 from A_nat']
+      "FGSM from A'", "PGD 7 from A'", "CW 30 from A'", 'FGSM from A_nat', 'PGD 7 from A_nat',
+      'AutoAttack 100 from A']
 
 
 def scaled_down(challenge):
@@ -191,6 +193,9 @@ def test_the_mnist_table_has_every_row_or_an_explicit_skip(tmp_path, table_model
   assert accuracy['natural from A'] == 100.0 * np.mean(
       np.argmax(model(test.images, training=False), 1) == test.labels)
   assert accuracy['PGD 4 x 3 from A'] <= accuracy['PGD 4 from A']
+  # AutoAttack (at a tenth of its iterations here) is at least as strong as every PGD row.
+  assert accuracy['AutoAttack 10 from A'] <= min(
+      a for label, a in accuracy.items() if label.startswith('PGD') and label.endswith(' A'))
   assert (tmp_path / 'out' / 'table.md').read_text().count('\n| ') == len(MNIST.paper_table) + 1
   assert any('skipped' in line for line in lines)
   # Deterministic: the same figures again; B given, its rows are run.
@@ -231,6 +236,16 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
     runs[current['row']]['restarts'].append(restarts)
     return real_restarts(model_fn, x_nat, labels, params, restarts, *args, **kwargs)
 
+  real_autoattack = autoattack.AutoAttack
+
+  def recorded_autoattack(model_fn, epsilon, clip_min, clip_max, image_shape, attacks, *args,
+                          **kwargs):
+    runs[current['row']]['autoattack'] = (epsilon, tuple(attacks), kwargs['apgd_iterations'],
+                                          kwargs['fab_iterations'], kwargs['square_queries'])
+    return real_autoattack(model_fn, epsilon, clip_min, clip_max, image_shape, attacks, *args,
+                           **kwargs)
+
+  monkeypatch.setattr(autoattack, 'AutoAttack', recorded_autoattack)
   monkeypatch.setattr(paper_table, 'evaluator_for', evaluator_for)
   monkeypatch.setattr(attack, 'pgd', pgd)
   monkeypatch.setattr(attack, 'pgd_restarts', pgd_restarts)
@@ -257,8 +272,11 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
       np.testing.assert_array_equal(ours.numpy(), expected.numpy())
   for spec in challenge.paper_table:
     run = runs[spec.label]
-    if spec.method == 'natural':
+    if spec.method in ('natural', 'AutoAttack'):
       assert run['pgd'] == [] and run['restarts'] == []
+      if spec.method == 'AutoAttack':  # the standard version at the row's iterations
+        assert run['autoattack'] == (0.3, autoattack.STANDARD, spec.steps, spec.steps,
+                                     50 * spec.steps)
       continue
     params, loss_fn = run['pgd'][0]
     assert all(p == params for p, _ in run['pgd'])  # every trace and restart alike

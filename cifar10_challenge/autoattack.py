@@ -1,0 +1,8 @@
+"""AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on the latest checkpoint of model_dir; writes
+autoattack.json and the adversarial test set (store_adv_path) for run_attack.py."""
+from common import cli  # first: it starts TensorFlow quietly
+from common import commands
+from cifar10_challenge.challenge import CIFAR10
+
+if __name__ == '__main__':
+  cli.run(commands.run_autoattack, CIFAR10, commands.AUTOATTACK_OPTIONS)
