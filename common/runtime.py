@@ -76,8 +76,9 @@ def describe(strategy: tf.distribute.Strategy, precision_name: str, jit: bool,
   e.g. 'strategy: MultiWorkerMirroredStrategy, 2 workers, 2 replicas, CPU; precision
   float32, XLA off, deterministic off'."""
   name = type(strategy).__name__.lstrip('_')
-  if name == 'DefaultDistributionStrategy':
-    name = 'one device'
+  # The names users write: TensorFlow's MultiWorkerMirroredStrategy is an alias of this class.
+  name = {'DefaultDistributionStrategy': 'one device',
+          'CollectiveAllReduceStrategy': 'MultiWorkerMirroredStrategy'}.get(name, name)
   workers = distribute.num_workers(strategy)
   replicas = strategy.num_replicas_in_sync
   return (f'strategy: {name}, {workers} worker{"s" * (workers != 1)}, {replicas} '
