@@ -373,7 +373,7 @@ class AutoAttack:
   model_fn: x -> logits (inference mode). attacks: names from STANDARD (the standard
   version: all, in that order). The attacks run on the examples still robust, in padded
   batches of `batch_size` (one compiled function per attack), under `strategy` (a batch's
-  rows split over its replicas; batch_size must be a multiple of their number).
+  rows split over its replicas; batch_size is rounded up to a multiple of their number).
   """
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
@@ -385,8 +385,10 @@ class AutoAttack:
       raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))
     self.model_fn, self.epsilon = model_fn, float(epsilon)
     self.clip_min, self.clip_max, self.image_shape = clip_min, clip_max, tuple(image_shape)
-    self.attacks, self.batch_size, self.seed = tuple(attacks), batch_size, seed
     self.strategy = strategy or tf.distribute.get_strategy()
+    replicas = self.strategy.num_replicas_in_sync
+    self.attacks, self.seed = tuple(attacks), seed
+    self.batch_size = -(-batch_size // replicas) * replicas  # each replica gets equal rows
     self.jit_compile, self.log = jit_compile, log
     self.apgd_iterations, self.fab_iterations = apgd_iterations, fab_iterations
     self.square_queries = square_queries

@@ -311,15 +311,13 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
                                                 challenge.tf1_variables, log)
   test = challenge.load_data(config).test
   num_examples = min(num_examples or config.num_eval_examples, len(test))
-  batch_size = batch_size or config.eval_batch_size
-  replicas = strategy.num_replicas_in_sync
-  batch_size = -(-batch_size // replicas) * replicas  # a multiple of the replicas
   params = challenge.attack_params(config)
   log(f'{challenge.name}: AutoAttack ({", ".join(chain)}) on {path}, first {num_examples} '
       f'test images, ε {params.epsilon:g}, seed {seed}')
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
-      challenge.image_shape, chain, batch_size, seed, strategy, jit, log=log)
+      challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
+      log=log)
   head = test.head(num_examples)
   report = attacker.run(head.images, head.labels)
   adversarial = test.images.copy()
@@ -328,7 +326,7 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   output_dir = output_dir or os.path.join(config.model_dir, 'autoattack')
   summary = {
       'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
-      'attacks': chain, 'seed': seed, 'batch_size': batch_size,
+      'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
       'clean accuracy %': 100 * report.clean_accuracy,
       'robust accuracy % after each attack': {o.attack: 100 * o.robust_accuracy
                                               for o in report.outcomes},

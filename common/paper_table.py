@@ -110,11 +110,10 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
       predictions = evaluator.predict(test, config.eval_batch_size)
       accuracy = 100.0 * float((predictions == test.labels).mean())
     elif row.method == 'AutoAttack':
-      replicas = strategy.num_replicas_in_sync
       attacker = autoattack.AutoAttack(
           lambda x: model(x, training=False), params.epsilon, params.clip_min,
           params.clip_max, challenge.image_shape, autoattack.STANDARD,
-          -(-config.eval_batch_size // replicas) * replicas, challenge.seed(config) + index,
+          config.eval_batch_size, challenge.seed(config) + index,
           strategy, jit, apgd_iterations=row.steps, fab_iterations=row.steps,
           square_queries=50 * row.steps, log=lambda *a, **k: None)
       accuracy = 100.0 * attacker.run(test.images, test.labels).robust_accuracy
