@@ -94,7 +94,8 @@ def main():
     with open(os.path.join(config.model_dir, guard.BEST_DIR, 'best.json')) as f:
       best = json.load(f)
     final = evaluate(config, config.model_dir, test)
-    chosen = evaluate(config, os.path.join(config.model_dir, guard.BEST_DIR), test)
+    chosen = (final if best['step'] == final['step'] else
+              evaluate(config, os.path.join(config.model_dir, guard.BEST_DIR), test))
     rows.append((seed, seconds, outcome, best, final, chosen))
     print(f'\nseed {seed}: trained in {seconds:.0f} s ({outcome}); the guard\'s best: '
           f'{100 * best["accuracy"]:.2f}% held-out PGD-10 at step {best["step"]}')

@@ -15,6 +15,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from common import cli  # noqa: E402,F401  (TensorFlow starts as in the commands)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

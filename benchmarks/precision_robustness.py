@@ -17,6 +17,7 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from common import cli  # noqa: E402,F401  (TensorFlow starts as in the commands)
 from common import checkpoints, training  # noqa: E402
 from common.evaluation import Evaluator  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402

@@ -20,6 +20,7 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from common import cli  # noqa: E402,F401  (TensorFlow starts as in the commands)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import config as tf_config  # noqa: E402  (determinism off)

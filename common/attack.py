@@ -215,7 +215,8 @@ def fgsm_params(epsilon, clip_min, clip_max, loss_func='xent') -> PGDParams:
 
 # The attacks adversarial training can use: {name: what it is}.
 TRAINING_ATTACKS = {
-    'pgd': "the configured PGD (k steps from a random start), as the original",
+    'pgd': 'the configured PGD (k steps of a from a random start), as the original, or '
+           'training_num_steps steps of training_step_size when they are set',
     'fgsm_rs': 'FGSM with random start (Wong, Rice & Kolter 2020, "Fast is better than '
                'free"): a start uniform in the ε-ball, one step of training_step_size '
                '(default 1.25 ε), projected to the ε-ball and the pixel range',
@@ -227,15 +228,21 @@ DEFAULT_STEP = {'fgsm_rs': 1.25, 'n_fgsm': 1.0}  # × ε, when training_step_siz
 
 
 def training_attack_params(params: PGDParams, name: str, step_size: float = 0.0,
-                           noise_multiplier: float = 2.0) -> PGDParams:
+                           noise_multiplier: float = 2.0, num_steps: int = 0) -> PGDParams:
   """The training-time attack `name` (TRAINING_ATTACKS) at params' ε, pixel range and loss:
-  params itself for 'pgd', else one step of `step_size` (0: the method's default) from a
-  random start, on the same three operations as PGD."""
+  for 'pgd', params with `num_steps` steps of `step_size` (0: params' own); else one step of
+  `step_size` (0: the method's default) from a random start, on the same three operations."""
   if name not in TRAINING_ATTACKS:
     raise ChallengeError(f'unknown training_attack "{name}"; use one of: '
                          + ', '.join(TRAINING_ATTACKS))
   if name == 'pgd':
-    return params
+    if not (num_steps or step_size):
+      return params
+    return dataclasses.replace(params, num_steps=num_steps or params.num_steps,
+                               step_size=step_size or params.step_size)
+  if num_steps > 1:
+    raise ChallengeError(f'training_num_steps is {num_steps}, but {name} takes one step; '
+                         'set training_num_steps to 0 or use training_attack "pgd"')
   step = step_size or DEFAULT_STEP[name] * params.epsilon
   single = dataclasses.replace(params, num_steps=1, step_size=step, random_start=True)
   if name == 'n_fgsm':

@@ -29,7 +29,11 @@ FAST_TRAINING_KEYS = (
         help='the attack of adversarial training: ' + '; '.join(
             f'"{name}": {what}' for name, what in TRAINING_ATTACKS.items()) + '; new'),
     Key('training_step_size', float, 0.0, minimum=0,
-        help='fgsm_rs and n_fgsm: the step; 0: the method\'s own (fgsm_rs 1.25 ε, n_fgsm ε); new'),
+        help='the training attack\'s step; 0: the method\'s own (pgd: the configured PGD\'s, '
+             'fgsm_rs 1.25 ε, n_fgsm ε); new'),
+    Key('training_num_steps', int, 0, minimum=0,
+        help='pgd: the training attack\'s steps; 0: the configured PGD\'s (evaluation keeps '
+             'the configured PGD either way); new'),
     Key('noise_multiplier', float, 2.0, minimum=0,
         help='n_fgsm: the start\'s noise is uniform in [-kε, kε] for this k; new'),
     Key('lr_schedule', str, 'piecewise', choices=tuple(LR_SCHEDULES),

@@ -105,4 +105,5 @@ class RobustnessGuard:
         f'{best_step}) to {100 * accuracy:.2f}% (step {step}), more than '
         f'robustness_check_drop {self.config.robustness_check_drop:g}; checkpoint-{best_step} '
         f'is the latest checkpoint of {self.config.model_dir} again. Train with a smaller '
-        'training_step_size or learning_rate, or with n_fgsm')
+        'training_step_size or learning_rate, or with two PGD steps (training_attack pgd, '
+        'training_num_steps 2)')

@@ -97,10 +97,11 @@ class Trainer:
     self.chief = distribute.is_chief(self.strategy)
     if not self.chief:
       self.log = lambda *args, **kwargs: None  # the chief reports for everyone
-    # The training-time attack: the configured PGD, or a single-step one (fast training).
+    # The training-time attack: the configured PGD (or fewer, other steps), or a single-step
+    # one (fast training).
     self.attack_params = attack.training_attack_params(
         challenge.attack_params(config), config.training_attack, config.training_step_size,
-        config.noise_multiplier)
+        config.noise_multiplier, config.training_num_steps)
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,

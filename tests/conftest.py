@@ -16,7 +16,9 @@ import tempfile
 
 import numpy as np
 import pytest
-import tensorflow as tf
+
+from common import cli  # noqa: F401  (first: TensorFlow starts as in every command)
+import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import config as tf_config  # disable_op_determinism
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -68,10 +68,30 @@ def test_training_attack_defaults_and_errors():
   n_fgsm = attack.training_attack_params(pgd, 'n_fgsm', noise_multiplier=3.0)
   assert n_fgsm.step_size == 0.3 and not n_fgsm.project_to_ball
   assert n_fgsm.noise_radius == pytest.approx(0.9)
+  short = attack.training_attack_params(pgd, 'pgd', step_size=0.2, num_steps=2)
+  assert short == PGDParams(0.3, 2, 0.2)  # the rest (random start, loss, range) kept
+  assert attack.training_attack_params(pgd, 'pgd', num_steps=5).step_size == 0.01
   with pytest.raises(ChallengeError, match='unknown training_attack "free"'):
     attack.training_attack_params(pgd, 'free')
+  with pytest.raises(ChallengeError, match='training_num_steps is 2, but fgsm_rs takes one'):
+    attack.training_attack_params(pgd, 'fgsm_rs', num_steps=2)
   with pytest.raises(ChallengeError, match='"training_attack" must be one of pgd, fgsm_rs'):
     MNIST.load_config(overrides={'training_attack': 'free'})
+
+
+def test_a_shorter_training_pgd_leaves_the_evaluation_attack_alone(tmp_path, mnist_dir):
+  config = tiny_config(tmp_path, mnist_dir, training_num_steps=2, training_step_size=0.2,
+                       random_start=False)
+  trainer = training.Trainer(MNIST, config, log=quiet)
+  evaluation = MNIST.attack_params(config)
+  assert (evaluation.num_steps, evaluation.step_size) == (config.k, config.a) == (3, 0.05)
+  # Pixels in [0.3, 0.7]: no pixel clip. Two steps of 0.2 from x, projected to the 0.3-ball,
+  # move a pixel by 0, 0.2 or 0.3; the configured 3 steps of 0.05 by 0.15 at most.
+  x = RNG.uniform(0.3, 0.7, (8, 784)).astype(np.float32)  # flat, as the original's input
+  _, _, x_adv = trainer.train_step((tf.constant(x), tf.constant(np.arange(8) % 10)))
+  moved = np.abs(x_adv.numpy() - x)
+  distance_to_grid = np.min(np.abs(moved[..., None] - np.array([0, 0.2, 0.3])), axis=-1)
+  assert distance_to_grid.max() < 1e-5 and moved.max() == pytest.approx(0.3, abs=1e-5)
 
 
 def test_one_cycle_rises_to_its_peak_then_falls_to_zero():
@@ -178,8 +198,12 @@ def test_cifar_holds_out_the_last_training_images(tmp_path, cifar_dir):
                                                   (CIFAR10, 'cifar10_challenge')])
 def test_the_fast_recipes_load(challenge, directory):
   config = challenge.load_config(os.path.join(REPO, directory, 'configs', 'fast.json'))
-  assert config.training_attack == 'fgsm_rs' and config.lr_schedule == 'one_cycle'
-  assert config.robustness_check_steps > 0
+  assert config.lr_schedule == 'one_cycle' and config.robustness_check_steps > 0
+  if challenge is MNIST:  # PGD-2 trains; evaluation keeps the original's PGD-40
+    assert (config.training_attack, config.training_num_steps) == ('pgd', 2)
+    assert (config.k, config.a, config.epsilon) == (40, 0.01, 0.3)
+  else:
+    assert config.training_attack == 'fgsm_rs'
   assert config.model_dir.endswith(os.path.join('checkpoints', challenge.name, 'fast'))
   if challenge is CIFAR10:
     assert (config.epsilon, config.training_step_size, config.training_batch_size) == (8, 10, 128)
@@ -193,12 +217,13 @@ SHIPPED = os.path.join(REPO, 'checkpoints', 'mnist', 'fast_robust')
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_the_shipped_model_restores_with_its_recorded_accuracy():
+def test_the_shipped_model_restores_with_its_recorded_accuracy(tmp_path):
   data_dir = require_shared_mnist()
   with open(os.path.join(SHIPPED, 'evaluation.json')) as f:
     recorded = json.load(f)
+  model_dir = shutil.copytree(SHIPPED, tmp_path / 'fast_robust')  # eval.py writes summaries
   config = MNIST.load_config(os.path.join(SHIPPED, 'config.json'),
-                             {'data_dir': data_dir, 'model_dir': SHIPPED, 'k': 0})
+                             {'data_dir': data_dir, 'model_dir': str(model_dir), 'k': 0})
   results = commands.evaluate(MNIST, config, once=True, log=quiet)
   assert results.num_examples == 10000
   assert 100 * results.nat_accuracy == pytest.approx(recorded['natural'], abs=0.005)

@@ -216,8 +216,11 @@ def test_evaluation_is_float32_unless_opted_in_and_says_so(trained):
 
 
 def test_bfloat16_training_under_mirrored_strategy_matches_one_device(tmp_path, mnist_dir):
+  # Attack steps of 0 (the attack still runs, from its random start): a sign step amplifies
+  # bfloat16 rounding that depends on the batch size (4 or 8 rows: 13% apart in the first
+  # moment on an AVX2-only CPU, with or without oneDNN), which is not what is tested here.
   config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=1,
-                       precision='mixed_bfloat16')
+                       precision='mixed_bfloat16', a=0.0)
   single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
   single.run()
   strategy = distribute.local_strategy(['/cpu:0', '/cpu:1'])
@@ -230,9 +233,10 @@ def test_bfloat16_training_under_mirrored_strategy_matches_one_device(tmp_path, 
   # The same gradient up to bfloat16 rounding: Adam's first moment after one step is 0.1 ·
   # the gradient, so it shows the gradient's scale (a gradient off by the number of replicas
   # would be 50% or 100% off). Weight gradients are rounded to bfloat16 after summing 8
-  # examples on one device, 4 on each replica: 0.3% per variable measured.
+  # examples on one device, 4 on each replica: per variable, 0.3% measured on an AVX-512 BF16
+  # CPU, over 2% on an AVX2-only one (with oneDNN on or off); 50% or more would be a bug.
   moments = lambda trainer: trainer.optimizer._momentums  # pylint: disable=protected-access
   for a, b in zip(moments(single), moments(mirrored)):
     a, b = a.numpy(), b.numpy()
     assert np.linalg.norm(a) > 0
-    assert np.linalg.norm(a - b) < 0.02 * np.linalg.norm(a)
+    assert np.linalg.norm(a - b) < 0.05 * np.linalg.norm(a)

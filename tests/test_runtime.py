@@ -1,11 +1,12 @@
 """How the commands run TensorFlow: XLA (jit_compile) agreeing with the uncompiled steps,
 seeded evaluations independent of batch size and replicas, op determinism, strict float32
-(TF32 off), the line that says what runs where, a quiet start, failing fast offline, and
-(on a GPU host, marked `gpu`) train.py and eval.py sharing one GPU."""
+(TF32 off), the line that says what runs where, a quiet start, oneDNN on x86 CPUs, failing
+fast offline, and (on a GPU host, marked `gpu`) train.py and eval.py sharing one GPU."""
 import dataclasses
 import functools
 import http.server
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -226,6 +227,23 @@ def test_scripts_say_what_runs_where_and_nothing_of_tensorflows_start(tmp_path, 
         'deterministic off'), result.stdout
     # No oneDNN/CPU-feature notes, no cuInit "failure", no "Sharding callback duration".
     assert result.stderr == '', result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'),
+                    reason='oneDNN is turned on on x86 CPUs only')
+def test_the_commands_use_onednn_on_every_x86_cpu_unless_told_not_to():
+  probe = ('from common import cli; import tensorflow; '
+           'from tensorflow.python.util import _pywrap_util_port as port; '
+           'print(port.IsMklEnabled())')
+  for setting, expected in ((None, 'True'), ('0', 'False')):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CPP_MIN_LOG_LEVEL='3')
+    env.pop('TF_ENABLE_ONEDNN_OPTS', None)
+    if setting is not None:
+      env['TF_ENABLE_ONEDNN_OPTS'] = setting
+    result = subprocess.run([sys.executable, '-c', probe], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.split()[-1:] == [expected], (setting, result.stdout, result.stderr)
 
 
 # --- offline ------------------------------------------------------------------------------

@@ -100,8 +100,13 @@ def test_mirrored_strategy_gives_the_same_gradient_and_update_as_one_device(tmp_
   assert_same_gradient(first_moments(single), first_moments(mirrored))
   changed = [np.abs(a - b).max() for a, b in zip(weights(single.model), initial)]
   assert min(changed) > 1e-5  # every variable was updated
-  for a, b in zip(weights(single.model), weights(mirrored.model)):
-    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
+  # Adam's first step is lr·g/(|g| + 1e-7): lr·sign(g) where |g| is large, but where |g| is
+  # near 1e-7 the summation order's rounding of g moves it (1-2 of 3.2M weights off by 4-6e-6
+  # on an AVX2-only CPU); a step of the wrong size or sign elsewhere does not pass.
+  for a, b, m in zip(weights(single.model), weights(mirrored.model), first_moments(single)):
+    off = np.abs(a - b) > 2e-6
+    assert off.mean() < 1e-4 and np.all(np.abs(m[off]) < 1e-6), (off.sum(), m[off])
+    assert np.abs(a - b).max() <= 2 * config.learning_rate
 
 
 def test_a_global_batch_that_does_not_split_over_the_replicas_is_an_error(tmp_path, mnist_dir):
