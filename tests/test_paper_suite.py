@@ -312,7 +312,8 @@ def test_the_cifar_table_script_with_a_transfer_source(tmp_path, cifar_dir):
   result = run_script(['cifar10_challenge/evaluate.py', '--config',
                        os.path.join(config.model_dir, 'config.json'), '--num_examples', '10',
                        '--source', f'A_nat={natural.model_dir}',
-                       '--output_dir', str(tmp_path / 'out')])
+                       '--output_dir', str(tmp_path / 'out')],
+                      timeout=900)  # over 300 s on an AVX2-only 2-core CPU
   assert result.returncode == 0, result.stderr
   rows = read_table(tmp_path / 'out' / 'table.csv')
   assert [r['source'] for r in rows] == [spec.source for spec in CIFAR10.paper_table]
