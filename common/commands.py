@@ -205,6 +205,9 @@ TABLE_OPTIONS = {
     'target_rule': ('random', 'targeted PGD target: ' + '; '.join(
         f'"{name}": {what}' for name, what in attack.TARGET_RULES.items())),
     'output_dir': ('', 'where to write table.csv and table.md; default: <model_dir>/paper_table'),
+    'method': ((), 'run only the rows of this method (repeatable), e.g. --method PGD --method '
+                   'CW; the others are listed as skipped. Methods: '
+                   + ', '.join(paper_table.METHODS)),
 }
 
 
@@ -221,16 +224,17 @@ def _parse_sources(specs):
 
 
 def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='random',
-                   output_dir='', log=print):
+                   output_dir='', method=(), log=print):
   """The paper's table for this challenge on model_dir's latest checkpoint: prints each row
-  (with the paper's figure and the wall time) and writes table.csv and table.md."""
+  (with the paper's figure and the wall time) and writes table.csv and table.md; `method`:
+  only the rows of these methods are run (default: all)."""
   num_examples = num_examples or config.num_eval_examples
   params = challenge.attack_params(config)
   log(f'{challenge.name}: the paper\'s table on {config.model_dir}, first {num_examples} '
       f'test images, ε {params.epsilon:g}, step {params.step_size:g}, targeted PGD: '
       f'{target_rule}')
   results = paper_table.run(challenge, config, challenge.paper_table, _parse_sources(source),
-                            num_examples, target_rule, log)
+                            num_examples, target_rule, log, methods=method or None)
   output_dir = output_dir or os.path.join(config.model_dir, 'paper_table')
   paper_table.write(results, params.epsilon, output_dir,
                     f'{challenge.name}, model_dir {config.model_dir}, first {num_examples} '
@@ -288,18 +292,22 @@ AUTOATTACK_OPTIONS = {
     'num_examples': (0, 'test images to attack (the first ones; default: num_eval_examples)'),
     'batch_size': (0, 'examples per compiled batch (default: eval_batch_size)'),
     'seed': (0, 'the seed of the random starts and squares'),
+    'iterations': (100, "APGD's and FAB's iterations, and Square's queries / 50 (the standard "
+                        'version: 100; fewer for a quick look, never for a reported figure)'),
     'output_dir': ('', 'where to write autoattack.json; default: <model_dir>/autoattack'),
 }
 
 
 def run_autoattack(challenge, config, version='standard', attacks='', num_examples=0,
-                   batch_size=0, seed=0, output_dir='', log=print):
+                   batch_size=0, seed=0, iterations=100, output_dir='', log=print):
   """AutoAttack on model_dir's newest checkpoint: prints each attack's cumulative robust
   accuracy and time, writes autoattack.json (settings, figures, the attack that broke each
   example) and the adversarial test set to store_adv_path (the submission format: the rest
   of the test set, beyond num_examples, unchanged)."""
   if version != 'standard' and not attacks:
     raise ChallengeError(f'unknown version "{version}"; use standard, or --attacks')
+  if iterations < 1:
+    raise ChallengeError(f'--iterations must be at least 1, found {iterations}')
   chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
       autoattack.STANDARD)
   checkpoints.require_latest(config.model_dir)
@@ -312,11 +320,13 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   test = challenge.load_data(config).test
   num_examples = min(num_examples or config.num_eval_examples, len(test))
   params = challenge.attack_params(config)
+  shortened = '' if iterations == 100 else f', {iterations} iterations (the standard: 100)'
   log(f'{challenge.name}: AutoAttack ({", ".join(chain)}) on {path}, first {num_examples} '
-      f'test images, ε {params.epsilon:g}, seed {seed}')
+      f'test images, ε {params.epsilon:g}, seed {seed}{shortened}')
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
       challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
+      apgd_iterations=iterations, fab_iterations=iterations, square_queries=50 * iterations,
       log=log)
   head = test.head(num_examples)
   report = attacker.run(head.images, head.labels)
@@ -327,6 +337,7 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   summary = {
       'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
       'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
+      'iterations': iterations, 'square queries': 50 * iterations,
       'clean accuracy %': 100 * report.clean_accuracy,
       'robust accuracy % after each attack': {o.attack: 100 * o.robust_accuracy
                                               for o in report.outcomes},

@@ -77,10 +77,17 @@ def load_model(challenge, config, model_dir: str, log, attack_precision='float32
 
 
 def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_examples: int,
-        target_rule: str = 'random', log=print, strategy=None) -> List[Result]:
+        target_rule: str = 'random', log=print, strategy=None,
+        methods: Optional[Sequence[str]] = None) -> List[Result]:
   """Evaluates every row on the first num_examples test images; rows whose source is not in
-  `sources` ({name: model_dir}) are skipped, saying so."""
+  `sources` ({name: model_dir}), or whose method is not in `methods` (None: all), are skipped,
+  saying so."""
   attack.check_target_rule(target_rule)
+  if methods is not None:
+    absent = [m for m in methods if m not in {row.method for row in rows}]
+    if absent:
+      raise ChallengeError(f'no row of the table uses method(s) {", ".join(absent)}; '
+                           'methods: ' + ', '.join(dict.fromkeys(r.method for r in rows)))
   strategy = strategy or tf.distribute.get_strategy()
   unknown = set(sources) - {row.source for row in rows}
   if unknown:
@@ -98,6 +105,10 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
   params = challenge.attack_params(config)
   results = []
   for index, row in enumerate(rows):
+    if methods is not None and row.method not in methods:
+      results.append(Result(row, None, note='skipped: method not asked for (--method)'))
+      log(f'{row.label:<28} skipped (not asked for: --method)')
+      continue
     if row.source not in attackers:
       results.append(Result(row, None, note=f'skipped: no model given for source {row.source}'))
       log(f'{row.label:<28} skipped (no --source {row.source}=<model_dir>)')

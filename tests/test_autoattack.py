@@ -190,18 +190,31 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_the_chain_attacks_only_robust_poi
 
 
 @pytest.mark.slow
-def test_the_command_writes_a_set_that_run_attack_scores_alike_and_repeats(trained, tmp_path):
+def test_the_command_writes_a_set_that_run_attack_scores_alike_and_repeats(trained, tmp_path,
+                                                                           monkeypatch):
   config, model = trained
+  asked = []
+  real_autoattack = autoattack.AutoAttack
+
+  def recorded(*args, **kwargs):
+    asked.append({k: kwargs[k] for k in ('apgd_iterations', 'fab_iterations', 'square_queries')})
+    return real_autoattack(*args, **kwargs)
+
+  monkeypatch.setattr(autoattack, 'AutoAttack', recorded)
   config = config.replace(store_adv_path=str(tmp_path / 'aa.npy'))
   lines = []
-  report = commands.run_autoattack(MNIST, config, num_examples=20, seed=2,
+  # A fifth of the standard iterations (the full ones took 140 s of this test on 2 cores).
+  report = commands.run_autoattack(MNIST, config, num_examples=20, seed=2, iterations=20,
                                    output_dir=str(tmp_path / 'out'),
                                    log=lambda *a, **k: lines.append(a[0]))
+  assert asked == [dict(apgd_iterations=20, fab_iterations=20, square_queries=1000)]
+  assert any('20 iterations (the standard: 100)' in line for line in lines)
   for name in ('APGD-CE', 'APGD-T', 'FAB-T', 'SQUARE'):  # the standard version
     assert any(line.startswith(f'robust accuracy after {name}: ') for line in lines), name
   with open(tmp_path / 'out' / 'autoattack.json') as f:
     saved = json.load(f)
   assert saved['robust accuracy %'] == pytest.approx(100 * report.robust_accuracy)
+  assert (saved['iterations'], saved['square queries']) == (20, 1000)
   assert len(saved['broken by']) == 20
   assert set(saved['broken by']) <= {None, 'apgd-ce', 'apgd-t', 'fab-t', 'square'}
   # run_attack accepts the set and scores it: the first 20 as attacked, the rest clean.
@@ -212,6 +225,7 @@ def test_the_command_writes_a_set_that_run_attack_scores_alike_and_repeats(train
   # Repeatable with a seed.
   runs = [commands.run_autoattack(
       MNIST, config.replace(store_adv_path=str(tmp_path / f'{i}.npy')), attacks='apgd-ce,fab-t',
-      num_examples=20, seed=5, output_dir=str(tmp_path / f'out{i}'), log=quiet).adversarial
+      num_examples=20, seed=5, iterations=20, output_dir=str(tmp_path / f'out{i}'),
+      log=quiet).adversarial
       for i in range(2)]
   np.testing.assert_array_equal(runs[0], runs[1])
