@@ -45,6 +45,14 @@ APGD_RHO = 0.75  # η halves if the loss rose in at most this fraction of the st
 FAB_ALPHA_MAX, FAB_ETA, FAB_BETA = 0.1, 1.05, 0.9
 SQUARE_P_INIT = 0.8
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
+
+
+def budget(iterations: int) -> dict:
+  """AutoAttack's keyword arguments for `iterations`: APGD's and FAB's iterations and
+  Square's queries, 50 per iteration (the standard version: 100 and 5,000)."""
+  return dict(apgd_iterations=iterations, fab_iterations=iterations,
+              square_queries=50 * iterations)
 NUM_TARGETS = 9  # APGD-T and FAB-T: the 2nd ... 10th most likely classes
 
 

@@ -292,14 +292,17 @@ AUTOATTACK_OPTIONS = {
     'num_examples': (0, 'test images to attack (the first ones; default: num_eval_examples)'),
     'batch_size': (0, 'examples per compiled batch (default: eval_batch_size)'),
     'seed': (0, 'the seed of the random starts and squares'),
-    'iterations': (100, "APGD's and FAB's iterations, and Square's queries / 50 (the standard "
-                        'version: 100; fewer for a quick look, never for a reported figure)'),
+    'iterations': (autoattack.STANDARD_ITERATIONS,
+                   "APGD's and FAB's iterations, and Square's queries / 50 (the standard "
+                   f'version: {autoattack.STANDARD_ITERATIONS}; fewer for a quick look, never '
+                   'for a reported figure)'),
     'output_dir': ('', 'where to write autoattack.json; default: <model_dir>/autoattack'),
 }
 
 
 def run_autoattack(challenge, config, version='standard', attacks='', num_examples=0,
-                   batch_size=0, seed=0, iterations=100, output_dir='', log=print):
+                   batch_size=0, seed=0, iterations=autoattack.STANDARD_ITERATIONS,
+                   output_dir='', log=print):
   """AutoAttack on model_dir's newest checkpoint: prints each attack's cumulative robust
   accuracy and time, writes autoattack.json (settings, figures, the attack that broke each
   example) and the adversarial test set to store_adv_path (the submission format: the rest
@@ -320,14 +323,15 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   test = challenge.load_data(config).test
   num_examples = min(num_examples or config.num_eval_examples, len(test))
   params = challenge.attack_params(config)
-  shortened = '' if iterations == 100 else f', {iterations} iterations (the standard: 100)'
+  standard = autoattack.STANDARD_ITERATIONS
+  shortened = ('' if iterations == standard else
+               f', {iterations} iterations (the standard: {standard})')
   log(f'{challenge.name}: AutoAttack ({", ".join(chain)}) on {path}, first {num_examples} '
       f'test images, ε {params.epsilon:g}, seed {seed}{shortened}')
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
       challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
-      apgd_iterations=iterations, fab_iterations=iterations, square_queries=50 * iterations,
-      log=log)
+      **autoattack.budget(iterations), log=log)
   head = test.head(num_examples)
   report = attacker.run(head.images, head.labels)
   adversarial = test.images.copy()
@@ -337,7 +341,7 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   summary = {
       'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
       'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
-      'iterations': iterations, 'square queries': 50 * iterations,
+      'iterations': iterations, 'square queries': attacker.square_queries,
       'clean accuracy %': 100 * report.clean_accuracy,
       'robust accuracy % after each attack': {o.attack: 100 * o.robust_accuracy
                                               for o in report.outcomes},

@@ -84,10 +84,11 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
   saying so."""
   attack.check_target_rule(target_rule)
   if methods is not None:
-    absent = [m for m in methods if m not in {row.method for row in rows}]
+    table_methods = dict.fromkeys(row.method for row in rows)  # in the table's order
+    absent = [m for m in methods if m not in table_methods]
     if absent:
       raise ChallengeError(f'no row of the table uses method(s) {", ".join(absent)}; '
-                           'methods: ' + ', '.join(dict.fromkeys(r.method for r in rows)))
+                           'methods: ' + ', '.join(table_methods))
   strategy = strategy or tf.distribute.get_strategy()
   unknown = set(sources) - {row.source for row in rows}
   if unknown:
@@ -125,8 +126,7 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
           lambda x: model(x, training=False), params.epsilon, params.clip_min,
           params.clip_max, challenge.image_shape, autoattack.STANDARD,
           config.eval_batch_size, challenge.seed(config) + index,
-          strategy, jit, apgd_iterations=row.steps, fab_iterations=row.steps,
-          square_queries=50 * row.steps, log=lambda *a, **k: None)
+          strategy, jit, **autoattack.budget(row.steps), log=lambda *a, **k: None)
       accuracy = 100.0 * attacker.run(test.images, test.labels).robust_accuracy
     else:
       accuracy = 100.0 * evaluator.attack(test, config.eval_batch_size).adv_accuracy
