@@ -24,7 +24,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # read when TensorFlow is im
 # oneDNN's CPU kernels on every x86 CPU: TensorFlow turns them on itself only where the CPU
 # has AVX-512 VNNI/BF16 or AMX; on an AVX2-only CPU they made MNIST's training step 1.8x
 # faster (docs/speed.md). TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own kernels.
-if platform.machine().lower() in ('x86_64', 'amd64'):
+ON_X86 = platform.machine().lower() in ('x86_64', 'amd64')
+if ON_X86:
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 # TensorFlow's C++ log lines (I/W, and the cuInit error of a machine without a GPU driver),

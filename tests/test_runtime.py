@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import http.server
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tensorflow as tf
 
 from cifar10_challenge import data as cifar_data
 from cifar10_challenge.challenge import CIFAR10
-from common import checkpoints, commands, distribute, precision, runtime, training
+from common import checkpoints, cli, commands, distribute, precision, runtime, training
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
 from conftest import (REPO, TINY_TEST, make_cifar_arrays, quiet, tiny_cifar_config, tiny_config,
@@ -230,8 +229,7 @@ def test_scripts_say_what_runs_where_and_nothing_of_tensorflows_start(tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'),
-                    reason='oneDNN is turned on on x86 CPUs only')
+@pytest.mark.skipif(not cli.ON_X86, reason='oneDNN is turned on on x86 CPUs only')
 def test_the_commands_use_onednn_on_every_x86_cpu_unless_told_not_to():
   probe = ('from common import cli; import tensorflow; '
            'from tensorflow.python.util import _pywrap_util_port as port; '
