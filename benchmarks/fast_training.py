@@ -4,7 +4,9 @@ each seed, times it, and evaluates the final model and the guard's best one (nat
 1,000: ε 0.3, step 0.01, random starts, float32).
 
   python benchmarks/fast_training.py --data_dir ../shared/data/mnist [--seeds 3]
-  python benchmarks/fast_training.py ... --export checkpoints/mnist/fast_robust
+  python benchmarks/fast_training.py ... --export /tmp/fast_robust
+  python benchmarks/fast_training.py ... --seeds 1 --recipe checkpoints/mnist/fast_robust/config.json \
+      --export /tmp/fast_robust   # remakes the shipped model from the recipe it records
 
 --export writes the first seed's chosen model (the guard's best) as a weights-only checkpoint
 with its config.json and evaluation.json: what checkpoints/mnist/fast_robust holds.
@@ -68,6 +70,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_dir', required=True)
   parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--recipe', default=RECIPE, help='the config file to train (default: '
+                      'mnist_challenge/configs/fast.json); its seed is replaced by each seed\'s')
   parser.add_argument('--export', default='')
   parser.add_argument('--work_dir', default='')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=JSON',
@@ -80,7 +84,7 @@ def main():
   for seed in SEEDS[:options.seeds]:
     changes = {key: json.loads(value) for key, value in
                (item.split('=', 1) for item in options.set)}
-    config = MNIST.load_config(RECIPE, {**changes, 'data_dir': options.data_dir,
+    config = MNIST.load_config(options.recipe, {**changes, 'data_dir': options.data_dir,
                                         'random_seed': seed,
                                         'model_dir': os.path.join(work, f'seed{seed}')})
     began = time.time()

@@ -7,8 +7,8 @@ Printed: the medians over the children, and on against off. The commands turn on
 every x86 CPU (common/cli.py); TensorFlow alone does so only on CPUs with AVX-512 VNNI/BF16
 or AMX.
 
-Steps: the fast recipe's (PGD-2 + Adam, batch 100) and the original recipe's (PGD-40 + Adam,
-batch 50).
+Steps: PGD-2 + Adam at batch 100 (the fast recipe's step before it became PGD-3) and the
+original recipe's, PGD-40 + Adam at batch 50.
 
   python benchmarks/onednn.py [--repeats 8]
 """
@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 SETTINGS = ('0', '1')  # TF_ENABLE_ONEDNN_OPTS: off, on
-SECTIONS = ('fast training step (PGD-2 + Adam), batch 100',
+SECTIONS = ('PGD-2 training step (+ Adam), batch 100',
             'original training step (PGD-40 + Adam), batch 50')
 BATCHES = (100, 50)
 

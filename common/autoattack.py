@@ -46,14 +46,15 @@ FAB_ALPHA_MAX, FAB_ETA, FAB_BETA = 0.1, 1.05, 0.9
 SQUARE_P_INIT = 0.8
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
+SQUARE_QUERIES_PER_ITERATION = 50  # the standard version: 5,000 queries for 100 iterations
+NUM_TARGETS = 9  # APGD-T and FAB-T: the 2nd ... 10th most likely classes
 
 
 def budget(iterations: int) -> dict:
   """AutoAttack's keyword arguments for `iterations`: APGD's and FAB's iterations and
-  Square's queries, 50 per iteration (the standard version: 100 and 5,000)."""
+  Square's queries (the standard version: 100, 100 and 5,000)."""
   return dict(apgd_iterations=iterations, fab_iterations=iterations,
-              square_queries=50 * iterations)
-NUM_TARGETS = 9  # APGD-T and FAB-T: the 2nd ... 10th most likely classes
+              square_queries=SQUARE_QUERIES_PER_ITERATION * iterations)
 
 
 # --- losses --------------------------------------------------------------------------------
@@ -386,8 +387,9 @@ class AutoAttack:
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
                attacks: Sequence[str] = STANDARD, batch_size=500, seed=0, strategy=None,
-               jit_compile=False, apgd_iterations=100, fab_iterations=100,
-               square_queries=5000, log=print):
+               jit_compile=False, apgd_iterations=STANDARD_ITERATIONS,
+               fab_iterations=STANDARD_ITERATIONS,
+               square_queries=SQUARE_QUERIES_PER_ITERATION * STANDARD_ITERATIONS, log=print):
     unknown = [a for a in attacks if a not in STANDARD]
     if unknown:
       raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))

@@ -35,6 +35,15 @@ def test_the_checkpoints_of_apgd():
   assert autoattack.checkpoints(1) == [1]
 
 
+def test_the_default_budget_is_the_standard_versions():
+  assert autoattack.budget(autoattack.STANDARD_ITERATIONS) == dict(
+      apgd_iterations=100, fab_iterations=100, square_queries=5000)
+  attacker = autoattack.AutoAttack(lambda x: x, 0.3, 0.0, 1.0, (4,), log=quiet)
+  assert {'apgd_iterations': attacker.apgd_iterations, 'fab_iterations': attacker.fab_iterations,
+          'square_queries': attacker.square_queries} == autoattack.budget(100)
+  assert autoattack.budget(20)['square_queries'] == 1000
+
+
 def crafted_model(sequence):
   """A model whose loss (label 0) follows `sequence` call by call and whose gradient is 0."""
   calls = tf.Variable(0)

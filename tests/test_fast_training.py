@@ -199,8 +199,8 @@ def test_cifar_holds_out_the_last_training_images(tmp_path, cifar_dir):
 def test_the_fast_recipes_load(challenge, directory):
   config = challenge.load_config(os.path.join(REPO, directory, 'configs', 'fast.json'))
   assert config.lr_schedule == 'one_cycle' and config.robustness_check_steps > 0
-  if challenge is MNIST:  # PGD-2 trains; evaluation keeps the original's PGD-40
-    assert (config.training_attack, config.training_num_steps) == ('pgd', 2)
+  if challenge is MNIST:  # PGD-3 trains; evaluation keeps the original's PGD-40
+    assert (config.training_attack, config.training_num_steps) == ('pgd', 3)
     assert (config.k, config.a, config.epsilon) == (40, 0.01, 0.3)
   else:
     assert config.training_attack == 'fgsm_rs'
