@@ -64,6 +64,22 @@ MUTATIONS = (
              'cifar10_challenge/challenge.py',
              [('weight_decay * model.weight_decay_loss(keras_model) / replicas',
                'weight_decay * model.weight_decay_loss(keras_model)')]),
+    Mutation('evaluation_unseeded', "eval.py's and pgd_attack.py's random starts unseeded",
+             'common/commands.py',
+             [('seed=challenge.seed(config), jit_compile=jit)', 'jit_compile=jit)')],
+             ['tests/test_determinism.py']),
+    Mutation('max_pool_ties_shared', 'the deterministic max pool sends the gradient to every '
+             'tied maximum', 'common/pooling.py',
+             [('first = equal & tf.equal(before, 0)', 'first = equal')]),
+    Mutation('max_pool_native_under_determinism', "TensorFlow's max pool kept under "
+             'determinism (XLA refuses its gradient)', 'common/pooling.py',
+             [('if (runtime.op_determinism() and runtime.compiling_with_xla()',
+               'if (False and runtime.compiling_with_xla()')],
+             ['tests/test_determinism.py']),
+    Mutation('fused_inference_batch_norm_under_determinism', 'the fused inference batch norm '
+             'kept under determinism (no deterministic GPU gradient)', 'cifar10_challenge/model.py',
+             [('(not (training and self.trainable) and runtime.op_determinism()',
+               '(False and runtime.op_determinism()')]),
     Mutation('tf1_step_not_restored', "fine-tuning a TF1 checkpoint restarts Adam's step at 0",
              'common/training.py',
              [('    self.optimizer.iterations.assign(step)  # the learning-rate schedule\'s step\n',

@@ -7,7 +7,8 @@ Sections (each: variants interleaved --repeats times after a warm-up, medians):
   CIFAR-10 non-wide, PGD-10 and the training step (PGD-10 + momentum) on 128;
   CIFAR-10 wide, the same on --wide_batch (default: 128 on a GPU, 16 on a CPU).
 Variants: float32, mixed_bfloat16, each also with XLA (jit_compile); on a GPU tf32 and tf32
-with XLA too; the training step also with op determinism (what `deterministic` costs).
+with XLA too; float32 and float32 with XLA also under op determinism (what `deterministic`
+costs: traced under it, so with the ops it replaces, e.g. MNIST's max pooling).
 TF32 and determinism are process-wide switches: each variant sets them before it runs.
 Every variant starts from the same weights and inputs; random starts are off so that the
 reference does the same work. Also: the input pipeline alone (CIFAR-10 with augmentation),
@@ -137,16 +138,25 @@ def compare(challenge, reference_class, overrides, attack_batch, step_batch, rep
     a, b = attacks['float32'](x, y).numpy(), attacks['float32, tf.while_loop'](x, y).numpy()
     print(f'  PGD outputs, unrolled vs tf.while_loop: {np.mean(a == b) * 100:.2f}% of pixels '
           'identical')
+  # Under op determinism: their own trainers and attacks, traced under it (first call).
+  exact = trainers(challenge, {**overrides, 'training_batch_size': step_batch},
+                   {'float32, deterministic': ('float32', False),
+                    'float32, XLA, deterministic': ('float32', True)})
   precision_of = lambda name: chosen[name][0] if name in chosen else 'float32'
   k = params.num_steps
-  results = {'attack': report(
-      f'{title}: PGD-{k}, batch {attack_batch}', attack_batch, interleaved(
-          {name: in_precision(precision_of(name), lambda f=f: f(x, y))
-           for name, f in attacks.items()}, repeats), repeats)}
+  timed = {name: in_precision(precision_of(name), lambda f=f: f(x, y))
+           for name, f in attacks.items()}
+  for name, t in exact.items():
+    pgd = attack.make_pgd(lambda v, t=t: t.twin(v, training=False), params,
+                          jit_compile=t.jit_compile)
+    timed[name] = in_precision('float32', lambda f=pgd: f(x, y), deterministic=True)
+  results = {'attack': report(f'{title}: PGD-{k}, batch {attack_batch}', attack_batch,
+                              interleaved(timed, repeats), repeats)}
   steps = {name: in_precision(precision_of(name), lambda t=t: t.train_step((xs, ys)))
            for name, t in built.items()}
-  steps['float32, deterministic'] = in_precision(
-      'float32', lambda: float32.train_step((xs, ys)), deterministic=True)
+  for name, t in exact.items():
+    steps[name] = in_precision('float32', lambda t=t: t.train_step((xs, ys)),
+                               deterministic=True)
   if raw is not None:
     steps['raw reference'] = in_precision('float32', lambda: raw.train_step(xs, ys, params))
   results['step'] = report(f'{title}: training step (PGD-{k} + update), batch {step_batch}',

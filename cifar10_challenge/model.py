@@ -19,6 +19,7 @@ import math
 import keras
 import tensorflow as tf
 
+from common import runtime
 from common.errors import ChallengeError
 
 INPUT_SHAPE = (32, 32, 3)
@@ -83,10 +84,19 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
   ops (benchmarks/speed.py). The fused kernel takes bfloat16/float16 inputs directly, with
   float32 statistics. Like TF1's fused batch norm it feeds the moving variance the
   unbiased batch variance (x n/(n-1)), i.e. the original's moving averages exactly.
+
+  Under op determinism, inference mode (the evaluation attacks differentiate through it)
+  uses Keras' unfused arithmetic outside XLA: TensorFlow has no deterministic GPU kernel for
+  the fused op's gradient when training is off, and would stop the attack (XLA's own
+  lowering of it is deterministic). The function is the same (an affine map per channel);
+  the rounding may differ in the last bits.
   """
 
   def call(self, inputs, training=None, mask=None):
-    if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+    unfused_inference = (not (training and self.trainable) and runtime.op_determinism()
+                         and not runtime.compiling_with_xla())
+    if (mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3)
+        or unfused_inference):
       return super().call(inputs, training=training, mask=mask)
     gamma, beta = self.gamma.value, self.beta.value  # float32 under every policy
     if training and self.trainable:

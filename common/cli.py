@@ -58,7 +58,7 @@ def _tensorflow_noise_filtered():
 
 
 with _tensorflow_noise_filtered():
-  import tensorflow  # noqa: F401,E402  (its import logs)
+  import tensorflow  # noqa: E402  (its import logs)
 
 from common import runtime  # noqa: E402
 from common.config import Config  # noqa: E402
@@ -134,6 +134,12 @@ def run(command, challenge, options=None) -> None:
     except ChallengeError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
+    except tensorflow.errors.UnimplementedError as e:
+      conflict = runtime.determinism_conflict(e)
+      if conflict is None:
+        raise
+      print(f'error: {conflict}', file=sys.stderr)
+      sys.exit(1)
     except KeyboardInterrupt:  # the usual way to stop eval.py; checkpoints stay intact
       print('\ninterrupted', file=sys.stderr)
       sys.exit(130)

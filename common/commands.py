@@ -47,7 +47,9 @@ def _evaluation_setup(challenge, config):
 
 def _model_and_evaluator(challenge, config, strategy, log, attack=True):
   """The float32 model and its evaluator; with `attack`, the attack runs in
-  eval_precision (float32 unless the user opts in, which is printed)."""
+  eval_precision (float32 unless the user opts in, which is printed). The random starts
+  are stateless draws from the config's seed and each example's index: every run attacks
+  from the same points (the original drew new ones), which op determinism requires."""
   with strategy.scope():
     model = challenge.build_model(config)
   attack_precision = precision.check(config.eval_precision if attack else 'float32',
@@ -57,7 +59,7 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True):
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
                        log if attack else None)  # run_attack's output stays the original's
   return model, Evaluator(model, challenge.attack_params(config), strategy, twin,
-                          jit_compile=jit)
+                          seed=challenge.seed(config), jit_compile=jit)
 
 
 # Options of eval.py beyond the config: {name: (default, help)}; cli.run makes them flags.

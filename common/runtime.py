@@ -5,7 +5,12 @@ XLA, and the one line that says what runs where.
   as needed instead of being mapped whole (so train.py and eval.py can share a GPU), and
   TF32 is off: float32 means IEEE float32 on every device (`precision: tf32` opts in).
 * `deterministic` (config key): TensorFlow's op determinism, so that a run (and a resumed
-  run) repeats exactly on a GPU as it does on a CPU. Off by default: it costs speed.
+  run) repeats exactly on a GPU as it does on a CPU. Off by default: it costs speed. Every
+  random draw of the commands is a stateless, seeded one, as determinism requires; the ops
+  without a deterministic kernel that the models would need are replaced while it is on
+  (MNIST's max pooling under XLA: `common.pooling`; CIFAR-10's batch norm in inference
+  mode without XLA, for GPUs), with the same function and gradient. An op of another model that
+  TensorFlow still refuses ends the command with one line (`determinism_conflict`).
 * `jit_compile` (config key): XLA for the training replica's attack and gradients and for
   the evaluation attacks. `auto` turns it on where the strategy's devices are GPUs (there
   it is faster; on CPUs it was 2.4x slower).
@@ -13,6 +18,10 @@ XLA, and the one line that says what runs where.
 from typing import Sequence
 
 import tensorflow as tf
+# TensorFlow exports enable_op_determinism but neither query.
+from tensorflow.python.framework import config as tf_config
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import control_flow_util
 
 from common import distribute, precision
 from common.config import Key
@@ -44,6 +53,32 @@ def make_deterministic(enabled: bool) -> None:
   """Turns op determinism on (for the rest of the process) when `enabled`."""
   if enabled:
     tf.config.experimental.enable_op_determinism()
+
+
+def op_determinism() -> bool:
+  """Whether TensorFlow's op determinism is on (models read it when they are traced)."""
+  return tf_config.is_op_determinism_enabled()
+
+
+def compiling_with_xla() -> bool:
+  """Whether the code being traced is compiled by XLA (inside a tf.function with
+  jit_compile, its loops and the functions it calls included)."""
+  return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
+def determinism_conflict(error: Exception):
+  """The one-line explanation of `error` if it is TensorFlow refusing an op that has no
+  deterministic implementation (a model of the user's may need one), else None."""
+  if not isinstance(error, tf.errors.UnimplementedError):
+    return None
+  message = (error.message or '').strip()
+  if 'determinis' not in message.lower():
+    return None
+  first = message.splitlines()[0].strip()
+  ways_out = ('jit_compile false (keeps deterministic) or deterministic false (keeps XLA)'
+              if 'XLA' in first else 'deterministic false')
+  return (f'the model needs an op that TensorFlow cannot run deterministically here '
+          f'("{first}"); run it with {ways_out}')
 
 
 def devices(strategy: tf.distribute.Strategy) -> Sequence[str]:

@@ -2,10 +2,12 @@
 
 Input (None, 784) floats in [0, 1]. Kernels truncated-normal(stddev 0.1), biases 0.1,
 as the original; 3,274,634 parameters. Flatten in NHWC order equals the original's
-reshape, so its fc1 kernel maps over unchanged.
+reshape, so its fc1 kernel maps over unchanged. Max pooling is Keras' layer, computed by
+`common.pooling` (same values and gradient) where XLA compiles it under op determinism.
 """
 import keras
 
+from common import pooling
 from common.errors import ChallengeError
 
 INPUT_SHAPE = (784,)
@@ -33,9 +35,9 @@ def build_madry() -> keras.Model:
       keras.Input(INPUT_SHAPE),
       layers.Reshape((28, 28, 1), name='x_image'),
       layers.Conv2D(32, 5, padding='same', activation='relu', name='conv1', **init()),
-      layers.MaxPooling2D(2, 2, padding='same', name='pool1'),
+      pooling.MaxPooling2D(2, 2, padding='same', name='pool1'),
       layers.Conv2D(64, 5, padding='same', activation='relu', name='conv2', **init()),
-      layers.MaxPooling2D(2, 2, padding='same', name='pool2'),
+      pooling.MaxPooling2D(2, 2, padding='same', name='pool2'),
       layers.Flatten(name='flatten'),
       layers.Dense(1024, activation='relu', name='fc1', **init()),
       # float32 under a mixed-precision policy too: logits feed the losses and the
