@@ -28,10 +28,15 @@ ON_X86 = platform.machine().lower() in ('x86_64', 'amd64')
 if ON_X86:
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
-# TensorFlow's C++ log lines (I/W, and the cuInit error of a machine without a GPU driver),
-# the notice absl prints before its log is set up, and the CPU-feature note's second line.
-_TF_NOISE = re.compile(r'^([IW]\d{4} |E\d{4} .*failed call to cuInit|WARNING: All log messages '
-                       r'before absl::InitializeLog|To enable the following instructions)')
+# TensorFlow's C++ log lines in either of its formats (I/W; the cuInit error of a machine
+# without a GPU driver; TensorFlow 2.18's "Unable to register cuDNN factory" lines, which
+# every process prints), the notice absl prints before its log is set up, and the
+# CPU-feature note's second line.
+_TF_NOISE = re.compile(
+    r'^((?:[IW]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [IW] )'
+    r'|(?:E\d{4} |\d{4}-\d\d-\d\d [\d:.]+: E ).*(?:failed call to cuInit|Unable to register '
+    r'cu\w+ factory)'
+    r'|WARNING: All log messages before absl::InitializeLog|To enable the following instructions)')
 
 
 @contextlib.contextmanager
@@ -59,6 +64,12 @@ def _tensorflow_noise_filtered():
 
 with _tensorflow_noise_filtered():
   import tensorflow  # noqa: E402  (its import logs)
+
+from common import versions  # noqa: E402
+
+# Before the project's other modules use TensorFlow's and Keras' APIs: outside the tested
+# versions, one line and exit 1.
+versions.require()
 
 from common import runtime  # noqa: E402
 from common.config import Config  # noqa: E402

@@ -76,6 +76,7 @@ def test_a_malformed_batch_is_an_error_naming_the_file(tmp_path, content, messag
   assert path in str(error.value)
 
 
+@pytest.mark.versions
 def test_missing_data_names_directory_files_and_the_tfds_error(tmp_path, monkeypatch):
   def offline(data_path):
     raise ConnectionError('network is unreachable')

@@ -38,6 +38,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, cifar_dir):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.versions
 def test_mirrored_training_keeps_every_replica_identical(tmp_path, cifar_dir):
   # Keras 3 makes BN moving averages with aggregation NONE; assigned in place under a
   # MirroredStrategy, replica copies would drift apart. The trainer averages them.
@@ -69,6 +70,7 @@ def with_first_batch(config, images, labels):
                              load_data=lambda _: Datasets(train=train, test=train))
 
 
+@pytest.mark.versions
 def test_two_replicas_on_identical_halves_compute_one_devices_gradient(tmp_path, cifar_dir):
   # The path train.py takes (input pipeline, attack with batch statistics, the loss each
   # replica minimises, the summed update) on a global batch of two identical halves [A; A]:

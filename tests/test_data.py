@@ -59,6 +59,7 @@ def test_uncompressed_files_load_too(tmp_path):
   assert len(mnist_data.load(directory).test) == TINY_TEST
 
 
+@pytest.mark.versions
 def test_missing_data_names_directory_files_and_the_download_error(tmp_path, monkeypatch):
   def offline(data_dir):
     raise ConnectionError('network is unreachable')

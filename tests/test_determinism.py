@@ -44,6 +44,7 @@ def value_and_gradient(fn, x, upstream):
 
 @pytest.mark.parametrize('shape,padding', [((3, 28, 28, 5), 'same'), ((3, 7, 7, 4), 'same'),
                                            ((2, 7, 9, 3), 'valid'), ((2, 14, 14, 8), 'same')])
+@pytest.mark.versions
 def test_max_pool_is_tensorflows_bit_for_bit_ties_included(shape, padding):
   # Integers in 0..2: most windows hold ties, the case where gradients could differ.
   x = tf.constant(RNG.integers(0, 3, shape).astype(np.float32))
@@ -64,6 +65,7 @@ def op_types(fn, x, jit_compile):
   return {op.type for op in graph.get_operations()}
 
 
+@pytest.mark.versions
 def test_the_mnist_network_under_determinism_and_xla_pools_with_the_original_gradient():
   model = MNIST.build_model(None)
   x = tf.constant(np.round(RNG.uniform(size=(6, 784)) * 4).astype(np.float32) / 4)  # ties
@@ -96,6 +98,7 @@ def test_the_mnist_network_under_determinism_and_xla_pools_with_the_original_gra
   assert 'MaxPoolGrad' in op_types(input_gradient, x, jit_compile=True)  # XLA's own
 
 
+@pytest.mark.versions
 @pytest.mark.slow
 def test_an_op_tensorflow_cannot_run_deterministically_ends_a_command_in_one_line():
   # A command whose model pools with TensorFlow's own max pool under XLA and determinism.
@@ -121,6 +124,7 @@ def test_an_op_tensorflow_cannot_run_deterministically_ends_a_command_in_one_lin
       'jit_compile false (keeps deterministic) or deterministic false (keeps XLA)')
 
 
+@pytest.mark.versions
 def test_cifar_inference_batch_norm_under_determinism_is_the_same_function():
   model = CIFAR10.build_model(tiny_cifar_config_free())
   x = tf.constant(RNG.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32))
@@ -228,8 +232,13 @@ def trained(tmp_path_factory, mnist_dir, cifar_dir):
   return made
 
 
+# The MNIST halves run on the oldest supported TensorFlow too (marker `versions`).
+BOTH_CHALLENGES = [pytest.param(MNIST, id='mnist', marks=pytest.mark.versions),
+                   pytest.param(CIFAR10, id='cifar10')]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('challenge', [MNIST, CIFAR10], ids=['mnist', 'cifar10'])
+@pytest.mark.parametrize('challenge', BOTH_CHALLENGES)
 def test_every_command_runs_under_every_switch(challenge, trained, tmp_path):
   base = trained[challenge.name]
   outcomes = []
@@ -261,7 +270,7 @@ def test_every_command_runs_under_every_switch(challenge, trained, tmp_path):
 # --- deterministic runs repeat bit for bit -------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize('challenge', [MNIST, CIFAR10], ids=['mnist', 'cifar10'])
+@pytest.mark.parametrize('challenge', BOTH_CHALLENGES)
 def test_deterministic_training_with_xla_resumed_equals_an_uninterrupted_run(
     challenge, tmp_path, mnist_dir, cifar_dir):
   def config(name, steps):

@@ -9,6 +9,8 @@ import tensorflow as tf
 from common import distribute
 from common.errors import ChallengeError
 
+pytestmark = pytest.mark.versions  # run on the oldest supported TensorFlow too
+
 
 def test_strategies_built_one_after_another_in_a_process_do_not_collide():
   # Each MirroredStrategy starts its collective keys at the same values and TF caches

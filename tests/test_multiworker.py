@@ -129,6 +129,7 @@ def assert_trained_alike(a, b, initial):
   assert fraction < 0.02
 
 
+@pytest.mark.versions
 def test_two_workers_train_as_one_process_would_and_resume(tmp_path, mnist_dir, reserve_ports):
   config = tiny_config(tmp_path / 'cluster', mnist_dir, max_num_training_steps=4)
   results, tmpdirs = run_workers(tmp_path, [flags(config)] * 2, tf_config_environs(reserve_ports(2)))
@@ -213,6 +214,7 @@ def test_a_malformed_tf_config_stops_train_py_before_any_work(tmp_path, mnist_di
   assert not os.path.exists(config.model_dir)
 
 
+@pytest.mark.versions
 def test_when_a_worker_dies_the_others_stop_with_a_clear_error(tmp_path, mnist_dir, reserve_ports):
   config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=100000,
                        num_output_steps=5, num_checkpoint_steps=5)

@@ -13,6 +13,8 @@ from common.errors import ChallengeError
 from conftest import NON_WIDE, make_cifar_arrays, quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
 
+pytestmark = pytest.mark.versions  # run on the oldest supported TensorFlow too
+
 RNG_SEED = 5  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
 

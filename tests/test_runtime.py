@@ -76,6 +76,7 @@ def trained(challenge, config, jit, strategy=None):
   return trainer, initial
 
 
+@pytest.mark.versions
 def test_xla_training_equals_the_uncompiled_steps_mnist(tmp_path, mnist_dir):
   # Random starts on: they are drawn outside XLA (whose generators differ), so both runs
   # attack from the same points. Measured: 0.006% of the change after 2 steps.
@@ -91,6 +92,7 @@ def test_xla_training_equals_the_uncompiled_steps_mnist(tmp_path, mnist_dir):
   assert np.linalg.norm(flat(mirrored.model.weights) - flat(plain.model.weights)) < 1e-3 * change
 
 
+@pytest.mark.versions
 def test_xla_training_step_with_batch_norm_follows_the_uncompiled_one(tmp_path, cifar_dir):
   # XLA computes batch norm with other kernels than TF's fused one. Without the attack the
   # step agrees to rounding; with it, PGD's sign steps turn the rounding into a few whole
@@ -118,6 +120,7 @@ def test_xla_training_step_with_batch_norm_follows_the_uncompiled_one(tmp_path, 
       assert np.mean(a_adv == b_adv) > 0.9
 
 
+@pytest.mark.versions
 def test_xla_training_in_float16_keeps_the_loss_scaling(tmp_path, mnist_dir):
   config = tiny_config(tmp_path, mnist_dir, precision='mixed_float16', max_num_training_steps=12,
                        num_checkpoint_steps=12, num_output_steps=12, num_summary_steps=12)
@@ -176,6 +179,7 @@ def test_a_seeded_evaluation_does_not_depend_on_batch_size_or_replicas(model_and
 
 # --- strict float32 -----------------------------------------------------------------------
 
+@pytest.mark.versions
 def test_float32_is_strict_and_tf32_is_opt_in(tmp_path, mnist_dir):
   tf.config.experimental.enable_tensor_float_32_execution(True)  # TensorFlow's default
   runtime.start()
@@ -193,6 +197,7 @@ def test_float32_is_strict_and_tf32_is_opt_in(tmp_path, mnist_dir):
 
 # --- the scripts' output -------------------------------------------------------------------
 
+@pytest.mark.versions
 @pytest.mark.slow
 def test_scripts_say_what_runs_where_and_nothing_of_tensorflows_start(tmp_path, mnist_dir):
   env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
@@ -212,6 +217,7 @@ def test_scripts_say_what_runs_where_and_nothing_of_tensorflows_start(tmp_path, 
     assert result.stderr == '', result.stderr
 
 
+@pytest.mark.versions
 @pytest.mark.slow
 @pytest.mark.skipif(not cli.ON_X86, reason='oneDNN is turned on on x86 CPUs only')
 def test_the_commands_use_onednn_on_every_x86_cpu_unless_told_not_to():
@@ -230,6 +236,7 @@ def test_the_commands_use_onednn_on_every_x86_cpu_unless_told_not_to():
 
 # --- offline ------------------------------------------------------------------------------
 
+@pytest.mark.versions
 def test_an_unreachable_host_fails_fast_with_the_clear_error(tmp_path, monkeypatch,
                                                              reserve_ports):
   for url in ('http://no-such-host.invalid/mnist/',
@@ -247,6 +254,7 @@ def test_an_unreachable_host_fails_fast_with_the_clear_error(tmp_path, monkeypat
   assert time.monotonic() - began < 15
 
 
+@pytest.mark.versions
 def test_a_slow_network_that_answers_still_downloads(tmp_path, monkeypatch):
   served = write_mnist(str(tmp_path / 'served'))
 

@@ -58,6 +58,7 @@ def test_training_writes_checkpoints_config_and_summaries_then_resumes(tmp_path,
   assert 'already trained to step 6' in lines[-1]
 
 
+@pytest.mark.versions
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
   straight = training.Trainer(MNIST, tiny_config(tmp_path / 'a', mnist_dir), log=quiet)
   straight.run()
@@ -83,6 +84,7 @@ def assert_same_gradient(expected, actual, rtol=1e-5):
     np.testing.assert_allclose(b, a, rtol=0, atol=rtol * np.abs(a).max())
 
 
+@pytest.mark.versions
 def test_mirrored_strategy_gives_the_same_gradient_and_update_as_one_device(tmp_path, mnist_dir):
   # Same global batch of 8 split over 2 logical CPUs; the summed loss's gradients are summed
   # over replicas, and each example's random start is drawn as on one device, so the
@@ -227,6 +229,7 @@ def test_a_seeded_evaluation_repeats_exactly_and_restarts_only_lower_accuracy(tr
     assert worst.adv_correct <= first.adv_correct
 
 
+@pytest.mark.versions
 def test_the_training_step_is_compiled_once(tmp_path, mnist_dir):
   trainer = training.Trainer(MNIST, tiny_config(tmp_path, mnist_dir, max_num_training_steps=6),
                              log=quiet)
