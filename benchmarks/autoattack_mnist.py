@@ -22,7 +22,8 @@ from common import cli  # noqa: E402,F401  (TensorFlow starts quietly)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import attack, autoattack, checkpoints, losses, runtime  # noqa: E402
+from common import checkpoints, losses, runtime  # noqa: E402
+from common.attacks import apgd, autoattack, pgd  # noqa: E402
 from common.evaluation import Evaluator  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
 from timing import interleaved, machine  # noqa: E402
@@ -35,14 +36,14 @@ def speed(repeats, batch=200):
   rng = np.random.default_rng(0)
   x = tf.constant(rng.uniform(0, 1, (batch, 784)).astype(np.float32))
   y = tf.constant(rng.integers(0, 10, batch))
-  params = attack.PGDParams(0.3, 100, 0.01, random_start=False)
-  pgd = attack.make_pgd(model_fn, params)
-  start = autoattack.boundary_start(x, 0.3, 0.0, 1.0, tf.constant([0, 0], tf.int64),
-                                    tf.range(batch, dtype=tf.int64))
-  apgd = tf.function(lambda x, y, start: autoattack.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100,
-                                                        losses.xent, start))
-  medians = interleaved({'PGD-100': lambda: pgd(x, y), 'APGD-CE, 100 iterations':
-                         lambda: apgd(x, y, start)}, repeats)
+  params = pgd.PGDParams(0.3, 100, 0.01, random_start=False)
+  pgd_100 = pgd.make_pgd(model_fn, params)
+  start = apgd.boundary_start(x, 0.3, 0.0, 1.0, tf.constant([0, 0], tf.int64),
+                              tf.range(batch, dtype=tf.int64))
+  apgd_100 = tf.function(lambda x, y, start: apgd.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100,
+                                                       losses.xent, start))
+  medians = interleaved({'PGD-100': lambda: pgd_100(x, y), 'APGD-CE, 100 iterations':
+                         lambda: apgd_100(x, y, start)}, repeats)
   print(f'\nMNIST network, batch {batch} (medians of {repeats} interleaved runs)')
   for name, seconds in medians.items():
     print(f'  {name:<26} {seconds:7.3f} s')

@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cifar10_challenge.challenge import CIFAR10  # noqa: E402
-from common import attack, losses  # noqa: E402
+from common import losses  # noqa: E402
+from common.attacks import pgd  # noqa: E402
 from common.training import Trainer  # noqa: E402
 from timing import interleaved, machine  # noqa: E402
 
@@ -45,11 +46,11 @@ def main():
 
   @tf.function
   def input_pass(x):  # one attack step's work, without the sign step and projection
-    return attack.input_gradient(lambda v: model(v, training=False), x, y, losses.xent)
+    return pgd.input_gradient(lambda v: model(v, training=False), x, y, losses.xent)
 
   @tf.function
   def train_mode_input_pass(x):  # the same with batch statistics, as the training attack
-    return attack.input_gradient(lambda v: model(v, training=True), x, y, losses.xent)
+    return pgd.input_gradient(lambda v: model(v, training=True), x, y, losses.xent)
 
   @tf.function
   def weight_pass(x):  # a natural training step's work, without the update
@@ -57,11 +58,11 @@ def main():
       loss = tf.reduce_sum(losses.xent(y, model(x, training=True)))
     return tape.gradient(loss, model.trainable_variables)
 
-  pgd = attack.make_pgd(lambda v: model(v, training=False), params)
-  x_adv = pgd(x, y).numpy()
+  attack = pgd.make_pgd(lambda v: model(v, training=False), params)
+  x_adv = attack(x, y).numpy()
   print(f'PGD-{k} output: max |x_adv - x| = {np.abs(x_adv - x.numpy()).max():.4f} '
         f'(ε {params.epsilon}), range [{x_adv.min():.1f}, {x_adv.max():.1f}]')
-  medians = interleaved({'input pass': lambda: input_pass(x), 'pgd': lambda: pgd(x, y),
+  medians = interleaved({'input pass': lambda: input_pass(x), 'pgd': lambda: attack(x, y),
                          'train-mode input pass': lambda: train_mode_input_pass(x),
                          'weight pass': lambda: weight_pass(x),
                          'training step': lambda: trainer.train_step((x, y))}, args.repeats)

@@ -27,7 +27,8 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import config as tf_config  # noqa: E402  (determinism off)
 
 from cifar10_challenge.challenge import CIFAR10  # noqa: E402
-from common import attack, data, losses, precision, runtime  # noqa: E402
+from common import data, losses, precision, runtime  # noqa: E402
+from common.attacks import pgd  # noqa: E402
 from common.training import Trainer  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
 from raw_reference import RawCIFAR, RawMNIST  # noqa: E402
@@ -81,15 +82,15 @@ def in_precision(name, fn, deterministic=False):
 
 def while_loop_pgd(model_fn, params):
   """PGD without random start with its k steps in a `tf.range` loop (a tf.while_loop in the
-  graph) instead of unrolled as `attack.pgd` does: the design `attack.py` rejected."""
+  graph) instead of unrolled as `pgd.pgd` does: the design `pgd.py` rejected."""
   loss_fn = losses.attack_loss(params.loss_func)
 
   @tf.function
   def run(x_nat, labels):
     x = tf.identity(x_nat)
     for _ in tf.range(params.num_steps):
-      grad = attack.input_gradient(model_fn, x, labels, loss_fn)
-      x = attack.project(attack.sign_step(x, grad, params.step_size), x_nat, params.epsilon,
+      grad = pgd.input_gradient(model_fn, x, labels, loss_fn)
+      x = pgd.project(pgd.sign_step(x, grad, params.step_size), x_nat, params.epsilon,
                          params.clip_min, params.clip_max)
     return x
   return run
@@ -118,7 +119,7 @@ def compare(challenge, reference_class, overrides, attack_batch, step_batch, rep
   x = tf.constant((rng.uniform(0, 1, shape) * challenge.pixel_max).astype(np.float32))
   y = tf.constant(rng.integers(0, 10, attack_batch).astype(np.int64))
   xs, ys = x[:step_batch], y[:step_batch]
-  attacks = {name: attack.make_pgd(lambda v, t=t: t.twin(v, training=False), params,
+  attacks = {name: pgd.make_pgd(lambda v, t=t: t.twin(v, training=False), params,
                                    jit_compile=t.jit_compile)
              for name, t in built.items()}
   raw = None
@@ -147,9 +148,9 @@ def compare(challenge, reference_class, overrides, attack_batch, step_batch, rep
   timed = {name: in_precision(precision_of(name), lambda f=f: f(x, y))
            for name, f in attacks.items()}
   for name, t in exact.items():
-    pgd = attack.make_pgd(lambda v, t=t: t.twin(v, training=False), params,
+    attack = pgd.make_pgd(lambda v, t=t: t.twin(v, training=False), params,
                           jit_compile=t.jit_compile)
-    timed[name] = in_precision('float32', lambda f=pgd: f(x, y), deterministic=True)
+    timed[name] = in_precision('float32', lambda f=attack: f(x, y), deterministic=True)
   results = {'attack': report(f'{title}: PGD-{k}, batch {attack_batch}', attack_batch,
                               interleaved(timed, repeats), repeats)}
   steps = {name: in_precision(precision_of(name), lambda t=t: t.train_step((xs, ys)))

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from cifar10_challenge import data, model
 from common import losses, optimizers, training
-from common.attack import PGDParams
+from common.attacks.pgd import PGDParams
 from common.challenge import ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge
 from common.config import Key
 from common.paper_table import Row

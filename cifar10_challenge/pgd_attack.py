@@ -5,10 +5,11 @@ is importable, as in the original, for a Keras model returning logits on [0, 255
 """
 from common import cli  # first: it starts TensorFlow quietly
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, commands
+from common import commands
+from common.attacks import pgd
 
 
-class LinfPGDAttack(attack.LinfPGDAttack):
+class LinfPGDAttack(pgd.LinfPGDAttack):
   clip_min, clip_max = 0.0, CIFAR10.pixel_max
 
 

@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from common.attack import TRAINING_ATTACKS, PGDParams
+from common.attacks.pgd import TRAINING_ATTACKS, PGDParams
 from common.config import Config, Key, load_config
 from common.data import Datasets
 from common.optimizers import LR_SCHEDULES

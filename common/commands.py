@@ -12,8 +12,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import (attack, autoattack, checkpoints, distribute, files, landscape,
-                    paper_table, precision, runtime, submission, tf1_checkpoints, training)
+from common import (checkpoints, distribute, files, landscape, paper_table, precision, runtime,
+                    submission, tf1_checkpoints, training)
+from common.attacks import autoattack, pgd
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
@@ -205,7 +206,7 @@ TABLE_OPTIONS = {
                    '--source B=dir; rows of a source not given are listed as skipped'),
     'num_examples': (0, 'test images to evaluate (default: num_eval_examples)'),
     'target_rule': ('random', 'targeted PGD target: ' + '; '.join(
-        f'"{name}": {what}' for name, what in attack.TARGET_RULES.items())),
+        f'"{name}": {what}' for name, what in pgd.TARGET_RULES.items())),
     'output_dir': ('', 'where to write table.csv and table.md; default: <model_dir>/paper_table'),
     'method': ((), 'run only the rows of this method (repeatable), e.g. --method PGD --method '
                    'CW; the others are listed as skipped. Methods: '

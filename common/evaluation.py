@@ -7,7 +7,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from common import attack, data, losses, precision
+from common import data, losses, precision
+from common.attacks import pgd
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -47,7 +48,7 @@ class Evaluator:
 
   The attack runs in the precision of `attack_twin` (default: the model, float32);
   accuracies, losses and predictions are always the float32 model's. With `restarts` > 1
-  each example gets the worst case of that many random starts (`attack.pgd_restarts`).
+  each example gets the worst case of that many random starts (`pgd.pgd_restarts`).
   With a `seed`, each example's random starts (and random target) are stateless draws from
   (seed, its index in the split): the same on every run, whatever the batch size and the
   number of replicas; without one, TF's global generator draws them.
@@ -55,7 +56,7 @@ class Evaluator:
   Transfer (black-box) attacks: an `attack_twin` of another (source) model; its gradients
   craft the examples, the evaluated model only scores them (and, with restarts, judges
   which restart is worst). `loss_fn` replaces params.loss_func (e.g. CW with another κ);
-  `target_rule` (attack.TARGET_RULES) makes the attack targeted: it descends the loss of a
+  `target_rule` (pgd.TARGET_RULES) makes the attack targeted: it descends the loss of a
   target class chosen from the attacking model's natural logits.
 
   `jit_compile`: the attack and scoring of each replica's batch are compiled by XLA; what
@@ -63,7 +64,7 @@ class Evaluator:
   are those without XLA up to float rounding.
   """
 
-  def __init__(self, model, params: attack.PGDParams, strategy=None,
+  def __init__(self, model, params: pgd.PGDParams, strategy=None,
                attack_twin: Optional[precision.Twin] = None, restarts: int = 1,
                seed: Optional[int] = None, loss_fn=None, target_rule: Optional[str] = None,
                jit_compile: bool = False):
@@ -76,7 +77,7 @@ class Evaluator:
     self._loss_fn = loss_fn or losses.attack_loss(params.loss_func)
     self.restarts, self.seed, self.target_rule = restarts, seed, target_rule
     if target_rule is not None:
-      attack.check_target_rule(target_rule)
+      pgd.check_target_rule(target_rule)
       if restarts > 1:
         raise ValueError('targeted PGD with restarts is not supported')
     if restarts > 1 and seed is None:
@@ -92,23 +93,23 @@ class Evaluator:
     targets = y
     if self.target_rule is not None:
       target_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, -1)
-      targets = attack.choose_targets(self.target_rule, self._attack_fn(x), y, target_seed,
+      targets = pgd.choose_targets(self.target_rule, self._attack_fn(x), y, target_seed,
                                       draws)
-    starts = attack.starting_points(x, self.params, seed, self.restarts, examples=draws)
+    starts = pgd.starting_points(x, self.params, seed, self.restarts, examples=draws)
     return self._attack_and_score(x, y, targets, starts)
 
   def _attack_and_score_fn(self, x, y, targets, starts):
     scale = self.attack_twin.loss_scale
     if self.target_rule is not None:
-      x_adv = attack.pgd(self._attack_fn, x, targets, self.params,
-                         loss_fn=attack.targeted(self._loss_fn), loss_scale=scale,
+      x_adv = pgd.pgd(self._attack_fn, x, targets, self.params,
+                         loss_fn=pgd.targeted(self._loss_fn), loss_scale=scale,
                          start=starts[0])
     elif self.restarts > 1:
-      x_adv = attack.pgd_restarts(self._attack_fn, x, y, self.params, self.restarts,
+      x_adv = pgd.pgd_restarts(self._attack_fn, x, y, self.params, self.restarts,
                                   loss_fn=self._loss_fn, loss_scale=scale,
                                   score_fn=self._model_fn, starts=starts)
     else:
-      x_adv = attack.pgd(self._attack_fn, x, y, self.params, loss_fn=self._loss_fn,
+      x_adv = pgd.pgd(self._attack_fn, x, y, self.params, loss_fn=self._loss_fn,
                          loss_scale=scale, start=starts[0])
     nat_logits, adv_logits = self._model_fn(x), self._model_fn(x_adv)
     return (losses.num_correct(y, nat_logits), tf.reduce_sum(losses.xent(y, nat_logits)),

@@ -9,7 +9,8 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from common import attack, files, losses
+from common import files, losses
+from common.attacks import pgd
 from common.data import Split
 
 # A final loss this many interquartile ranges beyond the quartiles is an outlier (Tukey's
@@ -17,19 +18,19 @@ from common.data import Split
 OUTLIER_IQRS = 3.0
 
 
-def trace_losses(model, split: Split, params: attack.PGDParams, restarts: int, seed: int,
+def trace_losses(model, split: Split, params: pgd.PGDParams, restarts: int, seed: int,
                  batch_size: int, jit_compile: bool = False) -> np.ndarray:
   """xent after each PGD iteration of each restart: [examples, restarts, steps + 1].
   jit_compile: the traced steps compiled by XLA (the random starts drawn before, by TF)."""
   params = dataclasses.replace(params, random_start=True)
   model_fn = lambda x: model(x, training=False)
-  trace = tf.function(lambda x, y, start: attack.pgd_trace(
+  trace = tf.function(lambda x, y, start: pgd.pgd_trace(
       model_fn, x, y, params, loss_fn=losses.xent, start=start)[1], jit_compile=jit_compile)
 
   @tf.function(reduce_retracing=True)
   def run(x, y, chunk):
     seed_of_chunk = tf.stack([tf.constant(seed, tf.int64), chunk])
-    return trace(x, y, attack.starting_points(x, params, seed_of_chunk)[0])
+    return trace(x, y, pgd.starting_points(x, params, seed_of_chunk)[0])
 
   # Every (example, restart) pair is one row of a batch: example-major order.
   x = np.repeat(split.images, restarts, axis=0)

@@ -13,12 +13,13 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from common import attack, autoattack, checkpoints, files, losses, precision, runtime
+from common import checkpoints, files, losses, precision, runtime
+from common.attacks import autoattack, pgd
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
 
 WHITE_BOX = 'A'
-# 'AutoAttack': the standard version (common/autoattack.py), beside the paper's attacks.
+# 'AutoAttack': the standard version (common/attacks/autoattack.py), beside the paper's attacks.
 METHODS = ('natural', 'FGSM', 'PGD', 'targeted', 'CW', 'CW+', 'AutoAttack')
 CW_CONFIDENCE = {'CW': 0.0, 'CW+': 50.0}
 
@@ -47,11 +48,11 @@ class Result:
   note: str = ''
 
 
-def evaluator_for(row: Row, model, attacker, params: attack.PGDParams, strategy, seed,
+def evaluator_for(row: Row, model, attacker, params: pgd.PGDParams, strategy, seed,
                   target_rule, jit_compile=False) -> Evaluator:
   """The Evaluator of `row` against `model`, crafting with `attacker` (a Twin)."""
   if row.method == 'FGSM':
-    row_params = attack.fgsm_params(params.epsilon, params.clip_min, params.clip_max)
+    row_params = pgd.fgsm_params(params.epsilon, params.clip_min, params.clip_max)
   else:
     row_params = dataclasses.replace(params, num_steps=row.steps, random_start=True,
                                      loss_func='xent')
@@ -82,7 +83,7 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
   """Evaluates every row on the first num_examples test images; rows whose source is not in
   `sources` ({name: model_dir}), or whose method is not in `methods` (None: all), are skipped,
   saying so."""
-  attack.check_target_rule(target_rule)
+  pgd.check_target_rule(target_rule)
   if methods is not None:
     table_methods = dict.fromkeys(row.method for row in rows)  # in the table's order
     absent = [m for m in methods if m not in table_methods]

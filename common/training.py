@@ -37,8 +37,9 @@ import zlib
 import keras
 import tensorflow as tf
 
-from common import (attack, checkpoints, data, distribute, files, guard, losses, precision,
-                    runtime, tf1_checkpoints)
+from common import (checkpoints, data, distribute, files, guard, losses, precision, runtime,
+                    tf1_checkpoints)
+from common.attacks import pgd
 from common.challenge import Challenge
 from common.config import Config
 from common.errors import ChallengeError
@@ -99,7 +100,7 @@ class Trainer:
       self.log = lambda *args, **kwargs: None  # the chief reports for everyone
     # The training-time attack: the configured PGD (or fewer, other steps), or a single-step
     # one (fast training).
-    self.attack_params = attack.training_attack_params(
+    self.attack_params = pgd.training_attack_params(
         challenge.attack_params(config), config.training_attack, config.training_step_size,
         config.noise_multiplier, config.training_num_steps)
     self.training_loss = challenge.make_training_loss(config)
@@ -144,7 +145,7 @@ class Trainer:
     # replica keeps its rows), so it does not depend on the number of replicas. It is drawn
     # here, outside XLA, whose generators give other numbers.
     seed = tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()])
-    start = attack.starting_points(x, self.attack_params, seed, rows=(
+    start = pgd.starting_points(x, self.attack_params, seed, rows=(
         replica * self.replica_batch, self.global_batch))[0]
     gradients, state, correct, xent_sum, x_adv = self._gradients(x, y, start)
     # The update and the replicas' exchanges stay outside XLA (collectives and the
@@ -159,7 +160,7 @@ class Trainer:
     model's new non-trainable state, correct, xent sum, x_adv); XLA-compiled with
     jit_compile."""
     forward = _StatefulForward(self.twin)
-    x_adv = attack.pgd(self._attack_model(forward), x, y, self.attack_params,
+    x_adv = pgd.pgd(self._attack_model(forward), x, y, self.attack_params,
                        loss_scale=self.twin.loss_scale, start=start)
     variables = self.model.trainable_variables
     with tf.GradientTape() as tape:

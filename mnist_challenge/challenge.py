@@ -5,7 +5,7 @@ import keras
 import tensorflow as tf
 
 from common import losses, optimizers
-from common.attack import PGDParams
+from common.attacks.pgd import PGDParams
 from common.challenge import ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge
 from common.config import Key
 from common.paper_table import Row

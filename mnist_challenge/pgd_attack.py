@@ -4,11 +4,12 @@
 as in the original, for a Keras model returning logits on [0, 1] pixels.
 """
 from common import cli  # first: it starts TensorFlow quietly
-from common import attack, commands
+from common import commands
+from common.attacks import pgd
 from mnist_challenge.challenge import MNIST
 
 
-class LinfPGDAttack(attack.LinfPGDAttack):
+class LinfPGDAttack(pgd.LinfPGDAttack):
   clip_min, clip_max = 0.0, MNIST.pixel_max
 
 

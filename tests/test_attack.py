@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import attack, losses
-from common.attack import PGDParams
+from common import losses
+from common.attacks import pgd
+from common.attacks.pgd import PGDParams
 from common.errors import ChallengeError
 from mnist_challenge.model import build_model
 from mnist_challenge.pgd_attack import LinfPGDAttack
@@ -28,7 +29,7 @@ def batch(n=16):
 
 def test_random_start_stays_in_ball_and_range():
   x, _ = batch()
-  start = attack.random_start(tf.constant(x), 0.3, 0.0, 1.0).numpy()
+  start = pgd.random_start(tf.constant(x), 0.3, 0.0, 1.0).numpy()
   assert np.abs(start - x).max() <= 0.3 + 1e-7
   assert start.min() >= 0.0 and start.max() <= 1.0
   assert np.abs(start - x).max() > 0.2  # it moved
@@ -36,9 +37,9 @@ def test_random_start_stays_in_ball_and_range():
 
 def test_random_start_is_reproducible_with_a_stateless_seed():
   x = tf.constant(batch()[0])
-  a = attack.random_start(x, 0.3, 0.0, 1.0, seed=tf.constant([1, 2], tf.int64))
-  b = attack.random_start(x, 0.3, 0.0, 1.0, seed=tf.constant([1, 2], tf.int64))
-  c = attack.random_start(x, 0.3, 0.0, 1.0, seed=tf.constant([1, 3], tf.int64))
+  a = pgd.random_start(x, 0.3, 0.0, 1.0, seed=tf.constant([1, 2], tf.int64))
+  b = pgd.random_start(x, 0.3, 0.0, 1.0, seed=tf.constant([1, 2], tf.int64))
+  c = pgd.random_start(x, 0.3, 0.0, 1.0, seed=tf.constant([1, 3], tf.int64))
   np.testing.assert_array_equal(a, b)
   assert np.abs(a - c).max() > 0
 
@@ -48,20 +49,20 @@ def test_random_start_of_a_batch_split_over_replicas_equals_the_whole_batchs():
   # starts where it would on one device, however the batch is split.
   x = tf.constant(batch()[0][:6])
   seed = tf.constant([4, 9], tf.int64)
-  whole = attack.random_start(x, 0.3, 0.0, 1.0, seed=seed)
+  whole = pgd.random_start(x, 0.3, 0.0, 1.0, seed=seed)
   for parts in (2, 3):
     rows = 6 // parts
-    pieces = [attack.random_start(x[i * rows:(i + 1) * rows], 0.3, 0.0, 1.0, seed=seed,
+    pieces = [pgd.random_start(x[i * rows:(i + 1) * rows], 0.3, 0.0, 1.0, seed=seed,
                                   rows=(i * rows, 6)) for i in range(parts)]
     np.testing.assert_array_equal(np.concatenate(pieces), whole)
 
 
 def test_sign_step_and_project():
   x = tf.constant([[0.5, 0.5, 0.95, 0.02]])
-  step = attack.sign_step(x, tf.constant([[2.0, -0.1, 1.0, 0.0]]), 0.1).numpy()
+  step = pgd.sign_step(x, tf.constant([[2.0, -0.1, 1.0, 0.0]]), 0.1).numpy()
   np.testing.assert_allclose(step, [[0.6, 0.4, 1.05, 0.02]], rtol=1e-6)
   x_nat = tf.constant([[0.45, 0.5, 0.9, 0.0]])
-  projected = attack.project(tf.constant([[0.6, 0.3, 1.05, -0.5]]), x_nat, 0.1, 0.0, 1.0)
+  projected = pgd.project(tf.constant([[0.6, 0.3, 1.05, -0.5]]), x_nat, 0.1, 0.0, 1.0)
   # ε-ball first ([0.35,0.55], [0.4,0.6], [0.8,1.0], [-0.1,0.1]), then the pixel range.
   np.testing.assert_allclose(projected.numpy(), [[0.55, 0.4, 1.0, 0.0]], rtol=1e-6)
 
@@ -70,7 +71,7 @@ def test_sign_step_and_project():
 def test_pgd_respects_epsilon_and_pixel_range(mnist_model, loss_func):
   x, y = batch()
   params = PGDParams(0.3, 10, 0.05, True, loss_func)
-  x_adv = attack.make_pgd(lambda v: mnist_model(v, training=False), params)(x, y).numpy()
+  x_adv = pgd.make_pgd(lambda v: mnist_model(v, training=False), params)(x, y).numpy()
   assert x_adv.dtype == np.float32
   assert np.abs(x_adv - x).max() <= 0.3 + 1e-6
   assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
@@ -80,13 +81,13 @@ def test_pgd_respects_epsilon_and_pixel_range(mnist_model, loss_func):
 
 def test_pgd_with_zero_epsilon_returns_the_input(mnist_model):
   x, y = batch()
-  x_adv = attack.pgd(lambda v: mnist_model(v), tf.constant(x), y, PGDParams(0.0, 5, 0.01))
+  x_adv = pgd.pgd(lambda v: mnist_model(v), tf.constant(x), y, PGDParams(0.0, 5, 0.01))
   np.testing.assert_array_equal(x_adv.numpy(), x)
 
 
 def test_zero_steps_with_random_start_stays_in_ball(mnist_model):
   x, y = batch()
-  x_adv = attack.pgd(lambda v: mnist_model(v), tf.constant(x), y, PGDParams(0.3, 0, 0.01))
+  x_adv = pgd.pgd(lambda v: mnist_model(v), tf.constant(x), y, PGDParams(0.3, 0, 0.01))
   assert 0 < np.abs(x_adv.numpy() - x).max() <= 0.3 + 1e-6
   assert x_adv.numpy().min() >= 0 and x_adv.numpy().max() <= 1
 
@@ -117,7 +118,7 @@ def test_pgd_steps_equal_a_numpy_implementation(loss_func):
   x = RNG.uniform(0, 1, (32, 20)).astype(np.float32)
   y = RNG.integers(0, 5, 32)
   params = PGDParams(0.1, 7, 0.03, random_start=False, loss_func=loss_func)
-  ours = attack.make_pgd(lambda v: tf.matmul(v, w) + b, params)(x, y).numpy()
+  ours = pgd.make_pgd(lambda v: tf.matmul(v, w) + b, params)(x, y).numpy()
   reference = numpy_pgd_linear(w, b, x, y, 0.1, 7, 0.03, loss_func)
   np.testing.assert_allclose(ours, reference, atol=1e-5)
   assert np.abs(ours - x).max() > 0.05
@@ -151,13 +152,13 @@ def test_unknown_loss_name_is_an_error():
   with pytest.raises(ChallengeError, match='unknown loss_func "hinge"'):
     losses.attack_loss('hinge')
   with pytest.raises(ChallengeError, match='hinge'):
-    attack.make_pgd(lambda v: v, PGDParams(0.3, 1, 0.1, loss_func='hinge'))
+    pgd.make_pgd(lambda v: v, PGDParams(0.3, 1, 0.1, loss_func='hinge'))
 
 
 def test_gradient_is_taken_only_with_respect_to_the_input(mnist_model):
   x, y = batch(4)
   with tf.GradientTape(persistent=True) as tape:
-    x_adv = attack.pgd(lambda v: mnist_model(v), tf.constant(x), y, PGDParams(0.3, 2, 0.1))
+    x_adv = pgd.pgd(lambda v: mnist_model(v), tf.constant(x), y, PGDParams(0.3, 2, 0.1))
     out = tf.reduce_sum(mnist_model(x_adv))
   # The attack is a constant for the weights' gradient (no path through its steps) ...
   assert tape.gradient(x_adv, mnist_model.trainable_variables[0]) is None
@@ -181,12 +182,12 @@ def test_restarts_keep_the_first_fooling_or_else_the_highest_loss_example(mnist_
   params = PGDParams(0.02, 2, 0.0025)  # weak: each restart fools a few, not the same
   seed = tf.constant([7, 8], tf.int64)
   restarts = 6
-  combined = tf.function(lambda: attack.pgd_restarts(model_fn, x, y, params, restarts,
+  combined = tf.function(lambda: pgd.pgd_restarts(model_fn, x, y, params, restarts,
                                                      seed))().numpy()
   # The same restarts one by one: the first draws from seed, restart r from fold_in(seed, r).
   singles, wrong, loss = [], [], []
   for r in range(restarts):
-    x_r = attack.pgd(model_fn, x, y, params, seed=(
+    x_r = pgd.pgd(model_fn, x, y, params, seed=(
         tf.random.experimental.stateless_fold_in(seed, r) if r else seed)).numpy()
     logits = model_fn(x_r)
     singles.append(x_r)

@@ -1,5 +1,7 @@
-"""AutoAttack: the losses, APGD's schedule and threat model, APGD-T, FAB-T's minimal distance,
-Square without gradients, the chain, the checks and the command."""
+"""AutoAttack against the reference's behaviour (fra31/auto-attack, standard version, ℓ∞):
+the losses, APGD's schedule and bookkeeping (against the reference's loop written in numpy
+here), FAB-T's projection (against the reference's sorted-breakpoint algorithm in numpy),
+Square's schedule and windows, the chain, the checks and the command."""
 import dataclasses
 import json
 import warnings
@@ -8,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import autoattack, checkpoints, commands, training
+from common import checkpoints, commands, losses, training
+from common.attacks import apgd, autoattack, fab, square
 from common.evaluation import Evaluator
 from conftest import TINY_TEST, quiet, tiny_config
 from mnist_challenge.challenge import MNIST
@@ -22,29 +25,179 @@ def test_dlr_and_targeted_dlr_on_hand_computed_logits():
   labels = tf.constant([0, 0])
   # Example 1: correct 5, best other 3, sorted 5 3 1 0: -(5 - 3) / (5 - 1).
   # Example 2: correct 1, best other 4, sorted 4 2 1 -1: -(1 - 4) / (4 - 1).
-  np.testing.assert_allclose(autoattack.dlr(labels, logits), [-0.5, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(apgd.dlr(labels, logits), [-0.5, 1.0], rtol=1e-6)
   targets = tf.constant([2, 3])
   # -(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2): -(5 - 1) / (5 - 0.5), -(1 + 1) / (4 - 0).
-  np.testing.assert_allclose(autoattack.targeted_dlr(targets)(labels, logits),
+  np.testing.assert_allclose(apgd.targeted_dlr(targets)(labels, logits),
                              [-4 / 4.5, -0.5], rtol=1e-6)
 
 
+def test_ranked_targets_are_the_classes_in_order_of_the_logits():
+  logits = tf.constant([[0.1, 3.0, -1.0, 2.0, 0.5], [9.0, 1.0, 2.0, 3.0, 4.0]])
+  ranked = [apgd.ranked_targets(logits, rank).numpy().tolist() for rank in range(1, 6)]
+  assert ranked == [[1, 0], [3, 4], [4, 3], [0, 2], [2, 1]]
+
+
 def test_the_checkpoints_of_apgd():
-  assert autoattack.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-  assert autoattack.checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
-  assert autoattack.checkpoints(1) == [1]
+  assert apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert apgd.checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+  assert apgd.checkpoints(1) == [1]
 
 
 def test_the_default_budget_is_the_standard_versions():
-  assert autoattack.budget(autoattack.STANDARD_ITERATIONS) == dict(
-      apgd_iterations=100, fab_iterations=100, square_queries=5000)
   attacker = autoattack.AutoAttack(lambda x: x, 0.3, 0.0, 1.0, (4,), log=quiet)
-  assert {'apgd_iterations': attacker.apgd_iterations, 'fab_iterations': attacker.fab_iterations,
-          'square_queries': attacker.square_queries} == autoattack.budget(100)
-  assert autoattack.budget(20)['square_queries'] == 1000
+  assert (attacker.apgd_iterations, attacker.fab_iterations, attacker.square_queries,
+          attacker.attacks) == (100, 100, 5000, ('apgd-ce', 'apgd-t', 'fab-t', 'square'))
+  assert autoattack.budget(100) == dict(apgd_iterations=100, fab_iterations=100,
+                                        square_queries=5000)
+  assert autoattack.budget(20) == dict(apgd_iterations=20, fab_iterations=20,
+                                       square_queries=1000)
 
 
-def crafted_model(sequence):
+# --- APGD against the reference's loop -----------------------------------------------------
+
+def reference_apgd(loss_and_gradient, x, labels, epsilon, num_iterations, x_adv):
+  """The reference's APGD loop (autopgd_base.py, ℓ∞, one restart) in numpy, with its
+  bookkeeping as it is: a zero-initialised loss history indexed with i - c - 1 (at the first
+  checkpoint, -1: its last, still-zero entry) and the adversarial point overwritten at every
+  misclassified iterate. Returns (x_best, robust, x_best_adv, step sizes per iteration)."""
+  n = len(x)
+  first_window = max(int(0.22 * num_iterations), 1)
+  shortest, shrink = max(int(0.06 * num_iterations), 1), max(int(0.03 * num_iterations), 1)
+  project = lambda z: np.clip(np.minimum(np.maximum(z, x - epsilon), x + epsilon), 0.0, 1.0)
+  per_example = lambda v: v.reshape((-1,) + (1,) * (x.ndim - 1))
+  x_adv = x_adv.copy()
+  x_best, x_best_adv = x_adv.copy(), x_adv.copy()
+  loss_steps = np.zeros((num_iterations, n), np.float32)
+  logits, loss, grad = loss_and_gradient(x_adv)
+  grad_best = grad.copy()
+  robust = logits.argmax(1) == labels
+  loss_best = loss.copy()
+  step = np.full(n, 2.0 * epsilon, np.float32)
+  x_adv_old = x_adv.copy()
+  window, counter = first_window, 0
+  loss_best_last_check, reduced_last_check = loss_best.copy(), np.ones(n, bool)
+  steps = []
+  for i in range(num_iterations):
+    momentum_step = x_adv - x_adv_old
+    x_adv_old = x_adv.copy()
+    a = np.float32(0.75 if i > 0 else 1.0)
+    z = project(x_adv + per_example(step) * np.sign(grad))
+    x_adv = project(x_adv + (z - x_adv) * a + momentum_step * (np.float32(1.0) - a))
+    logits, loss, grad = loss_and_gradient(x_adv)
+    predicted_right = logits.argmax(1) == labels
+    robust &= predicted_right
+    x_best_adv[~predicted_right] = x_adv[~predicted_right]
+    loss_steps[i] = loss
+    better = loss > loss_best
+    x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
+    counter += 1
+    if counter == window:
+      rises = sum((loss_steps[i - c] > loss_steps[i - c - 1]).astype(int) for c in range(window))
+      halve = (rises <= window * 0.75) | (~reduced_last_check & (loss_best_last_check >= loss_best))
+      reduced_last_check, loss_best_last_check = halve.copy(), loss_best.copy()
+      step[halve] /= 2.0
+      x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
+      window, counter = max(window - shrink, shortest), 0
+    steps.append(step.copy())
+  return x_best, robust, x_best_adv, np.array(steps)
+
+
+def mlp(seed, inputs=20, hidden=16, classes=4, scale=3.0):
+  rng = np.random.default_rng(seed)
+  w1 = tf.constant(rng.normal(0, scale / np.sqrt(inputs), (inputs, hidden)), tf.float32)
+  w2 = tf.constant(rng.normal(0, scale / np.sqrt(hidden), (hidden, classes)), tf.float32)
+  return lambda v: tf.matmul(tf.tanh(tf.matmul(v, w1)), w2)
+
+
+@pytest.mark.parametrize('loss', ['ce', 'targeted-dlr'])
+def test_apgd_computes_what_the_reference_loop_computes(loss):
+  model_fn = mlp(seed=1)
+  x = RNG.uniform(0, 1, (64, 20)).astype(np.float32)
+  x[:, :3] = 0.0  # the pixel box binds
+  x[:, 3:6] = 1.0
+  labels = np.argmax(model_fn(x).numpy(), 1)
+  targets = apgd.ranked_targets(model_fn(x), 2)
+  loss_fn = losses.xent if loss == 'ce' else apgd.targeted_dlr(targets)
+  epsilon, iterations = 0.1, 30
+  start = apgd.boundary_start(tf.constant(x), epsilon, 0.0, 1.0, tf.constant([1, 2], tf.int64),
+                              tf.range(64, dtype=tf.int64))
+
+  def loss_and_gradient(z):
+    z = tf.constant(z)
+    with tf.GradientTape() as tape:
+      tape.watch(z)
+      logits = model_fn(z)
+      per_example = loss_fn(labels, logits)
+      total = tf.reduce_sum(per_example)
+    return logits.numpy(), per_example.numpy(), tape.gradient(total, z).numpy()
+
+  x_best, robust, x_best_adv, steps = reference_apgd(loss_and_gradient, x, labels, epsilon,
+                                                     iterations, start.numpy())
+  x_adv, fooled, our_steps = apgd.apgd(model_fn, tf.constant(x), labels, epsilon, 0.0, 1.0,
+                                       iterations, loss_fn, start, trace=True)
+  x_adv, fooled = x_adv.numpy(), fooled.numpy()
+  # Every path is taken: examples fooled and not, steps halved (restarting from the best
+  # point) at some checkpoints and kept at others, momentum from the second iteration on.
+  assert 0 < fooled.sum() < len(x)
+  assert len(np.unique(steps[-1])) > 1 and steps.min() < 2 * epsilon
+  np.testing.assert_array_equal(fooled, ~robust)
+  np.testing.assert_array_equal(our_steps.numpy(), steps)
+  np.testing.assert_allclose(x_adv[fooled], x_best_adv[fooled], atol=1e-6)
+  np.testing.assert_allclose(x_adv[~fooled], x_best[~fooled], atol=1e-6)
+
+
+def crafted_model(sequence, classes=2, slope=0.0, record=None):
+  """A model whose score (class 1's logit; the others 0, or -10 beyond the second class)
+  follows `sequence` call by call (eagerly), plus `slope` times a random ±1 direction per
+  call dotted with the input, so that the iterates move. `record` collects the inputs."""
+  calls = iter(range(len(sequence)))
+  directions = RNG.choice([-1.0, 1.0], (len(sequence), 8)).astype(np.float32)
+
+  def model_fn(x):
+    call = next(calls)
+    if record is not None:
+      record.append(x.numpy().copy())
+    score = sequence[call] + slope * tf.reduce_sum(x * directions[call], axis=1)
+    others = [tf.fill(tf.shape(score), -10.0)] * (classes - 2)
+    return tf.stack([tf.zeros_like(score), score] + others, axis=1)
+  return model_fn
+
+
+def test_apgd_returns_the_last_misclassified_iterate():
+  # Label 0; misclassified at iterations 2, 5 and 7 (class 1's score positive).
+  sequence = [-5.0, -5.0, 5.0, -5.0, -5.0, 5.0, -5.0, 5.0, -5.0, -5.0, -5.0]
+  inputs = []
+  model_fn = crafted_model(sequence, slope=1e-3, record=inputs)
+  x = tf.constant(RNG.uniform(0.2, 0.8, (1, 8)).astype(np.float32))
+  x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 10,
+                            losses.xent, x)
+  assert fooled.numpy()[0] and len(inputs) == 11
+  assert not np.array_equal(inputs[7], inputs[2])
+  np.testing.assert_array_equal(x_adv.numpy(), inputs[7])
+
+
+def test_apgd_halves_at_the_first_checkpoint_as_the_reference_counts_the_first_rise():
+  # Targeted DLR of logits (0, v, -10, -10), label 0, target 1: v / (max(0, v) + 10), negative
+  # while the example is robust. The start's loss is -0.9, the first iterate's -0.8: a rise
+  # over the start, but the reference compares it with its loss history's still-zero last
+  # entry, so it is no rise. Then 16 rises in the 21 steps to iteration 22: 16 of 22 counted
+  # (<= 0.75 x 22: η halves there), where counting the first would make 17 (no halving).
+  values = [-9.0, -8.0]
+  for k in range(21):
+    values.append(values[-1] + (0.1 if k < 16 else -0.05))
+  sequence = values + [-7.0] * (101 - len(values))
+  model_fn = crafted_model(sequence, classes=4)
+  x = tf.constant(RNG.uniform(0.2, 0.8, (1, 8)).astype(np.float32))
+  loss_fn = apgd.targeted_dlr(tf.constant([1]))
+  _, _, steps = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100, loss_fn, x,
+                          trace=True)
+  steps = steps.numpy()[:, 0]
+  np.testing.assert_allclose(steps[:21], 0.2)
+  np.testing.assert_allclose(steps[21], 0.1)  # halved after iteration 22
+
+
+def crafted_sequence_model(sequence):
   """A model whose loss (label 0) follows `sequence` call by call and whose gradient is 0."""
   calls = tf.Variable(0)
   table = tf.constant(sequence, tf.float32)
@@ -65,9 +218,8 @@ def test_apgd_halves_its_step_as_specified_on_a_crafted_loss_sequence():
       + [22.0 + k for k in range(1, 17)] + [38.0] * 43
   assert len(sequence) == 101
   x = tf.constant(RNG.uniform(0.2, 0.8, (3, 8)).astype(np.float32))
-  start = x
-  _, _, steps = autoattack.apgd(crafted_model(sequence), x, tf.zeros(3, tf.int64), 0.1, 0.0,
-                                1.0, 100, autoattack.losses.xent, start, trace=True)
+  _, _, steps = apgd.apgd(crafted_sequence_model(sequence), x, tf.zeros(3, tf.int64), 0.1, 0.0,
+                          1.0, 100, losses.xent, x, trace=True)
   expected = np.empty(100)
   for first, last, value in ((0, 40, 0.2), (40, 69, 0.1), (69, 79, 0.05), (79, 86, 0.025),
                              (86, 92, 0.0125), (92, 98, 0.00625), (98, 100, 0.003125)):
@@ -75,51 +227,131 @@ def test_apgd_halves_its_step_as_specified_on_a_crafted_loss_sequence():
   np.testing.assert_allclose(steps.numpy()[:, 0], expected, rtol=1e-6)
 
 
-def test_apgd_stays_in_the_threat_model_and_finds_a_linear_models_optimum():
-  w = RNG.normal(0, 1, (20, 2)).astype(np.float32)
-  x = RNG.uniform(0, 1, (16, 20)).astype(np.float32)
-  x[:, :4] = 0.0
-  x[:, 4:8] = 1.0
-  y = np.argmax(x @ w, 1)
-  x_t = tf.constant(x)
-  model_fn = lambda v: tf.matmul(v, w)
-  start = autoattack.boundary_start(x_t, 0.1, 0.0, 1.0, tf.constant([1, 2], tf.int64),
-                                    tf.range(16, dtype=tf.int64))
-  assert np.all(np.abs(start.numpy() - x) <= 0.1 + 1e-7)
-  x_adv, fooled = autoattack.apgd(model_fn, x_t, y, 0.1, 0.0, 1.0, 30,
-                                  lambda labels, logits: autoattack.losses.xent(labels, logits),
-                                  start)
-  x_adv = x_adv.numpy()
-  assert np.all(np.abs(x_adv - x) <= 0.1 + 1e-7) and x_adv.min() >= 0 and x_adv.max() <= 1
-  # Two classes, linear logits: the loss rises along sign(w_other - w_y) everywhere, so the
-  # best point of the box is its corner that way, clipped to the pixel range.
-  direction = np.sign(w[:, 1 - y] - w[:, y]).T
-  corner = np.clip(x + 0.1 * direction, 0, 1)
-  robust = ~fooled.numpy()
-  np.testing.assert_allclose(x_adv[robust], corner[robust], atol=1e-6)
-  fooled_rows = fooled.numpy()
-  assert np.all(np.argmax(x_adv[fooled_rows] @ w, 1) != y[fooled_rows])
+# --- FAB-T against the reference's projection ----------------------------------------------
+
+def reference_projection(t, w, b):
+  """The reference's ℓ∞ projection (fab_projections.projection_linf) onto w·z = b within the
+  box [0, 1], row by row in float64, by its sorted breakpoints: each coordinate moves towards
+  the hyperplane by min(r, its room), coordinates with w = 0 not at all; r from the first
+  breakpoint at which the gap closes, else the box's corner."""
+  d = np.zeros_like(t, np.float64)
+  for row, (p, v, target) in enumerate(zip(t.astype(np.float64), w.astype(np.float64), b)):
+    gap = target - v @ p
+    if gap == 0:
+      continue
+    direction = np.sign(gap) * np.sign(v)
+    room = np.where(direction > 0, 1.0 - p, p)
+    weight = np.abs(v)
+    if weight @ room <= abs(gap):
+      d[row] = direction * room
+      continue
+    closed, free = 0.0, weight.sum()
+    for j in np.argsort(room, kind='stable'):
+      if closed + free * room[j] >= abs(gap):
+        break
+      closed, free = closed + weight[j] * room[j], free - weight[j]
+    d[row] = direction * np.minimum((abs(gap) - closed) / free, room)
+  return d
 
 
-def test_fab_t_finds_the_minimal_linf_distance_of_a_linear_model():
+def test_the_projection_is_the_references_on_both_sides_where_the_box_binds_and_w_is_zero():
+  n, size = 48, 30
+  t = RNG.uniform(0, 1, (n, size))
+  t[:, :4] = RNG.choice([0.0, 1.0], (n, 4))  # no room one way
+  w = RNG.normal(0, 1, (n, size))
+  w[:, 4:8] = 0.0  # exactly-zero gradients never move
+  # The gap to close as a fraction of what the box allows that way: tiny (no coordinate
+  # saturates), some saturate, most saturate, beyond reach (the corner); either sign.
+  fractions = np.tile([0.001, 0.3, 0.9, 1.5], n // 4) * np.repeat([1, -1], n // 2)
+  reach = np.array([np.abs(v) @ np.where(np.sign(f) * np.sign(v) > 0, 1 - p, p)
+                    for p, v, f in zip(t, w, fractions)])
+  b = np.sum(w * t, 1) + fractions * reach
+  expected = reference_projection(t, w, b)
+  points, w32 = t.astype(np.float32), w.astype(np.float32)
+  ours = fab.project_linf(tf.constant(points), tf.constant(w32), tf.constant(b, tf.float32),
+                          tf.constant(-points), tf.constant(1 - points)).numpy()
+  np.testing.assert_allclose(ours, expected, atol=2e-5)
+  assert np.all(ours[:, 4:8] == 0.0)
+  assert np.all(np.abs(ours[fractions < 0]).max(1) > 0)  # past the hyperplane: it steps back
+  assert np.all(points + ours >= 0.0) and np.all(points + ours <= 1.0)
+
+
+def test_fab_t_finds_the_minimal_linf_distance_where_the_box_binds_and_dead_pixels_stay():
   w = RNG.normal(0, 1, (30, 2)).astype(np.float32)
-  b = np.zeros(2, np.float32)
-  x = RNG.uniform(0.4, 0.6, (12, 30)).astype(np.float32)
-  logits = x @ w
-  y = np.argmax(logits, 1)
-  # Minimal ℓ∞ distance to the other class's boundary (the box is far): margin / ||Δw||_1.
-  distance = np.abs(logits[:, 0] - logits[:, 1]) / np.abs(w[:, 0] - w[:, 1]).sum()
-  assert distance.max() < 0.35  # x in [0.4, 0.6]: the box [0, 1] never binds
-  x_adv, fooled = autoattack.fab_targeted(lambda v: tf.matmul(v, w) + b, tf.constant(x), y,
-                                          1 - y, 0.5, 0.0, 1.0)
-  found = np.abs(x_adv.numpy() - x).max(1)
+  w[:6] = 0.0  # pixels with an exactly-zero gradient
+  x = RNG.uniform(0.3, 0.7, (24, 30)).astype(np.float32)
+  x[:, 6:14] = RNG.choice([0.0, 1.0], (24, 8))  # the box binds
+  y = np.argmax(x @ w, 1)
+  # The minimal distance: the projection of x onto the (linear) boundary within the box.
+  boundary = (w[:, 1 - y] - w[:, y]).T  # boundary·z >= 0: the target class wins
+  minimal = np.abs(reference_projection(x, boundary, np.zeros(len(x)))).max(1)
+  unboxed = np.abs(np.sum(boundary * x, 1)) / np.abs(boundary).sum(1)
+  assert np.sum(minimal > unboxed * 1.05) >= 5  # the box binds on several
+  x_adv, fooled = fab.fab_targeted(lambda v: tf.matmul(v, w), tf.constant(x), y, 1 - y, 0.6,
+                                   0.0, 1.0)
+  x_adv = x_adv.numpy()
+  found = np.abs(x_adv - x).max(1)
   assert fooled.numpy().all()
-  np.testing.assert_allclose(found, distance, rtol=0.02)
-  assert np.all(found >= distance * (1 - 1e-4))  # never below the true minimum
+  np.testing.assert_allclose(found, minimal, rtol=0.02)
+  assert np.all(found >= minimal * (1 - 1e-4))  # never below the true minimum
+  # (Only float rounding of the mixing and the backward step moves them, as in the reference.)
+  np.testing.assert_allclose(x_adv[:, :6], x[:, :6], atol=1e-6)
   # Success counts only within ε.
-  _, within = autoattack.fab_targeted(lambda v: tf.matmul(v, w), tf.constant(x), y, 1 - y,
-                                      float(np.median(distance)), 0.0, 1.0)
+  _, within = fab.fab_targeted(lambda v: tf.matmul(v, w), tf.constant(x), y, 1 - y,
+                               float(np.median(minimal)), 0.0, 1.0)
   assert 0 < within.numpy().sum() < len(y)
+
+
+# --- Square against the reference's schedule -----------------------------------------------
+
+# The standard version's square sides over its 5,000 iterations (p_init 0.8 halved after
+# iterations 10, 50, 200, 500, 1,000, 2,000, 4,000; side round(√(p·H·W))), as
+# (first iteration, side).
+SQUARE_SIDES = {
+    (28, 28): [(0, 25), (11, 18), (51, 13), (201, 9), (501, 6), (1001, 4), (2001, 3), (4001, 2)],
+    (32, 32): [(0, 29), (11, 20), (51, 14), (201, 10), (501, 7), (1001, 5), (2001, 4),
+               (4001, 3)]}
+
+
+@pytest.mark.parametrize('shape', list(SQUARE_SIDES))
+def test_square_sides_follow_the_standard_versions_schedule(shape):
+  table = SQUARE_SIDES[shape]
+  sides = [square.square_side(i, *shape) for i in range(5000)]
+  assert sides == [[side for first, side in table if first <= i][-1] for i in range(5000)]
+  runs = square.side_runs(5000, *shape)
+  assert sum(count for _, count in runs) == 5000
+  assert [side for side, _ in runs] == [side for _, side in table]
+
+
+def test_square_corners_never_touch_the_last_row_unless_the_square_fills_the_image():
+  draw = lambda side, size, s: int(square.corner(side, size, tf.constant([s, 7], tf.int64)))
+  for side in (2, 25, 27):
+    assert {draw(side, 28, s) for s in range(400)} == set(range(28 - side)), side
+  assert {draw(28, 28, s) for s in range(20)} == {0}
+
+
+def test_square_queries_the_model_once_more_than_its_iterations_and_spares_the_last_row():
+  # A model that accepts every candidate (its margin falls at every call) and marks each
+  # pixel that changes between consecutive queries.
+  calls = tf.Variable(0)
+  previous = tf.Variable(tf.zeros([1, 784]))
+  touched = tf.Variable(tf.zeros([784], tf.bool))
+
+  def model_fn(v):
+    changed = tf.reduce_any(tf.not_equal(v, previous), axis=0)
+    with tf.control_dependencies([touched.assign(touched | (changed & (calls > 0))),
+                                  previous.assign(v)]):
+      margin = 1e6 - tf.cast(calls.assign_add(1), tf.float32)
+    return tf.stack([margin[None], tf.zeros([1])], axis=1)
+
+  x = tf.fill([1, 784], 0.5)
+  run = tf.function(lambda: square.square(model_fn, x, tf.zeros([1], tf.int64), 0.1, 0.0, 1.0,
+                                          (28, 28, 1), 5000, tf.constant([3, 0], tf.int64)))
+  run()
+  assert int(calls.numpy()) == 5001  # the stripes, then 5,000 iterations
+  touched = touched.numpy().reshape(28, 28)
+  assert not touched[27].any() and not touched[:, 27].any()
+  assert touched[:27, :27].mean() > 0.9
 
 
 def masked_model():
@@ -136,11 +368,11 @@ def test_square_lowers_the_margin_without_gradients_and_breaks_a_masked_model():
   model_fn = masked_model()
   x = tf.constant(RNG.uniform(0, 1, (20, 784)).astype(np.float32))
   y = tf.argmax(model_fn(x), axis=1)
-  x_adv, fooled = autoattack.square(model_fn, x, y, 0.3, 0.0, 1.0, (28, 28, 1), 300,
-                                    tf.constant([1, 1], tf.int64))
+  x_adv, fooled = square.square(model_fn, x, y, 0.3, 0.0, 1.0, (28, 28, 1), 300,
+                                tf.constant([1, 1], tf.int64))
   assert np.all(np.abs(x_adv.numpy() - x.numpy()) <= 0.3 + 1e-6)
-  before = autoattack.margin(y, model_fn(x)).numpy()
-  after = autoattack.margin(y, model_fn(x_adv)).numpy()
+  before = square.margin(y, model_fn(x)).numpy()
+  after = square.margin(y, model_fn(x_adv)).numpy()
   assert np.all(after <= before) and after.mean() < before.mean()
   assert fooled.numpy().mean() > 0.5
   # APGD cannot move on it; the chain says so and Square does the work.
@@ -180,9 +412,9 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_the_chain_attacks_only_robust_poi
   attacked = []
   real = autoattack.AutoAttack._attack_batch
 
-  def spy(self, run, x, y, examples, batch_index):
-    attacked.append((run[0], set(examples.numpy().tolist())))
-    return real(self, run, x, y, examples, batch_index)
+  def spy(self, run, x, y, targets, examples, batch_index):
+    attacked.append((run, examples.numpy(), targets.numpy()))
+    return real(self, run, x, y, targets, examples, batch_index)
   monkeypatch.setattr(autoattack.AutoAttack, '_attack_batch', spy)
   # 25 iterations (100 took 66 s of this test on 2 cores): still more than PGD's 20 steps.
   attacker = autoattack.AutoAttack(lambda v: model(v, training=False), 0.05, 0.0, 1.0,
@@ -191,12 +423,22 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_the_chain_attacks_only_robust_poi
   report = attacker.run(test.images, test.labels)
   after_ce, after_t = (o.robust_accuracy for o in report.outcomes)
   print(f'PGD-20 {pgd:.3f}, APGD-CE {after_ce:.3f}, APGD-T {after_t:.3f}')
-  assert after_ce <= pgd and after_t <= after_ce
-  robust_after_ce = set(np.flatnonzero(report.broken_by != 'apgd-ce')) & set(
-      np.flatnonzero(np.argmax(model(test.images), 1) == test.labels))
-  targeted = set().union(*(rows for name, rows in attacked if name == 'apgd-t'))
-  assert targeted and targeted <= robust_after_ce  # only points APGD-CE did not break
+  assert after_ce <= pgd
+  clean_logits = model(test.images, training=False).numpy()
+  correct = set(np.flatnonzero(np.argmax(clean_logits, 1) == test.labels))
+  robust_after_ce = correct - set(np.flatnonzero(report.broken_by == 'apgd-ce'))
+  targeted = [(rank, examples, targets) for (name, rank), examples, targets in attacked
+              if name == 'apgd-t']
+  # APGD-T: the 2nd ... 10th class of each example's clean logits, one run each, on points
+  # APGD-CE did not break (and, run by run, on the points the earlier ranks left).
+  assert sorted({rank for rank, _, _ in targeted}) == list(range(2, 11))
+  by_class = np.argsort(-clean_logits, axis=1, kind='stable')
+  for rank, examples, targets in targeted:
+    assert set(examples.tolist()) <= robust_after_ce
+    np.testing.assert_array_equal(targets, by_class[examples, rank - 1])
+    assert not np.any(targets == test.labels[examples])
   assert all(report.broken_by[report.robust] == '')
+  assert set(report.broken_by[~report.robust]) <= {'', 'apgd-ce', 'apgd-t'}
 
 
 @pytest.mark.slow

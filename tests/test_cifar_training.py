@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, commands, data, distribute, optimizers, training
+from common import commands, data, distribute, optimizers, training
+from common.attacks import pgd
 from common.data import Datasets, Split
 from common.errors import ChallengeError, InvalidSubmission
 from conftest import CIFAR_TEST, make_cifar_arrays, quiet, tiny_cifar_config
@@ -139,11 +140,11 @@ def test_the_training_attack_uses_batch_statistics_or_the_averages(
   # Make the moving averages differ from batch statistics, so the two modes disagree.
   for variable in copy.non_trainable_variables + trainer.model.non_trainable_variables:
     variable.assign(variable * 3.0 + 1.0)
-  expected = attack.pgd(lambda inputs: copy(inputs, training=training_mode), x, y,
+  expected = pgd.pgd(lambda inputs: copy(inputs, training=training_mode), x, y,
                         trainer.attack_params)
   _, _, x_adv = trainer.train_step((x, y))
   np.testing.assert_allclose(x_adv, expected, atol=1e-3)
-  other = attack.pgd(lambda inputs: copy(inputs, training=not training_mode), x, y,
+  other = pgd.pgd(lambda inputs: copy(inputs, training=not training_mode), x, y,
                      trainer.attack_params)
   assert np.abs(x_adv.numpy() - other.numpy()).max() > 1.0
 

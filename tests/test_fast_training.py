@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, checkpoints, commands, guard, optimizers, training
-from common.attack import PGDParams
+from common import checkpoints, commands, guard, optimizers, training
+from common.attacks import pgd
+from common.attacks.pgd import PGDParams
 from common.errors import ChallengeError
 from conftest import REPO, quiet, require_shared_mnist, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
@@ -42,8 +43,8 @@ def xent_gradient(w, x, y):
 def test_single_step_attacks_equal_their_formulas(name):
   w, x, y = linear_problem()
   eps, alpha = 0.3, 0.375 if name == 'fgsm_rs' else 0.3
-  params = attack.training_attack_params(PGDParams(eps, 40, 0.01), name, alpha)
-  x_adv = attack.pgd(lambda v: tf.matmul(v, w), x, y, params, seed=SEED).numpy()
+  params = pgd.training_attack_params(PGDParams(eps, 40, 0.01), name, alpha)
+  x_adv = pgd.pgd(lambda v: tf.matmul(v, w), x, y, params, seed=SEED).numpy()
   radius = eps if name == 'fgsm_rs' else 2 * eps  # noise_multiplier's default: 2
   noise = tf.random.stateless_uniform(x.shape, SEED, -radius, radius).numpy()
   start = np.clip(x + noise, 0, 1)
@@ -60,21 +61,21 @@ def test_single_step_attacks_equal_their_formulas(name):
 
 
 def test_training_attack_defaults_and_errors():
-  pgd = PGDParams(0.3, 40, 0.01)
-  assert attack.training_attack_params(pgd, 'pgd') is pgd
-  fgsm_rs = attack.training_attack_params(pgd, 'fgsm_rs')
+  original = PGDParams(0.3, 40, 0.01)
+  assert pgd.training_attack_params(original, 'pgd') is original
+  fgsm_rs = pgd.training_attack_params(original, 'fgsm_rs')
   assert (fgsm_rs.num_steps, fgsm_rs.step_size, fgsm_rs.random_start) == (1, 1.25 * 0.3, True)
   assert fgsm_rs.noise_radius == 0.3 and fgsm_rs.project_to_ball
-  n_fgsm = attack.training_attack_params(pgd, 'n_fgsm', noise_multiplier=3.0)
+  n_fgsm = pgd.training_attack_params(original, 'n_fgsm', noise_multiplier=3.0)
   assert n_fgsm.step_size == 0.3 and not n_fgsm.project_to_ball
   assert n_fgsm.noise_radius == pytest.approx(0.9)
-  short = attack.training_attack_params(pgd, 'pgd', step_size=0.2, num_steps=2)
+  short = pgd.training_attack_params(original, 'pgd', step_size=0.2, num_steps=2)
   assert short == PGDParams(0.3, 2, 0.2)  # the rest (random start, loss, range) kept
-  assert attack.training_attack_params(pgd, 'pgd', num_steps=5).step_size == 0.01
+  assert pgd.training_attack_params(original, 'pgd', num_steps=5).step_size == 0.01
   with pytest.raises(ChallengeError, match='unknown training_attack "free"'):
-    attack.training_attack_params(pgd, 'free')
+    pgd.training_attack_params(original, 'free')
   with pytest.raises(ChallengeError, match='training_num_steps is 2, but fgsm_rs takes one'):
-    attack.training_attack_params(pgd, 'fgsm_rs', num_steps=2)
+    pgd.training_attack_params(original, 'fgsm_rs', num_steps=2)
   with pytest.raises(ChallengeError, match='"training_attack" must be one of pgd, fgsm_rs'):
     MNIST.load_config(overrides={'training_attack': 'free'})
 

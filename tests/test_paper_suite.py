@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import (attack, autoattack, checkpoints, commands, landscape, losses, paper_table,
-                    precision, training)
-from common.attack import PGDParams
+from common import (checkpoints, commands, landscape, losses, paper_table, precision,
+                    training)
+from common.attacks import autoattack, pgd
+from common.attacks.pgd import PGDParams
 from common.data import Split
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
@@ -38,19 +39,19 @@ def batch(model, n=20):
 
 def test_fgsm_is_one_sign_step_of_epsilon_from_the_input(net):
   x, y = batch(net)
-  params = attack.fgsm_params(0.1, 0.0, 1.0)
+  params = pgd.fgsm_params(0.1, 0.0, 1.0)
   assert (params.num_steps, params.step_size, params.random_start) == (1, 0.1, False)
-  grad = attack.input_gradient(lambda v: net(v), x, y, losses.xent)
+  grad = pgd.input_gradient(lambda v: net(v), x, y, losses.xent)
   expected = np.clip(x.numpy() + 0.1 * np.sign(grad.numpy()), 0, 1)
-  np.testing.assert_allclose(attack.pgd(lambda v: net(v), x, y, params).numpy(), expected,
+  np.testing.assert_allclose(pgd.pgd(lambda v: net(v), x, y, params).numpy(), expected,
                              atol=1e-6)
 
 
-@pytest.mark.parametrize('rule', list(attack.TARGET_RULES))
+@pytest.mark.parametrize('rule', list(pgd.TARGET_RULES))
 def test_targeted_pgd_raises_the_probability_of_its_target(net, rule):
   x, y = batch(net)
   logits = net(x).numpy()
-  targets = attack.choose_targets(rule, logits, y, seed=tf.constant([1, 2], tf.int64)).numpy()
+  targets = pgd.choose_targets(rule, logits, y, seed=tf.constant([1, 2], tf.int64)).numpy()
   assert not np.any(targets == y.numpy())
   wrong = np.where(np.eye(10)[y.numpy()] == 1, np.nan, logits)
   if rule == 'most_likely':
@@ -58,12 +59,12 @@ def test_targeted_pgd_raises_the_probability_of_its_target(net, rule):
   if rule == 'least_likely':
     np.testing.assert_array_equal(targets, np.nanargmin(wrong, 1))
   params = PGDParams(0.1, 10, 0.01)
-  x_adv = attack.pgd(lambda v: net(v), x, targets, params,
-                     loss_fn=attack.targeted(losses.xent), seed=tf.constant([3, 4], tf.int64))
+  x_adv = pgd.pgd(lambda v: net(v), x, targets, params,
+                     loss_fn=pgd.targeted(losses.xent), seed=tf.constant([3, 4], tf.int64))
   probability = lambda inputs: tf.nn.softmax(net(inputs)).numpy()[np.arange(len(y)), targets]
   assert np.all(probability(x_adv) > probability(x))
   with pytest.raises(ChallengeError, match='unknown target rule "easiest"'):
-    attack.choose_targets('easiest', logits, y)
+    pgd.choose_targets('easiest', logits, y)
 
 
 def test_the_cw_confidence_sets_where_the_attack_stops_pushing():
@@ -75,7 +76,7 @@ def test_the_cw_confidence_sets_where_the_attack_stops_pushing():
   params = PGDParams(0.3, 100, 0.002, random_start=False)
 
   def margin(confidence):
-    x_adv = attack.pgd(model_fn, x, y, params,
+    x_adv = pgd.pgd(model_fn, x, y, params,
                        loss_fn=functools.partial(losses.cw, confidence=confidence))
     logits = model_fn(x_adv).numpy()
     correct = logits[np.arange(16), y.numpy()]
@@ -100,9 +101,9 @@ def test_transfer_uses_the_sources_gradients_only(net):
   white_box = Evaluator(net, params, seed=9).attack(data, 20, keep_adversarial=True)
   # The same random starts (seed 9, drawn per example): the transfer examples are PGD on
   # the source alone.
-  start = attack.starting_points(x, params, tf.constant([9, 0], tf.int64),
+  start = pgd.starting_points(x, params, tf.constant([9, 0], tf.int64),
                                  examples=tf.range(20, dtype=tf.int64))[0]
-  on_source = attack.pgd(lambda v: source(v, training=False), x, y, params, start=start)
+  on_source = pgd.pgd(lambda v: source(v, training=False), x, y, params, start=start)
   np.testing.assert_allclose(transfer.adversarial, on_source.numpy(), atol=1e-6)
   assert not np.allclose(transfer.adversarial, white_box.adversarial)
   assert transfer.nat_correct == white_box.nat_correct == 20  # scored by the target
@@ -230,8 +231,8 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
   # What each row's attack actually receives when it runs (recorded at the calls into the
   # attack core, as the compiled evaluation traces them), against the row's specification.
   runs, current = {}, {}
-  real_evaluator_for, real_pgd, real_restarts = (paper_table.evaluator_for, attack.pgd,
-                                                 attack.pgd_restarts)
+  real_evaluator_for, real_pgd, real_restarts = (paper_table.evaluator_for, pgd.pgd,
+                                                 pgd.pgd_restarts)
 
   def evaluator_for(row, model, attacker, *args, **kwargs):
     evaluator = real_evaluator_for(row, model, attacker, *args, **kwargs)
@@ -240,7 +241,7 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
                        'target rule': evaluator.target_rule, 'pgd': [], 'restarts': []}
     return evaluator
 
-  def pgd(model_fn, x_nat, labels, params, seed=None, loss_fn=None, **kwargs):
+  def recorded_pgd(model_fn, x_nat, labels, params, seed=None, loss_fn=None, **kwargs):
     runs[current['row']]['pgd'].append((params, loss_fn))
     return real_pgd(model_fn, x_nat, labels, params, seed=seed, loss_fn=loss_fn, **kwargs)
 
@@ -259,8 +260,8 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
 
   monkeypatch.setattr(autoattack, 'AutoAttack', recorded_autoattack)
   monkeypatch.setattr(paper_table, 'evaluator_for', evaluator_for)
-  monkeypatch.setattr(attack, 'pgd', pgd)
-  monkeypatch.setattr(attack, 'pgd_restarts', pgd_restarts)
+  monkeypatch.setattr(pgd, 'pgd', recorded_pgd)
+  monkeypatch.setattr(pgd, 'pgd_restarts', pgd_restarts)
   challenge = scaled_down(MNIST)
   results = commands.evaluate_table(
       challenge, table_models['A'], source=sources(table_models, "A'", 'B'),

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, checkpoints, commands, distribute, precision, training
+from common import checkpoints, commands, distribute, precision, training
+from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import NON_WIDE, make_cifar_arrays, quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
@@ -81,7 +82,7 @@ def test_a_mixed_precision_attack_stays_exactly_inside_the_threat_model(challeng
   params = dataclasses.replace(challenge.attack_params(config), num_steps=5)
   x, y = mnist_batch() if challenge is MNIST else cifar_batch()
   model, twin = twin_of(challenge, config, name)
-  x_adv = attack.make_pgd(lambda v: twin(v, training=False), params, twin.loss_scale)(x, y)
+  x_adv = pgd.make_pgd(lambda v: twin(v, training=False), params, twin.loss_scale)(x, y)
   assert x_adv.dtype == tf.float32
   x, x_adv, eps = x.numpy(), x_adv.numpy(), np.float32(params.epsilon)
   # The very bounds a float32 attack clips to, computed in float32: no bfloat16 rounding.
@@ -90,7 +91,7 @@ def test_a_mixed_precision_attack_stays_exactly_inside_the_threat_model(challeng
   assert np.abs(x_adv - x).max() > 0.5 * eps  # it moved
   # And it is an attack on the float32 model: its loss rises about as much as under a
   # float32 attack from the same start.
-  reference = attack.make_pgd(lambda v: model(v, training=False), params)(x, y)
+  reference = pgd.make_pgd(lambda v: model(v, training=False), params)(x, y)
 
   def xent(inputs):
     return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
@@ -106,10 +107,10 @@ def test_the_float16_attack_scales_its_loss_so_small_gradients_keep_their_sign()
 
   loss_fn = lambda labels, logits: tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels, logits)
-  unscaled = attack.input_gradient(tiny_logits, x, y, loss_fn).numpy()
-  scaled = attack.input_gradient(tiny_logits, x, y, loss_fn,
+  unscaled = pgd.input_gradient(tiny_logits, x, y, loss_fn).numpy()
+  scaled = pgd.input_gradient(tiny_logits, x, y, loss_fn,
                                  precision.ATTACK_LOSS_SCALE_FLOAT16).numpy()
-  exact = attack.input_gradient(lambda v: v[:, :10] * 1e-9, x, y, loss_fn).numpy()
+  exact = pgd.input_gradient(lambda v: v[:, :10] * 1e-9, x, y, loss_fn).numpy()
   assert not unscaled.any()  # no step at all without scaling
   np.testing.assert_array_equal(np.sign(scaled), np.sign(exact))
   assert np.count_nonzero(exact) == 8 * 10
@@ -117,7 +118,7 @@ def test_the_float16_attack_scales_its_loss_so_small_gradients_keep_their_sign()
   def huge_logits(v):  # gradients that overflow float16 once scaled
     return tf.cast(tf.cast(v, tf.float16)[:, :10] * 60.0, tf.float32) * 1e3
 
-  overflowing = attack.input_gradient(huge_logits, x, y, loss_fn,
+  overflowing = pgd.input_gradient(huge_logits, x, y, loss_fn,
                                       precision.ATTACK_LOSS_SCALE_FLOAT16).numpy()
   assert np.isfinite(overflowing).all()  # inf/NaN components become "no step"
 

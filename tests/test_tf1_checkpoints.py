@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from cifar10_challenge import model as cifar_model
 from cifar10_challenge.challenge import CIFAR10
-from common import attack, checkpoints, commands, tf1_checkpoints, training
+from common import checkpoints, commands, tf1_checkpoints, training
+from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import NON_WIDE, quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
@@ -98,7 +99,7 @@ def test_loaded_model_gives_the_original_logits_and_pgd(which, mnist_tf1, cifar_
 
   y = reference.argmax(1)
   params = challenge.attack_params(config)
-  ours = attack.make_pgd(lambda v: model(v, training=False), params)(x, y).numpy()
+  ours = pgd.make_pgd(lambda v: model(v, training=False), params)(x, y).numpy()
   theirs = original.pgd(x, y, params.epsilon, params.num_steps, params.step_size,
                         params.clip_max)
   assert np.abs(ours - x).max() > 0.99 * min(params.epsilon, params.num_steps * params.step_size)

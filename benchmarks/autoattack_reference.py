@@ -1,0 +1,224 @@
+"""AutoAttack (standard version, ℓ∞) against its reference implementation, fra31/auto-attack
+in PyTorch on the CPU: the same weights, images, ε and batch size, one after the other on
+this machine. Prints each attack's cumulative robust accuracy for both, how many examples
+end alike (robust or broken) after each attack, and both wall times with their ratio.
+
+Two models:
+* `shipped`: the model at --model_dir (the shipped MNIST model by default);
+* `masked`: the same weights behind a binarising input layer (pixels > 0.5 -> 1, else 0)
+  whose input gradient is exactly zero: a model that masks its gradients, where APGD and FAB
+  cannot move and Square decides (and where FAB's treatment of zero-gradient pixels shows).
+
+The reference runs in its own process, under another Python that has torch (the reference
+needs nothing else), from a local copy of its repository; it is no dependency of the project
+or its tests. Without either, this prints why and exits 0.
+
+  python3 -m venv /tmp/reference && /tmp/reference/bin/pip install "torch==2.13.0+cpu" numpy
+  git clone https://github.com/fra31/auto-attack /tmp/auto-attack     # or any local copy
+  python benchmarks/autoattack_reference.py --reference /tmp/auto-attack \\
+      --reference_python /tmp/reference/bin/python --num_examples 1000
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+VARIANTS = ('shipped', 'masked')
+
+
+# --- the reference's side (runs under --reference_python; imports torch, not TensorFlow) ---
+
+def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_path):
+  import torch
+  sys.path.insert(0, reference_dir)
+  from autoattack import AutoAttack
+  from autoattack import state as reference_state
+
+  arrays = np.load(arrays_path)
+  tensor = lambda name: torch.from_numpy(arrays[name])
+
+  class MadryMnist(torch.nn.Module):
+    """The MNIST challenge's network with our Keras weights (NHWC flatten order)."""
+
+    def __init__(self):
+      super().__init__()
+      self.conv1 = torch.nn.Conv2d(1, 32, 5, padding=2)
+      self.conv2 = torch.nn.Conv2d(32, 64, 5, padding=2)
+      self.fc1 = torch.nn.Linear(7 * 7 * 64, 1024)
+      self.logits = torch.nn.Linear(1024, 10)
+      with torch.no_grad():
+        for name in ('conv1', 'conv2'):
+          getattr(self, name).weight.copy_(tensor(f'{name}/kernel').permute(3, 2, 0, 1))
+          getattr(self, name).bias.copy_(tensor(f'{name}/bias'))
+        for name in ('fc1', 'logits'):
+          getattr(self, name).weight.copy_(tensor(f'{name}/kernel').t())
+          getattr(self, name).bias.copy_(tensor(f'{name}/bias'))
+
+    def forward(self, x):
+      if variant == 'masked':
+        x = (x > 0.5).float().detach() + 0.0 * x
+      pool = lambda z: torch.nn.functional.max_pool2d(z, 2, 2)
+      x = pool(torch.relu(self.conv1(x)))
+      x = pool(torch.relu(self.conv2(x)))
+      x = torch.relu(self.fc1(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)))
+      return self.logits(x)
+
+  # The robust flags after each attack, read where the reference records an attack as run.
+  after = {}
+  record = reference_state.EvaluationState.add_run_attack
+
+  def add_run_attack(self, attack):
+    after[attack] = (self.robust_flags.numpy().copy(), time.perf_counter())
+    return record(self, attack)
+  reference_state.EvaluationState.add_run_attack = add_run_attack
+
+  model = MadryMnist().eval()
+  images = tensor('images').reshape(-1, 1, 28, 28)
+  labels = tensor('labels')
+  adversary = AutoAttack(model, norm='Linf', eps=float(arrays['epsilon']), version='standard',
+                         seed=seed, device='cpu', verbose=False)
+  began = time.perf_counter()
+  adversary.run_standard_evaluation(images, labels, bs=batch_size)
+  seconds = time.perf_counter() - began
+  with open(out_path, 'w') as f:
+    json.dump({'seconds': seconds, 'threads': torch.get_num_threads(),
+               'torch': torch.__version__,
+               'robust': {a: flags.tolist() for a, (flags, _) in after.items()},
+               'at': {a: at - began for a, (_, at) in after.items()}}, f)
+
+
+# --- ours, and the comparison --------------------------------------------------------------
+
+def skip(reason):
+  print(f'skipped: {reason}')
+  sys.exit(0)
+
+
+def ours(model_fn, images, labels, epsilon, batch_size, seed):
+  from common.attacks import autoattack
+  after, began = {}, time.perf_counter()
+  attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), STANDARD,
+                                   batch_size, seed, log=lambda *a, **k: None)
+  robust = {}
+  report = attacker.run(images, labels)
+  seconds = time.perf_counter() - began
+  # Per attack: robust if no attack up to it broke the example (and clean-correct).
+  clean = report.robust | (report.broken_by != '')
+  order = {name: i for i, name in enumerate(STANDARD)}
+  for name in STANDARD:
+    broken_by_now = np.array([b != '' and order[b] <= order[name] for b in report.broken_by])
+    robust[name] = clean & ~broken_by_now
+  for outcome in report.outcomes:
+    after[outcome.attack] = outcome.seconds
+  return robust, seconds, after
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--reference', default='',
+                      help='a local copy of github.com/fra31/auto-attack (its autoattack/ package)')
+  parser.add_argument('--reference_python', default='',
+                      help='a Python with torch for the reference (default: this one)')
+  parser.add_argument('--model_dir', default=os.path.join(REPO, 'checkpoints', 'mnist',
+                                                          'fast_robust'))
+  parser.add_argument('--data_dir', default=os.path.join(REPO, '..', 'shared', 'data', 'mnist'))
+  parser.add_argument('--num_examples', type=int, default=1000)
+  parser.add_argument('--batch_size', type=int, default=500)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--reference_side', nargs=3, metavar=('ARRAYS', 'VARIANT', 'OUT'),
+                      help=argparse.SUPPRESS)
+  options = parser.parse_args()
+  if options.reference_side:
+    arrays, variant, out = options.reference_side
+    reference_side(arrays, variant, options.reference, options.batch_size, options.seed, out)
+    return
+
+  if not os.path.isfile(os.path.join(options.reference, 'autoattack', 'autoattack.py')):
+    skip(f'no copy of the reference at --reference "{options.reference}" (it needs '
+         'autoattack/autoattack.py: git clone https://github.com/fra31/auto-attack)')
+  python = options.reference_python or sys.executable
+  probe = subprocess.run([python, '-c', 'import torch'], capture_output=True, text=True)
+  if probe.returncode != 0:
+    skip(f'{python} cannot import torch (pip install "torch==2.13.0+cpu" into a virtual '
+         'environment and pass its python as --reference_python)')
+  variants = options.variants.split(',')
+  unknown = set(variants) - set(VARIANTS)
+  if unknown:
+    sys.exit(f'error: unknown variant(s) {", ".join(sorted(unknown))}; use: '
+             + ', '.join(VARIANTS))
+
+  sys.path.insert(0, REPO)
+  sys.path.insert(0, HERE)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from common import cli  # noqa: F401  (TensorFlow starts quietly)
+  import tensorflow as tf
+  from common import checkpoints, runtime
+  from mnist_challenge.challenge import MNIST
+  from timing import machine
+
+  runtime.start()
+  print(machine())
+  config = MNIST.load_config(os.path.join(options.model_dir, 'config.json'),
+                             overrides={'model_dir': options.model_dir,
+                                        'data_dir': options.data_dir})
+  model = MNIST.build_model(config)
+  path = checkpoints.latest(options.model_dir)
+  checkpoints.restore_model(model, path)
+  test = MNIST.load_data(config).test
+  n = options.num_examples
+  images, labels = test.images[:n], test.labels[:n].astype(np.int64)
+  epsilon = MNIST.attack_params(config).epsilon
+  batch_size = min(options.batch_size, n)
+  weights = {f'{layer}/{kind}': getattr(model.get_layer(layer), kind).numpy()
+             for layer in ('conv1', 'conv2', 'fc1', 'logits') for kind in ('kernel', 'bias')}
+  print(f'{path}, the first {n} test images, ε {epsilon:g}, batch {batch_size}, seed '
+        f'{options.seed}; the reference: {options.reference} under {python}')
+
+  with tempfile.TemporaryDirectory() as scratch:
+    arrays = os.path.join(scratch, 'arrays.npz')
+    np.savez(arrays, images=images, labels=labels, epsilon=np.float32(epsilon), **weights)
+    for variant in variants:
+      out = os.path.join(scratch, f'{variant}.json')
+      subprocess.run([python, os.path.abspath(__file__), '--reference', options.reference,
+                      '--batch_size', str(batch_size), '--seed', str(options.seed),
+                      '--reference_side', arrays, variant, out], check=True)
+      with open(out) as f:
+        theirs = json.load(f)
+
+      def model_fn(x, variant=variant):
+        if variant == 'masked':
+          x = tf.stop_gradient(tf.cast(x > 0.5, tf.float32)) + 0.0 * x
+        return model(x, training=False)
+      robust, seconds, per_attack = ours(model_fn, images, labels, epsilon, batch_size,
+                                         options.seed)
+      report(variant, n, theirs, robust, seconds, per_attack)
+
+
+def report(variant, n, theirs, robust, seconds, per_attack):
+  print(f'\n{variant} (torch {theirs["torch"]}, {theirs["threads"]} threads)')
+  print(f'  {"after":<8} {"reference":>10} {"ours":>8} {"difference":>11} {"alike":>12}')
+  previous_at = 0.0
+  for name in STANDARD:
+    reference_robust = np.array(theirs['robust'][name], bool)
+    difference = 100 * (robust[name].mean() - reference_robust.mean())
+    alike = int(np.sum(robust[name] == reference_robust))
+    reference_seconds = theirs['at'][name] - previous_at
+    previous_at = theirs['at'][name]
+    print(f'  {name:<8} {100 * reference_robust.mean():9.2f}% {100 * robust[name].mean():7.2f}% '
+          f'{difference:+10.2f} {alike:6d} of {n}   ({reference_seconds:.0f} s, ours '
+          f'{per_attack[name]:.0f} s)')
+  print(f'  time: reference {theirs["seconds"]:.0f} s, ours {seconds:.0f} s: ours '
+        f'{theirs["seconds"] / seconds:.2f}x faster')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,173 @@
+"""APGD (Croce & Hein, ICML 2020), ℓ∞, and its losses, as fra31/auto-attack's
+`autopgd_base.py` computes them (the reference's behaviour is the specification; written anew
+from it, not copied).
+
+* Start: x + ε·t/max|t|, t ~ U[-1, 1] per example (on the ε-box's boundary), clipped to the
+  pixel range (`boundary_start`: drawn from (seed, the example's index), outside XLA).
+* Step η = 2ε per example; momentum 0.75 (none at the first iteration):
+  z = P(x_k + η·sign(∇)), x_{k+1} = P(x_k + 0.75(z - x_k) + 0.25(x_k - x_{k-1})), P the
+  projection onto the ε-ball, then the pixel range. One forward and backward pass per
+  iteration; the loss and the prediction come from the same pass.
+* Checkpoints (`checkpoints`: for 100 iterations after iterations 22, 41, 57, 70, 80, 87, 93,
+  99): η halves for an example whose loss rose in at most 75% of the steps since the last
+  checkpoint, or which was not halved at the last checkpoint and whose best loss has not
+  improved since; a halved example restarts from its best point (and that point's gradient).
+  At the first checkpoint the reference counts the first iterate's loss as a rise when it
+  is above 0 (it compares it with its still-zero loss history, not with the start's loss);
+  so do we: it decides when η first halves for the targeted DLR, negative while the example
+  is robust.
+* Result: per example the last misclassified point (the start or an iterate), else the point
+  of highest loss.
+* Losses (per example, logits in float32): the cross-entropy; DLR = -(z_y - max_{i≠y} z_i) /
+  (z_π1 - z_π3 + 1e-12); targeted DLR = -(z_y - z_t) / (z_π1 - ½(z_π3 + z_π4) + 1e-12), towards
+  the rank-th most likely clean class (`ranked_targets`; APGD-T: ranks 2 ... 10).
+"""
+from typing import List
+
+import numpy as np
+import tensorflow as tf
+
+from common.attacks import pgd
+
+MOMENTUM = 0.75
+RHO = 0.75  # η halves if the loss rose in at most this fraction of the steps
+
+
+def _sorted_logits(logits):
+  return tf.sort(tf.cast(logits, tf.float32), axis=-1, direction='DESCENDING')
+
+
+def dlr(labels, logits):
+  """Difference of logits ratio (per example): -(z_y - max_{i≠y} z_i) / (z_π1 - z_π3)."""
+  logits = tf.cast(logits, tf.float32)
+  ordered = _sorted_logits(logits)
+  mask = tf.one_hot(tf.cast(labels, tf.int64), tf.shape(logits)[-1], dtype=tf.float32)
+  correct = tf.reduce_sum(mask * logits, axis=-1)
+  best_other = tf.reduce_max(logits - 1e9 * mask, axis=-1)
+  return -(correct - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def targeted_dlr(targets):
+  """The targeted DLR towards `targets`: (labels, logits) -> -(z_y - z_t) /
+  (z_π1 - ½(z_π3 + z_π4)); needs at least 4 classes."""
+  def loss(labels, logits):
+    logits = tf.cast(logits, tf.float32)
+    ordered = _sorted_logits(logits)
+    pick = lambda classes: tf.gather(logits, tf.cast(classes, tf.int64), batch_dims=1)
+    return -(pick(labels) - pick(targets)) / (
+        ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+  return loss
+
+
+def ranked_targets(logits, rank):
+  """The class of the `rank`-th highest logit (rank 2: the most likely other class)."""
+  return tf.argsort(tf.cast(logits, tf.float32), axis=-1, direction='DESCENDING')[:, rank - 1]
+
+
+def checkpoints(num_iterations: int) -> List[int]:
+  """The iterations (counted from 1) after which APGD may halve its step: the first after
+  22% of the run, then ever shorter intervals (3% less each time, at least 6%)."""
+  interval = max(int(0.22 * num_iterations), 1)
+  shrink, shortest = max(int(0.03 * num_iterations), 1), max(int(0.06 * num_iterations), 1)
+  marks, at = [], interval
+  while at <= num_iterations:
+    marks.append(at)
+    interval = max(interval - shrink, shortest)
+    at += interval
+  return marks
+
+
+def boundary_start(x, epsilon, clip_min, clip_max, seed, examples):
+  """APGD's start: x + ε·t / max|t|, t ~ U[-1, 1] per example (drawn from (seed, the
+  example's index)), clipped to the pixel range. Draw it outside XLA-compiled code."""
+  t = pgd.per_example(seed, examples, lambda s: tf.random.stateless_uniform(
+      tf.shape(x)[1:], s, -1.0, 1.0))
+  scale = tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
+  scale = tf.reshape(scale, [-1] + [1] * (len(x.shape) - 1))
+  return tf.clip_by_value(x + epsilon * t / (scale + 1e-12), clip_min, clip_max)
+
+
+def _loss_and_gradient(model_fn, x, labels, loss_fn):
+  """(logits, per-example loss, ∇ₓ of the summed loss) from one forward and backward pass."""
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(x)
+    logits = tf.cast(model_fn(x), tf.float32)
+    loss = loss_fn(labels, logits)
+    total = tf.reduce_sum(loss)
+  return logits, loss, tape.gradient(total, x)
+
+
+def _expand(mask, like):
+  return tf.reshape(mask, [-1] + [1] * (len(like.shape) - 1))
+
+
+def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_fn, start,
+         trace=False):
+  """APGD from `start`: (x_adv, fooled); with `trace`, also the step sizes after every
+  iteration [num_iterations, batch] (for tests). `loss_fn(labels, logits)` per example."""
+  x = tf.convert_to_tensor(x)
+  labels = tf.cast(labels, tf.int64)
+  batch = tf.shape(x)[0]
+  marks = checkpoints(num_iterations)
+  # For each iteration (from 1): is it a checkpoint, and how many steps since the last one.
+  is_mark = np.zeros(num_iterations + 1, bool)
+  window = np.zeros(num_iterations + 1, np.float32)
+  previous = 0
+  for mark in marks:
+    is_mark[mark], window[mark], previous = True, mark - previous, mark
+  is_mark, window = tf.constant(is_mark), tf.constant(window)
+
+  def project(z):
+    return tf.clip_by_value(tf.clip_by_value(z, x - epsilon, x + epsilon), clip_min, clip_max)
+
+  logits, loss, grad = _loss_and_gradient(model_fn, start, labels, loss_fn)
+  fooled = tf.not_equal(tf.argmax(logits, axis=1), labels)
+  step = tf.fill([batch], tf.constant(2.0 * epsilon, tf.float32))
+  # The reference's loss history starts as zeros and its first rise is counted against its
+  # last entry: 0, or with a single iteration the first iterate's own loss.
+  history_start = tf.zeros_like(loss)
+  state = dict(
+      i=tf.constant(0), x=start, x_prev=start, grad=grad, step=step,
+      x_best=start, grad_best=grad, loss_best=loss, loss_prev=history_start,
+      increases=tf.zeros([batch]), loss_best_at_mark=loss,
+      halved_at_mark=tf.ones([batch], tf.bool), adversarial=start, fooled=fooled,
+      steps=tf.TensorArray(tf.float32, size=num_iterations))
+
+  def body(s):
+    i = s['i']
+    momentum = tf.where(i > 0, MOMENTUM, 1.0)
+    eta = _expand(s['step'], x)
+    z = project(s['x'] + eta * tf.sign(s['grad']))
+    x_new = project(s['x'] + momentum * (z - s['x']) + (1.0 - momentum) * (s['x'] - s['x_prev']))
+    logits, loss, grad = _loss_and_gradient(model_fn, x_new, labels, loss_fn)
+    now = tf.not_equal(tf.argmax(logits, axis=1), labels)
+    adversarial = tf.where(_expand(now, x), x_new, s['adversarial'])
+    loss_prev = s['loss_prev'] if num_iterations > 1 else tf.where(i > 0, s['loss_prev'], loss)
+    increases = s['increases'] + tf.cast(loss > loss_prev, tf.float32)
+    better = loss > s['loss_best']
+    x_best = tf.where(_expand(better, x), x_new, s['x_best'])
+    grad_best = tf.where(_expand(better, x), grad, s['grad_best'])
+    loss_best = tf.where(better, loss, s['loss_best'])
+    # At a checkpoint: halve η where the loss rose too rarely since the last one, or where it
+    # was not halved last time and the best loss has not improved since; restart those from
+    # their best point.
+    mark = is_mark[i + 1]
+    oscillating = increases <= RHO * window[i + 1]
+    stalled = ~s['halved_at_mark'] & (s['loss_best_at_mark'] >= loss_best)
+    halve = mark & (oscillating | stalled)
+    step = tf.where(halve, s['step'] / 2.0, s['step'])
+    x_next = tf.where(_expand(halve, x), x_best, x_new)
+    grad_next = tf.where(_expand(halve, x), grad_best, grad)
+    return dict(
+        i=i + 1, x=x_next, x_prev=s['x'], grad=grad_next, step=step, x_best=x_best,
+        grad_best=grad_best, loss_best=loss_best, loss_prev=loss,
+        increases=tf.where(mark, tf.zeros_like(increases), increases),
+        loss_best_at_mark=tf.where(mark, loss_best, s['loss_best_at_mark']),
+        halved_at_mark=tf.where(mark, halve, s['halved_at_mark']),
+        adversarial=adversarial, fooled=s['fooled'] | now, steps=s['steps'].write(i, step))
+
+  final = tf.while_loop(lambda s: s['i'] < num_iterations, lambda s: (body(s),), (state,))[0]
+  x_adv = tf.where(_expand(final['fooled'], x), final['adversarial'], final['x_best'])
+  if trace:
+    return x_adv, final['fooled'], final['steps'].stack()
+  return x_adv, final['fooled']

@@ -1,0 +1,225 @@
+"""AutoAttack's standard version (Croce & Hein, ICML 2020), ℓ∞, as fra31/auto-attack's
+`autoattack.py` runs it (`version='standard'`; the reference's behaviour is the
+specification): APGD-CE, APGD-T, FAB-T and Square (`common.attacks.apgd`, `.fab`, `.square`),
+each on the points no earlier attack broke, for any `model_fn` x -> logits and either pixel
+scale.
+
+* Budget (`budget`): APGD's and FAB's 100 iterations, Square's 5,000; one restart each;
+  APGD-T and FAB-T towards the 2nd ... 10th most likely clean classes (9 runs, each on the
+  points still robust; the targets from the clean logits, computed once).
+* The chain runs in fixed-size padded batches (one trace per attack and shape), compiled (XLA
+  where asked), under a strategy (a batch's rows split over its replicas), seeded: the starts
+  and the squares are stateless draws from (seed, the example's index) and (seed, the batch,
+  the iteration).
+* A success counts when the model misclassifies the returned point and it lies in the ε-ball
+  (the reference checks the prediction only).
+* Checks, as the reference's `checks.py`, are warnings: outputs that look like
+  probabilities, logits that change between calls, a zero input gradient at the clean
+  points, Square breaking more than 0.2% after the gradient attacks, fewer than 4 classes.
+"""
+import dataclasses
+import time
+import warnings
+from typing import List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from common import losses
+from common.attacks import apgd, fab, square
+from common.errors import ChallengeError
+
+STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
+SQUARE_QUERIES_PER_ITERATION = 50  # the standard version: 5,000 queries for 100 iterations
+NUM_TARGETS = 9  # APGD-T and FAB-T: the 2nd ... 10th most likely classes
+
+
+def budget(iterations: int) -> dict:
+  """AutoAttack's keyword arguments for `iterations`: APGD's and FAB's iterations and
+  Square's queries (the standard version: 100, 100 and 5,000)."""
+  return dict(apgd_iterations=iterations, fab_iterations=iterations,
+              square_queries=SQUARE_QUERIES_PER_ITERATION * iterations)
+
+
+# --- the standard version ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Outcome:
+  """Per attack: the robust accuracy after it (cumulative, over all examples) and its time."""
+  attack: str
+  robust_accuracy: float
+  seconds: float
+
+
+@dataclasses.dataclass
+class Report:
+  clean_accuracy: float
+  outcomes: List[Outcome]
+  broken_by: np.ndarray  # per example: '' (robust or misclassified clean), or the attack
+  adversarial: np.ndarray  # the adversarial set (x where nothing broke it)
+  robust: np.ndarray  # bool per example
+
+  @property
+  def robust_accuracy(self):
+    return float(self.robust.mean())
+
+
+class AutoAttack:
+  """The chain of attacks on a model.
+
+  model_fn: x -> logits (inference mode). attacks: names from STANDARD (the standard
+  version: all, in that order). The attacks run on the examples still robust, in padded
+  batches of `batch_size` (one compiled function per attack), under `strategy` (a batch's
+  rows split over its replicas; batch_size is rounded up to a multiple of their number).
+  """
+
+  def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
+               attacks: Sequence[str] = STANDARD, batch_size=500, seed=0, strategy=None,
+               jit_compile=False, apgd_iterations=STANDARD_ITERATIONS,
+               fab_iterations=STANDARD_ITERATIONS,
+               square_queries=SQUARE_QUERIES_PER_ITERATION * STANDARD_ITERATIONS, log=print):
+    unknown = [a for a in attacks if a not in STANDARD]
+    if unknown:
+      raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))
+    self.model_fn, self.epsilon = model_fn, float(epsilon)
+    self.clip_min, self.clip_max, self.image_shape = clip_min, clip_max, tuple(image_shape)
+    self.strategy = strategy or tf.distribute.get_strategy()
+    replicas = self.strategy.num_replicas_in_sync
+    self.attacks, self.seed = tuple(attacks), seed
+    self.batch_size = -(-batch_size // replicas) * replicas  # each replica gets equal rows
+    self.jit_compile, self.log = jit_compile, log
+    self.apgd_iterations, self.fab_iterations = apgd_iterations, fab_iterations
+    self.square_queries = square_queries
+    compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
+    self._apgd_ce = compile_(lambda x, y, start: apgd.apgd(
+        self.model_fn, x, y, self.epsilon, clip_min, clip_max, apgd_iterations, losses.xent,
+        start))
+    self._apgd_t = compile_(lambda x, y, start, targets: apgd.apgd(
+        self.model_fn, x, y, self.epsilon, clip_min, clip_max, apgd_iterations,
+        apgd.targeted_dlr(targets), start))
+    self._fab = compile_(lambda x, y, targets: fab.fab_targeted(
+        self.model_fn, x, y, targets, self.epsilon, clip_min, clip_max, fab_iterations))
+    # Square's loop of thousands of single forward passes: compiled, not by XLA (its loops
+    # per square size would each be compiled anew).
+    self._square = tf.function(lambda x, y, seed: square.square(
+        self.model_fn, x, y, self.epsilon, clip_min, clip_max, self.image_shape,
+        square_queries, seed))
+    self._logits = tf.function(lambda x: tf.cast(self.model_fn(x), tf.float32))
+
+  def _attack_batch(self, run, x, y, targets, examples, batch_index):
+    """One run (e.g. 'apgd-t' towards the 3rd class: ('apgd-t', 3), `targets` that class
+    per example) on one padded batch: (x_adv, fooled). What is random is drawn here, outside
+    XLA."""
+    name, rank = run
+    seed = tf.constant([self.seed, 0], tf.int64)
+    if name == 'apgd-ce':
+      start = apgd.boundary_start(x, self.epsilon, self.clip_min, self.clip_max, seed,
+                                  examples)
+      return self._apgd_ce(x, y, start)
+    if name == 'apgd-t':
+      start = apgd.boundary_start(x, self.epsilon, self.clip_min, self.clip_max,
+                                  tf.random.experimental.stateless_fold_in(seed, rank),
+                                  examples)
+      return self._apgd_t(x, y, start, targets)
+    if name == 'fab-t':
+      return self._fab(x, y, targets)
+    return self._square(x, y, tf.constant([self.seed, batch_index], tf.int64))
+
+  def _replicated(self, fn, *tensors):
+    """fn on the batch's rows split over the strategy's replicas; results concatenated."""
+    replicas = self.strategy.num_replicas_in_sync
+    if replicas == 1:
+      return fn(*tensors)
+    rows = int(tensors[0].shape[0]) // replicas
+    values = self.strategy.experimental_distribute_values_from_function(
+        lambda context: tuple(t[context.replica_id_in_sync_group * rows:
+                                (context.replica_id_in_sync_group + 1) * rows] for t in tensors))
+    out = self.strategy.run(fn, args=values)
+    return tuple(tf.concat(self.strategy.experimental_local_results(o), 0) for o in out)
+
+  def _runs(self, name):
+    """The runs of an attack: one, or one per target (the 2nd ... 10th class)."""
+    if name in ('apgd-t', 'fab-t'):
+      return [(name, rank) for rank in range(2, NUM_TARGETS + 2)]
+    return [(name, None)]
+
+  def run(self, images: np.ndarray, labels: np.ndarray) -> Report:
+    """Every attack of the chain on the examples still robust; prints the robust accuracy
+    after each, with its time."""
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    clean_logits = np.concatenate([self._logits(images[i:i + self.batch_size]).numpy()
+                                   for i in range(0, n, self.batch_size)])
+    robust = np.argmax(clean_logits, 1) == labels
+    clean = float(robust.mean())
+    adversarial = images.copy()
+    broken_by = np.array([''] * n, dtype=object)
+    self._check(images[:self.batch_size], labels[:self.batch_size])
+    self.log(f'clean accuracy: {100 * clean:.2f}%')
+    tolerance = 1e-6 * max(1.0, abs(self.clip_max))  # float32 rounding of the ball's bounds
+    outcomes = []
+    for name in self.attacks:
+      began = time.perf_counter()
+      for run in self._runs(name):
+        rank = run[1] or 1  # the targeted runs' class, from the clean logits
+        targets = apgd.ranked_targets(clean_logits, rank).numpy().astype(np.int64)
+        todo = np.flatnonzero(robust)
+        for batch_index, first in enumerate(range(0, len(todo), self.batch_size)):
+          index = todo[first:first + self.batch_size]
+          count = len(index)
+          padded = np.concatenate([index, np.full(self.batch_size - count, index[-1])])
+          x_adv, fooled = self._replicated(
+              lambda xs, ys, ts, es, run=run, b=batch_index: self._attack_batch(
+                  run, xs, ys, ts, es, b),
+              tf.constant(images[padded]), tf.constant(labels[padded]),
+              tf.constant(targets[padded]), tf.constant(padded.astype(np.int64)))
+          x_adv, fooled = x_adv.numpy()[:count], fooled.numpy()[:count]
+          # What counts is judged here again: misclassified by the model, inside the ball.
+          inside = (np.abs(x_adv - images[index]).reshape(count, -1).max(1)
+                    <= self.epsilon + tolerance)
+          wrong = np.argmax(self._logits(x_adv), 1) != labels[index]
+          broke = index[fooled & wrong & inside]
+          adversarial[broke] = x_adv[fooled & wrong & inside]
+          broken_by[broke] = name
+          robust[broke] = False
+      seconds = time.perf_counter() - began
+      outcomes.append(Outcome(name, float(robust.mean()), seconds))
+      self.log(f'robust accuracy after {name.upper()}: {100 * robust.mean():.2f}% '
+               f'({seconds:.1f} s)')
+    self._warn_if_square_beats_gradients(outcomes)
+    return Report(clean, outcomes, broken_by, adversarial, robust)
+
+  # --- checks, as the reference's --------------------------------------------------------
+
+  def _check(self, x, y):
+    logits = self._logits(x).numpy()
+    if np.allclose(logits.sum(-1), 1.0, atol=1e-4) and logits.min() >= 0:
+      warnings.warn('the model outputs look like probabilities (they sum to 1): AutoAttack '
+                    'needs logits; remove the softmax', stacklevel=3)
+    if not np.allclose(self._logits(x).numpy(), logits, atol=1e-5):
+      warnings.warn('the model gives other logits for the same inputs: it is randomised; '
+                    'AutoAttack assumes a deterministic model (see the reference\'s rand '
+                    'version for randomised defences)', stacklevel=3)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+      tape.watch(xt)
+      loss = tf.reduce_sum(losses.xent(y, self.model_fn(xt)))
+    grad = tape.gradient(loss, xt)
+    if grad is None or not np.any(grad.numpy()):
+      warnings.warn('the input gradient is zero at the clean points: the gradient attacks '
+                    'cannot move; the model may mask its gradients', stacklevel=3)
+    if logits.shape[-1] < 4 and any(a in self.attacks for a in ('apgd-t', 'fab-t')):
+      warnings.warn(f'the model has {logits.shape[-1]} classes: targeted DLR needs at least '
+                    '4', stacklevel=3)
+
+  def _warn_if_square_beats_gradients(self, outcomes):
+    names = [o.attack for o in outcomes]
+    if 'square' in names and names.index('square') > 0:
+      at = names.index('square')
+      gain = outcomes[at - 1].robust_accuracy - outcomes[at].robust_accuracy
+      if gain > 0.002:
+        warnings.warn(f'Square, which uses no gradients, broke {100 * gain:.2f}% more of the '
+                      'examples after the gradient attacks: the model may mask its gradients',
+                      stacklevel=2)

@@ -1,0 +1,98 @@
+"""FAB-T (Croce & Hein, ICML 2020), ℓ∞, targeted, as fra31/auto-attack's `fab_base.py` and
+`fab_projections.py` compute it (the reference's behaviour is the specification; written anew
+from it, not copied).
+
+* From the clean point x0 (the first run has no random start), for `num_iterations`: at the
+  current point x1, f = z_y - z_t and its input gradient g (one forward and backward pass);
+  the boundary linearised there is w·z = b with w = -g, b = w·x1 + f. Both x1 and x0 are
+  projected onto it within the pixel box (`project_linf`), giving steps d1 and d2; with
+  α = min(max(a1 / (a1 + a2), 0), 0.1), a_i = max(‖d_i‖∞, 1e-8), the next point is
+  ((x1 + 1.05·d1)(1 - α) + (x0 + 1.05·d2)α) clipped to the pixel box. If the model (a second
+  forward pass) misclassifies it, it is kept when closer to x0 than the best so far, and the
+  point steps back towards x0: x0 + 0.9(x1 - x0).
+* Result: the closest misclassified point found; a success counts only within ε.
+* `project_linf`: the minimal ℓ∞ step d onto the hyperplane w·(p + d) = b within the box,
+  from either side (towards the hyperplane whichever side p is on); coordinates whose w is
+  exactly 0 never move. Along the radius r each coordinate moves by min(r, its room in the
+  box) in the direction that closes the gap, so the gap closed grows piecewise linearly with
+  r; the reference solves for r over the sorted breakpoints, we bisect on r (the same
+  projection to float32 precision); where the box cannot close the gap, the box's corner
+  that comes closest.
+"""
+import numpy as np
+import tensorflow as tf
+
+ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9
+
+
+def project_linf(points, w, b, low, high, iterations=40):
+  """The minimal ℓ∞ step d with w·(p + d) = b, low <= d <= high (the box minus p, so
+  low <= 0 <= high), for each row p of `points` [n, D]; d_i = 0 where w_i = 0."""
+  gap = b - tf.reduce_sum(w * points, axis=1)
+  # Close the gap from either side: towards larger w·z where it is positive, else smaller.
+  direction = tf.where(gap >= 0, 1.0, -1.0)[:, None] * w
+  gap = tf.abs(gap)
+
+  def reach(radius):
+    r = radius[:, None]
+    d = tf.where(direction > 0, tf.minimum(r, high),
+                 tf.where(direction < 0, tf.maximum(-r, low), tf.zeros_like(high)))
+    return d, tf.reduce_sum(direction * d, axis=1)
+
+  upper = tf.reduce_max(tf.maximum(high, -low), axis=1)
+  lower = tf.zeros_like(upper)
+  for _ in range(iterations):  # unrolled: XLA-friendly
+    middle = (lower + upper) / 2.0
+    enough = reach(middle)[1] >= gap
+    upper = tf.where(enough, middle, upper)
+    lower = tf.where(enough, lower, middle)
+  return reach(tf.where(gap > 0, upper, tf.zeros_like(upper)))[0]
+
+
+def fab_targeted(model_fn, x, labels, targets, epsilon, clip_min, clip_max,
+                 num_iterations=100):
+  """FAB-T from the clean point towards `targets`: (x_adv, fooled within ε). x_adv is the
+  smallest ℓ∞ adversarial point found (x itself where none)."""
+  x = tf.convert_to_tensor(x)
+  labels, targets = tf.cast(labels, tf.int64), tf.cast(targets, tf.int64)
+  batch = tf.shape(x)[0]
+  flat = lambda t: tf.reshape(t, [batch, -1])
+  x0 = flat(x)
+
+  def difference_and_gradient(z):
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(z)
+      logits = tf.cast(model_fn(z), tf.float32)
+      pick = lambda c: tf.gather(logits, c, batch_dims=1)
+      difference = pick(labels) - pick(targets)  # > 0 while correctly ranked
+      total = tf.reduce_sum(difference)
+    return difference, tape.gradient(total, z)
+
+  def body(i, x1, best, best_norm):
+    f, g = difference_and_gradient(x1)
+    w, p1 = -flat(g), flat(x1)
+    b = tf.reduce_sum(w * p1, axis=1) + f  # the linearised boundary: w·z = b
+    points = tf.concat([p1, x0], 0)
+    d = project_linf(points, tf.concat([w, w], 0), tf.concat([b, b], 0),
+                     clip_min - points, clip_max - points)
+    d1, d2 = d[:batch], d[batch:]
+    a1 = tf.maximum(tf.reduce_max(tf.abs(d1), axis=1), 1e-8)[:, None]
+    a2 = tf.maximum(tf.reduce_max(tf.abs(d2), axis=1), 1e-8)[:, None]
+    alpha = tf.clip_by_value(a1 / (a1 + a2), 0.0, ALPHA_MAX)
+    new = tf.clip_by_value((p1 + ETA * d1) * (1 - alpha) + (x0 + ETA * d2) * alpha,
+                           clip_min, clip_max)
+    new_x = tf.reshape(new, tf.shape(x))
+    adversarial = tf.not_equal(tf.argmax(model_fn(new_x), axis=1), labels)
+    norm = tf.reduce_max(tf.abs(new - x0), axis=1)
+    closer = adversarial & (norm < best_norm)
+    best = tf.where(closer[:, None], new, best)
+    best_norm = tf.where(closer, norm, best_norm)
+    # After a success, step back towards the clean point.
+    new = tf.where(adversarial[:, None], x0 + (new - x0) * BETA, new)
+    return i + 1, tf.reshape(new, tf.shape(x)), best, best_norm
+
+  _, _, best, best_norm = tf.while_loop(
+      lambda i, *_: i < num_iterations, body,
+      (tf.constant(0), x, x0, tf.fill([batch], tf.constant(np.inf, tf.float32))))
+  fooled = best_norm <= epsilon
+  return tf.reshape(tf.where(fooled[:, None], best, x0), tf.shape(x)), fooled
