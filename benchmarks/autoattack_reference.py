@@ -104,7 +104,7 @@ def skip(reason):
 
 def ours(model_fn, images, labels, epsilon, batch_size, seed):
   from common.attacks import autoattack
-  after, began = {}, time.perf_counter()
+  seconds_per_attack, began = {}, time.perf_counter()
   attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), STANDARD,
                                    batch_size, seed, log=lambda *a, **k: None)
   robust = {}
@@ -117,8 +117,8 @@ def ours(model_fn, images, labels, epsilon, batch_size, seed):
     broken_by_now = np.array([b != '' and order[b] <= order[name] for b in report.broken_by])
     robust[name] = clean & ~broken_by_now
   for outcome in report.outcomes:
-    after[outcome.attack] = outcome.seconds
-  return robust, seconds, after
+    seconds_per_attack[outcome.attack] = outcome.seconds
+  return robust, seconds, seconds_per_attack
 
 
 def main():

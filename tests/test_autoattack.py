@@ -4,6 +4,8 @@ here), FAB-T's projection (against the reference's sorted-breakpoint algorithm i
 Square's schedule and windows, the chain, the checks and the command."""
 import dataclasses
 import json
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -13,7 +15,7 @@ import tensorflow as tf
 from common import checkpoints, commands, losses, training
 from common.attacks import apgd, autoattack, fab, square
 from common.evaluation import Evaluator
-from conftest import TINY_TEST, quiet, tiny_config
+from conftest import REPO, TINY_TEST, quiet, run_script, tiny_config
 from mnist_challenge.challenge import MNIST
 
 RNG_SEED = 4  # conftest reseeds RNG with it before each test
@@ -481,3 +483,19 @@ def test_the_command_writes_a_set_that_run_attack_scores_alike_and_repeats(train
       log=quiet).adversarial
       for i in range(2)]
   np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_the_reference_benchmark_skips_saying_why_without_the_reference(tmp_path):
+  script = os.path.join(REPO, 'benchmarks', 'autoattack_reference.py')
+  result = run_script([script, '--reference', str(tmp_path / 'absent')])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('skipped: no copy of the reference at --reference')
+  (tmp_path / 'copy' / 'autoattack').mkdir(parents=True)
+  (tmp_path / 'copy' / 'autoattack' / 'autoattack.py').write_text('')
+  no_torch = tmp_path / 'python'  # a Python whose `import torch` fails
+  no_torch.write_text(f'#!/bin/sh\nexec {sys.executable} -c "import sys; sys.exit(1)"\n')
+  no_torch.chmod(0o755)
+  result = run_script([script, '--reference', str(tmp_path / 'copy'),
+                       '--reference_python', str(no_torch)])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith(f'skipped: {no_torch} cannot import torch')
