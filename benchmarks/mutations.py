@@ -108,6 +108,17 @@ MUTATIONS = (
     Mutation('apgd_t_targets_the_label', "APGD-T's and FAB-T's targets one rank too high (the "
              'clean prediction)', 'common/attacks/autoattack.py',
              [('rank = run[1] or 1', 'rank = (run[1] or 2) - 1')]),
+    Mutation('trades_kl_reversed', "TRADES's KL the other way round, KL(f(x') || f(x))",
+             'common/trades.py',
+             [('return xent + beta * kl(natural_logits, adversarial_logits)',
+               'return xent + beta * kl(adversarial_logits, natural_logits)')]),
+    Mutation('trades_natural_detached', "TRADES's KL with f(x) detached (no gradient through "
+             'it)', 'common/trades.py',
+             [('return xent + beta * kl(natural_logits, adversarial_logits)',
+               'return xent + beta * kl(tf.stop_gradient(natural_logits), adversarial_logits)')]),
+    Mutation('trades_start_per_replica', "TRADES's start noise drawn per replica, not as rows "
+             'of the global batch', 'common/trades.py',
+             [('return x + whole[first:first + shape[0]]', 'return x + whole[:shape[0]]')]),
     Mutation('tf1_step_not_restored', "fine-tuning a TF1 checkpoint restarts Adam's step at 0",
              'common/training.py',
              [('    self.optimizer.iterations.assign(step)  # the learning-rate schedule\'s step\n',

@@ -7,7 +7,8 @@ import tensorflow as tf
 from cifar10_challenge import data, model
 from common import losses, optimizers, training
 from common.attacks.pgd import PGDParams
-from common.challenge import ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge
+from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
+                              training_loss_keys)
 from common.config import Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -47,7 +48,8 @@ CONFIG_KEYS = (
     Key('epsilon', float, 8.0, minimum=0),
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_loss_keys(
+    trades_beta=6.0)
 
 PIXEL_MAX = 255.0
 
@@ -65,12 +67,15 @@ def build_optimizer(config):
 def make_training_loss(config):
   weight_decay = config.weight_decay
 
-  def training_loss(labels, logits, keras_model, global_batch_size):
+  def training_loss(labels, logits, keras_model, global_batch_size, per_example=None):
     # The original minimises mean xent + weight_decay · Σ l2_loss(DW). Replicas' gradients
     # are summed, so each replica takes its share: its xent sum over the global batch size,
-    # and 1/replicas of the decay term.
+    # and 1/replicas of the decay term. `per_example`: another objective's per-example
+    # losses (TRADES), in place of the cross-entropy.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    xent = tf.reduce_sum(losses.xent(labels, logits)) / global_batch_size
+    if per_example is None:
+      per_example = losses.xent(labels, logits)
+    xent = tf.reduce_sum(per_example) / global_batch_size
     return xent + weight_decay * model.weight_decay_loss(keras_model) / replicas
   return training_loss
 

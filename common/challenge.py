@@ -56,6 +56,27 @@ FAST_TRAINING_KEYS = (
 )
 
 
+# The objective adversarial training minimises: {name: what it is} (common.trades).
+TRAINING_LOSSES = {
+    'madry': "the loss on the training attack's examples (the original)",
+    'trades': 'TRADES (Zhang et al. 2019): cross-entropy on the natural examples + '
+              'trades_beta x KL(f(x) || f(x\')), x\' maximising the KL by training_num_steps '
+              'sign steps of training_step_size (0: the configured PGD\'s) from x + 0.001 N(0, 1)',
+}
+
+
+def training_loss_keys(trades_beta: float):
+  """The training objective's keys; `trades_beta`: the TRADES authors' β for the data set."""
+  return (
+      Key('training_loss', str, 'madry', choices=tuple(TRAINING_LOSSES),
+          help='the objective: ' + '; '.join(f'"{name}": {what}'
+                                             for name, what in TRAINING_LOSSES.items())
+          + '; new'),
+      Key('trades_beta', float, trades_beta, minimum=0,
+          help=f'TRADES\'s β (the authors\': {trades_beta:g} for this data set); new'),
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Challenge:
   name: str
@@ -64,8 +85,10 @@ class Challenge:
   build_model: Callable[[Config], keras.Model]
   build_optimizer: Callable[[Config], keras.optimizers.Optimizer]
   load_data: Callable[[Config], Datasets]
-  # config -> the training loss: (labels, logits, model, global_batch_size) -> this
-  # replica's share of the loss that training minimises; replicas' gradients are summed.
+  # config -> the training loss: (labels, logits, model, global_batch_size,
+  # per_example=None) -> this replica's share of the loss that training minimises
+  # (replicas' gradients are summed); `per_example` replaces the cross-entropy of the logits
+  # with another objective's per-example losses (TRADES), reduced the same way.
   make_training_loss: Callable[[Config], Callable]
   # config -> the PGD settings (the challenges name them differently: k/a, num_steps/...).
   attack_params: Callable[[Config], PGDParams]

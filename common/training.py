@@ -38,7 +38,7 @@ import keras
 import tensorflow as tf
 
 from common import (checkpoints, data, distribute, files, guard, losses, precision, runtime,
-                    tf1_checkpoints)
+                    tf1_checkpoints, trades)
 from common.attacks import pgd
 from common.challenge import Challenge
 from common.config import Config
@@ -104,6 +104,8 @@ class Trainer:
         challenge.attack_params(config), config.training_attack, config.training_step_size,
         config.noise_multiplier, config.training_num_steps)
     self.training_loss = challenge.make_training_loss(config)
+    check_training_method(config)
+    self.trades_beta = config.trades_beta if config.training_loss == 'trades' else None
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,
                                       config.deterministic)
@@ -145,8 +147,11 @@ class Trainer:
     # replica keeps its rows), so it does not depend on the number of replicas. It is drawn
     # here, outside XLA, whose generators give other numbers.
     seed = tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()])
-    start = pgd.starting_points(x, self.attack_params, seed, rows=(
-        replica * self.replica_batch, self.global_batch))[0]
+    rows = (replica * self.replica_batch, self.global_batch)
+    if self.trades_beta is None:
+      start = pgd.starting_points(x, self.attack_params, seed, rows=rows)[0]
+    else:
+      start = trades.start(x, self.challenge.pixel_max, seed, rows)
     gradients, state, correct, xent_sum, x_adv = self._gradients(x, y, start)
     # The update and the replicas' exchanges stay outside XLA (collectives and the
     # optimizer's cross-replica merge cannot be compiled into a replica's function).
@@ -160,13 +165,25 @@ class Trainer:
     model's new non-trainable state, correct, xent sum, x_adv); XLA-compiled with
     jit_compile."""
     forward = _StatefulForward(self.twin)
-    x_adv = pgd.pgd(self._attack_model(forward), x, y, self.attack_params,
-                       loss_scale=self.twin.loss_scale, start=start)
     variables = self.model.trainable_variables
-    with tf.GradientTape() as tape:
-      logits = forward(x_adv, update_state=True)
-      loss = self.training_loss(y, logits, self.model, self.global_batch)
-      scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
+    if self.trades_beta is not None:
+      # TRADES: the search in inference mode, as the authors'; the objective on the natural
+      # batch (which updates batch norm's averages) and the search's (which does not).
+      x_adv = trades.search(lambda v: self.twin(v, training=False), x, self.attack_params,
+                            start, loss_scale=self.twin.loss_scale)
+      with tf.GradientTape() as tape:
+        natural = forward(x, update_state=True)
+        logits = forward(x_adv, update_state=False)
+        per_example = trades.per_example_loss(y, natural, logits, self.trades_beta)
+        loss = self.training_loss(y, natural, self.model, self.global_batch, per_example)
+        scaled_loss = self.updater.scale_loss(loss)
+    else:
+      x_adv = pgd.pgd(self._attack_model(forward), x, y, self.attack_params,
+                      loss_scale=self.twin.loss_scale, start=start)
+      with tf.GradientTape() as tape:
+        logits = forward(x_adv, update_state=True)
+        loss = self.training_loss(y, logits, self.model, self.global_batch)
+        scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
     gradients = tape.gradient(scaled_loss, variables)
     return (gradients, forward.state, losses.num_correct(y, logits),
             tf.reduce_sum(losses.xent(y, logits)), x_adv)
@@ -371,6 +388,16 @@ class Trainer:
     writer.close()
     self.log(f'Finished at step {last}; final checkpoint {self.manager.latest_checkpoint}')
     return last
+
+
+def check_training_method(config: Config) -> None:
+  """TRADES has its own search (its steps: training_num_steps, training_step_size); a
+  single-step training attack with it is an error, not silently ignored."""
+  if config.training_loss == 'trades' and config.training_attack != 'pgd':
+    raise ChallengeError(
+        f'training_loss "trades" runs its own search (training_num_steps sign steps of '
+        f'training_step_size on the KL), so training_attack "{config.training_attack}" would '
+        'be ignored; set training_attack to "pgd" (the default)')
 
 
 def train(challenge: Challenge, config: Config, strategy=None, log=print,

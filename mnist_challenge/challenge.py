@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from common import losses, optimizers
 from common.attacks.pgd import PGDParams
-from common.challenge import ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge
+from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
+                              training_loss_keys)
 from common.config import Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -35,7 +36,8 @@ CONFIG_KEYS = (
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_loss_keys(
+    trades_beta=1.0)
 
 
 def attack_params(config) -> PGDParams:
@@ -49,11 +51,12 @@ def build_optimizer(config):
       learning_rate=optimizers.learning_rate(config, config.learning_rate), epsilon=1e-8)
 
 
-def summed_xent(labels, logits, model, global_batch_size):
+def summed_xent(labels, logits, model, global_batch_size, per_example=None):
   # The original minimises the SUM of cross-entropies over the batch (not the mean). Each
   # replica sums its share; the strategy sums replicas' gradients: the global batch's sum.
+  # `per_example`: another objective's per-example losses (TRADES), summed alike.
   del model, global_batch_size
-  return tf.reduce_sum(losses.xent(labels, logits))
+  return tf.reduce_sum(losses.xent(labels, logits) if per_example is None else per_example)
 
 
 def tf1_slots(optimizer, keras_model):

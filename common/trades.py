@@ -1,0 +1,60 @@
+"""TRADES (Zhang et al., ICML 2019, "Theoretically principled trade-off between robustness and
+accuracy"), a training objective of the shared trainer (`training_loss: "trades"`), as the
+authors' code computes it (yaodongyu/TRADES, trades.py; the specification, written anew):
+
+* The inner search (`search`): x' from x + 0.001·N(0, 1) (0.001 of the pixel range: the
+  authors' images are in [0, 1]), `num_steps` sign steps of `step_size` on the summed
+  KL(softmax(f(x)) ‖ softmax(f(x'))), each projected onto the ε-ball, then the pixel range
+  (PGD's three operations, `common.attacks.pgd`), f(x) held fixed; the model in inference
+  mode throughout (the authors call `model.eval()`: batch norm uses its moving averages and
+  updates nothing); x' is clipped to the pixel range at the end (with no step, too).
+* The objective (`per_example_loss`), per example: CE(f(x), y) + β·KL(softmax(f(x)) ‖
+  softmax(f(x'))), both logits from the training-mode model, the gradient flowing through
+  f(x) in both terms and through f(x'); logits and losses in float32 under every precision.
+  The authors average it over the batch; the trainer reduces it as the challenge reduces its
+  training loss (`Challenge.make_training_loss`: MNIST sums over the batch, as the original
+  sums its cross-entropy, which under Adam gives the mean's updates up to Adam's ε; CIFAR-10
+  takes the mean over the global batch, plus the weight decay).
+* β (`trades_beta`; 0: the authors' default for the data set, `DEFAULT_BETA`).
+"""
+import tensorflow as tf
+
+from common.attacks import pgd
+
+NOISE = 0.001  # the start's standard deviation, as a fraction of the pixel range
+# The authors' β (their training scripts' and paper's 1/λ): MNIST 1, CIFAR-10 6.
+DEFAULT_BETA = {'mnist': 1.0, 'cifar10': 6.0}
+
+
+def kl(natural_logits, logits):
+  """KL(softmax(natural_logits) ‖ softmax(logits)) per example, in float32."""
+  natural = tf.nn.log_softmax(tf.cast(natural_logits, tf.float32))
+  other = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+  return tf.reduce_sum(tf.exp(natural) * (natural - other), axis=-1)
+
+
+def start(x, pixel_max, seed, rows):
+  """x + 0.001·pixel_max·N(0, 1), not clipped (as the authors'); the noise is rows
+  (first, total) of a draw for the whole global batch from `seed`, so a replica's examples
+  start where they would on one device. Draw outside XLA."""
+  first, total = rows
+  shape = tf.shape(x)
+  whole = tf.random.stateless_normal(tf.concat([[total], shape[1:]], 0), seed,
+                                     stddev=NOISE * pixel_max, dtype=x.dtype)
+  return x + whole[first:first + shape[0]]
+
+
+def search(model_fn, x, params: pgd.PGDParams, start_point, loss_scale=None):
+  """x' maximising the KL from f(x) (model_fn: inference mode) by `params`' steps from
+  `start_point`; in the ε-ball and the pixel range."""
+  natural = tf.stop_gradient(tf.cast(model_fn(x), tf.float32))
+  x_adv = pgd.pgd(model_fn, x, natural, params, loss_fn=kl, loss_scale=loss_scale,
+                  start=start_point)
+  return tf.clip_by_value(x_adv, params.clip_min, params.clip_max)
+
+
+def per_example_loss(labels, natural_logits, adversarial_logits, beta):
+  """CE(f(x), y) + β·KL(softmax(f(x)) ‖ softmax(f(x'))) per example."""
+  xent = tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=tf.cast(labels, tf.int64), logits=tf.cast(natural_logits, tf.float32))
+  return xent + beta * kl(natural_logits, adversarial_logits)

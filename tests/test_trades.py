@@ -1,0 +1,193 @@
+"""TRADES (`training_loss: "trades"`): the loss against its formula, the inner search, β = 0
+against natural training, two replicas against one device, resuming, precision, the guard
+and the recipes."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar10_challenge import model as cifar_model
+from cifar10_challenge.challenge import CIFAR10
+from common import distribute, trades, training
+from common.attacks import pgd
+from common.errors import ChallengeError
+from conftest import quiet, tiny_cifar_config, tiny_config
+from mnist_challenge.challenge import MNIST
+from test_training import assert_same_gradient, first_moments, weights
+
+RNG_SEED = 5  # conftest reseeds RNG with it before each test
+RNG = np.random.default_rng(RNG_SEED)
+
+
+def softmax(z):
+  z = z - z.max(1, keepdims=True)
+  return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+def test_the_loss_is_cross_entropy_plus_beta_times_the_kl_on_fixed_logits():
+  natural = RNG.normal(0, 2, (6, 10)).astype(np.float32)
+  adversarial = natural + RNG.normal(0, 1, (6, 10)).astype(np.float32)
+  labels = RNG.integers(0, 10, 6)
+  p, q = softmax(natural.astype(np.float64)), softmax(adversarial.astype(np.float64))
+  xent = -np.log(p[np.arange(6), labels])
+  kl = np.sum(p * (np.log(p) - np.log(q)), 1)
+  np.testing.assert_allclose(trades.kl(natural, adversarial), kl, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(trades.per_example_loss(labels, natural, adversarial, 6.0),
+                             xent + 6.0 * kl, rtol=1e-4)
+  assert trades.per_example_loss(labels, tf.constant(natural, tf.bfloat16),
+                                 adversarial, 1.0).dtype == tf.float32
+  np.testing.assert_allclose(trades.kl(natural, natural), 0.0, atol=1e-6)
+
+
+def test_the_gradient_flows_through_both_logits_of_the_kl():
+  # d/dz [CE + β KL(p ‖ q)] with p = softmax(z), q = softmax(z'): for z, (p - onehot(y)) +
+  # β p (log p - log q - KL); for z', β (q - p) (the authors' gradient: f(x) not detached).
+  natural = tf.constant(RNG.normal(0, 2, (5, 10)).astype(np.float32))
+  adversarial = tf.constant(RNG.normal(0, 2, (5, 10)).astype(np.float32))
+  labels = RNG.integers(0, 10, 5)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([natural, adversarial])
+    total = tf.reduce_sum(trades.per_example_loss(labels, natural, adversarial, 3.0))
+  p = softmax(natural.numpy().astype(np.float64))
+  q = softmax(adversarial.numpy().astype(np.float64))
+  kl = np.sum(p * (np.log(p) - np.log(q)), 1, keepdims=True)
+  onehot = np.eye(10)[labels]
+  np.testing.assert_allclose(tape.gradient(total, natural),
+                             p - onehot + 3.0 * p * (np.log(p) - np.log(q) - kl), atol=1e-5)
+  np.testing.assert_allclose(tape.gradient(total, adversarial), 3.0 * (q - p), atol=1e-5)
+
+
+def test_the_objective_is_reduced_as_each_challenge_reduces_its_loss(tmp_path):
+  # MNIST sums over the batch (as the original sums its cross-entropy); CIFAR-10 takes the
+  # mean over the global batch and adds the weight decay.
+  per_example = tf.constant([0.5, 1.0, 2.0, 4.0])
+  labels, logits = tf.zeros(4, tf.int64), tf.zeros([4, 10])
+  mnist_loss = MNIST.make_training_loss(MNIST.load_config())
+  assert float(mnist_loss(labels, logits, None, 8, per_example)) == pytest.approx(7.5)
+  config = tiny_cifar_config(tmp_path, str(tmp_path))
+  model = CIFAR10.build_model(config)
+  decay = config.weight_decay * float(cifar_model.weight_decay_loss(model))
+  cifar_loss = CIFAR10.make_training_loss(config)
+  assert float(cifar_loss(labels, logits, model, 8, per_example)) == pytest.approx(
+      7.5 / 8 + decay, rel=1e-5)
+
+
+def test_the_search_raises_the_kl_and_stays_in_the_ball_and_the_pixel_range():
+  w = tf.constant(RNG.normal(0, 1, (20, 5)).astype(np.float32))
+  model_fn = lambda v: tf.matmul(tf.tanh(v * 3.0), w)
+  x = RNG.uniform(0, 1, (32, 20)).astype(np.float32)
+  x[:, :4] = 0.0
+  params = pgd.PGDParams(0.1, 10, 0.02)
+  start = trades.start(tf.constant(x), 1.0, tf.constant([1, 2], tf.int64), (0, 32))
+  noise = start.numpy() - x
+  assert 0.0005 < noise.std() < 0.002 and np.abs(noise).max() < 0.01  # 0.001·N(0, 1)
+  x_adv = trades.search(model_fn, tf.constant(x), params, start).numpy()
+  assert np.all(np.abs(x_adv - x) <= 0.1 + 1e-6) and x_adv.min() >= 0 and x_adv.max() <= 1
+  natural = model_fn(x)
+  before = trades.kl(natural, model_fn(start)).numpy()
+  after = trades.kl(natural, model_fn(x_adv)).numpy()
+  assert np.all(after > before) and after.mean() > 100 * before.mean()
+  # No step: the start, clipped to the pixel range.
+  zero = trades.search(model_fn, tf.constant(x), pgd.PGDParams(0.1, 0, 0.02), start).numpy()
+  np.testing.assert_array_equal(zero, np.clip(start.numpy(), 0, 1))
+
+
+def trades_config(tmp_path, mnist_dir, **changes):
+  settings = dict(training_loss='trades', max_num_training_steps=1)
+  settings.update(changes)
+  return tiny_config(tmp_path, mnist_dir, **settings)
+
+
+def test_beta_zero_takes_natural_trainings_step(tmp_path, mnist_dir):
+  natural = training.Trainer(MNIST, tiny_config(tmp_path / 'a', mnist_dir, epsilon=0.0,
+                                                max_num_training_steps=1), log=quiet)
+  natural.run()
+  zero = training.Trainer(MNIST, trades_config(tmp_path / 'b', mnist_dir, trades_beta=0.0),
+                          log=quiet)
+  zero.run()
+  assert_same_gradient(first_moments(natural), first_moments(zero))
+  with_kl = training.Trainer(MNIST, trades_config(tmp_path / 'c', mnist_dir), log=quiet)
+  with_kl.run()
+  differences = [np.abs(a - b).max() / np.abs(a).max()
+                 for a, b in zip(first_moments(natural), first_moments(with_kl))]
+  assert max(differences) > 1e-3  # the KL term changes the gradient
+
+
+@pytest.mark.versions
+def test_two_replicas_compute_one_devices_gradient(tmp_path, mnist_dir):
+  # The objective and its reduction over two replicas against one device, from the same
+  # start (k = 0: x' is the start itself). The search's first sign steps follow a KL gradient
+  # of the start's 0.001 noise, so tiny that a batch of 4 and one of 8 round it to other
+  # signs: its per-example steps are tested above, not across batch shapes.
+  config = trades_config(tmp_path, mnist_dir, k=0)
+  single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
+  single.run()
+  mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
+                              strategy=distribute.local_strategy(['/cpu:0', '/cpu:1']),
+                              log=quiet)
+  mirrored.run()
+  assert_same_gradient(first_moments(single), first_moments(mirrored))
+
+
+def test_a_resumed_trades_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
+  straight = training.Trainer(MNIST, trades_config(tmp_path / 'a', mnist_dir,
+                                                   max_num_training_steps=4), log=quiet)
+  straight.run()
+  split = trades_config(tmp_path / 'b', mnist_dir, max_num_training_steps=4)
+  training.train(MNIST, split.replace(max_num_training_steps=2), log=quiet)
+  resumed = training.Trainer(MNIST, split, log=quiet)
+  resumed.run()
+  for a, b in zip(weights(straight.model), weights(resumed.model)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.versions
+@pytest.mark.parametrize('precision', ['mixed_bfloat16', 'mixed_float16'])
+def test_trades_trains_in_every_precision_with_float32_losses(tmp_path, mnist_dir, precision):
+  lines = []
+  config = trades_config(tmp_path, mnist_dir, precision=precision, max_num_training_steps=2)
+  trainer = training.Trainer(MNIST, config, log=lines.append)
+  assert trainer.run() == 2
+  assert all(np.all(np.isfinite(w)) for w in weights(trainer.model))
+
+
+def test_the_guard_watches_a_trades_run(tmp_path, mnist_dir):
+  lines = []
+  config = trades_config(tmp_path, mnist_dir, max_num_training_steps=4,
+                         robustness_check_steps=2, robustness_check_examples=20)
+  training.train(MNIST, config, log=lines.append)
+  assert sum('held-out' in line for line in lines) >= 2, lines
+
+
+def test_trades_runs_on_cifar10_with_batch_norm(tmp_path, cifar_dir):
+  config = tiny_cifar_config(tmp_path, cifar_dir, training_loss='trades',
+                             max_num_training_steps=2)
+  assert config.trades_beta == 6.0  # the authors' CIFAR-10 β
+  trainer = training.Trainer(CIFAR10, config, log=quiet)
+  before = [v.numpy().copy() for v in trainer.model.non_trainable_variables]
+  assert trainer.run() == 2
+  after = [v.numpy() for v in trainer.model.non_trainable_variables]
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(before, after))  # averages updated
+
+
+def test_trades_settings_and_their_errors():
+  assert MNIST.load_config().training_loss == 'madry'
+  assert MNIST.load_config().trades_beta == 1.0
+  with pytest.raises(ChallengeError, match='training_loss'):
+    MNIST.load_config(overrides={'training_loss': 'mart'})
+  with pytest.raises(ChallengeError, match='trades.*its own search'):
+    training.check_training_method(MNIST.load_config(
+        overrides={'training_loss': 'trades', 'training_attack': 'fgsm_rs'}))
+
+
+@pytest.mark.parametrize('challenge', [MNIST, CIFAR10], ids=['mnist', 'cifar10'])
+def test_the_trades_recipes_load(challenge):
+  path = os.path.join(challenge.package_dir, 'configs', 'trades.json')
+  config = challenge.load_config(path)
+  assert config.training_loss == 'trades' and config.training_attack == 'pgd'
+  with open(path) as f:
+    named = {name for name in json.load(f) if not name.startswith('_')}
+  assert named <= {key.name for key in challenge.config_keys}
+  training.check_training_method(config)
