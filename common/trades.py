@@ -15,15 +15,14 @@ authors' code computes it (yaodongyu/TRADES, trades.py; the specification, writt
   training loss (`Challenge.make_training_loss`: MNIST sums over the batch, as the original
   sums its cross-entropy, which under Adam gives the mean's updates up to Adam's ε; CIFAR-10
   takes the mean over the global batch, plus the weight decay).
-* β (`trades_beta`; 0: the authors' default for the data set, `DEFAULT_BETA`).
+* β: `trades_beta`, by default the authors' for the data set (their training scripts: MNIST
+  1, CIFAR-10 6); 0 is natural training.
 """
 import tensorflow as tf
 
 from common.attacks import pgd
 
 NOISE = 0.001  # the start's standard deviation, as a fraction of the pixel range
-# The authors' β (their training scripts' and paper's 1/λ): MNIST 1, CIFAR-10 6.
-DEFAULT_BETA = {'mnist': 1.0, 'cifar10': 6.0}
 
 
 def kl(natural_logits, logits):
