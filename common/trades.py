@@ -20,6 +20,7 @@ authors' code computes it (yaodongyu/TRADES, trades.py; the specification, writt
 """
 import tensorflow as tf
 
+from common import losses
 from common.attacks import pgd
 
 NOISE = 0.001  # the start's standard deviation, as a fraction of the pixel range
@@ -36,11 +37,8 @@ def start(x, pixel_max, seed, rows):
   """x + 0.001·pixel_max·N(0, 1), not clipped (as the authors'); the noise is rows
   (first, total) of a draw for the whole global batch from `seed`, so a replica's examples
   start where they would on one device. Draw outside XLA."""
-  first, total = rows
-  shape = tf.shape(x)
-  whole = tf.random.stateless_normal(tf.concat([[total], shape[1:]], 0), seed,
-                                     stddev=NOISE * pixel_max, dtype=x.dtype)
-  return x + whole[first:first + shape[0]]
+  return x + pgd.rows_of_whole_batch(lambda whole: tf.random.stateless_normal(
+      whole, seed, stddev=NOISE * pixel_max, dtype=x.dtype), x, rows)
 
 
 def search(model_fn, x, params: pgd.PGDParams, start_point, loss_scale=None):
@@ -54,6 +52,4 @@ def search(model_fn, x, params: pgd.PGDParams, start_point, loss_scale=None):
 
 def per_example_loss(labels, natural_logits, adversarial_logits, beta):
   """CE(f(x), y) + β·KL(softmax(f(x)) ‖ softmax(f(x'))) per example."""
-  xent = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=tf.cast(labels, tf.int64), logits=tf.cast(natural_logits, tf.float32))
-  return xent + beta * kl(natural_logits, adversarial_logits)
+  return losses.xent(labels, natural_logits) + beta * kl(natural_logits, adversarial_logits)

@@ -166,24 +166,23 @@ class Trainer:
     jit_compile."""
     forward = _StatefulForward(self.twin)
     variables = self.model.trainable_variables
-    if self.trades_beta is not None:
-      # TRADES: the search in inference mode, as the authors'; the objective on the natural
-      # batch (which updates batch norm's averages) and the search's (which does not).
+    trading = self.trades_beta is not None
+    if trading:  # TRADES: the search in inference mode, as the authors'
       x_adv = trades.search(lambda v: self.twin(v, training=False), x, self.attack_params,
                             start, loss_scale=self.twin.loss_scale)
-      with tf.GradientTape() as tape:
-        natural = forward(x, update_state=True)
-        logits = forward(x_adv, update_state=False)
-        per_example = trades.per_example_loss(y, natural, logits, self.trades_beta)
-        loss = self.training_loss(y, natural, self.model, self.global_batch, per_example)
-        scaled_loss = self.updater.scale_loss(loss)
     else:
       x_adv = pgd.pgd(self._attack_model(forward), x, y, self.attack_params,
                       loss_scale=self.twin.loss_scale, start=start)
-      with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape:
+      if trading:  # the natural batch updates batch norm's averages, the search's does not
+        natural = forward(x, update_state=True)
+        logits = forward(x_adv, update_state=False)
+        loss = self.training_loss(y, natural, self.model, self.global_batch,
+                                  trades.per_example_loss(y, natural, logits, self.trades_beta))
+      else:
         logits = forward(x_adv, update_state=True)
         loss = self.training_loss(y, logits, self.model, self.global_batch)
-        scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
+      scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
     gradients = tape.gradient(scaled_loss, variables)
     return (gradients, forward.state, losses.num_correct(y, logits),
             tf.reduce_sum(losses.xent(y, logits)), x_adv)

@@ -68,11 +68,17 @@ def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examp
     noise = per_example(seed, examples, lambda example_seed: tf.random.stateless_uniform(
         shape[1:], example_seed, -epsilon, epsilon, dtype=x_nat.dtype), x_nat.dtype)
   else:
-    first, total = rows or (0, shape[0])  # without rows: the whole batch is x_nat
-    whole = tf.random.stateless_uniform(tf.concat([[total], shape[1:]], 0), seed, -epsilon,
-                                        epsilon, dtype=x_nat.dtype)
-    noise = whole[first:first + shape[0]]
+    noise = rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
+        whole, seed, -epsilon, epsilon, dtype=x_nat.dtype), x_nat, rows or (0, shape[0]))
   return tf.clip_by_value(x_nat + noise, clip_min, clip_max)
+
+
+def rows_of_whole_batch(draw, x, rows):
+  """x's rows (first, total) of draw(the whole batch's shape): each example of a replica's
+  share gets what it would on one device (without rows, x is the whole batch)."""
+  first, total = rows
+  shape = tf.shape(x)
+  return draw(tf.concat([[total], shape[1:]], 0))[first:first + shape[0]]
 
 
 def sign_step(x, grad, step_size):
