@@ -105,6 +105,21 @@ MUTATIONS = (
     Mutation('apgd_first_rise_against_the_start', "APGD's first checkpoint counts the first "
              "iterate's rise over the start's loss", 'common/attacks/apgd.py',
              [('history_start = tf.zeros_like(loss)', 'history_start = loss')]),
+    Mutation('apgd_stops_despite_momentum', 'APGD stops at zero gradient though momentum still '
+             'moves the point', 'common/attacks/apgd.py',
+             [('return same(x_next, x) & same(x_next, x_best)', 'return same(x_next, x_best)')]),
+    Mutation('apgd_stops_before_restart', 'APGD stops at zero gradient though a restart from '
+             'its best point would move it', 'common/attacks/apgd.py',
+             [('return same(x_next, x) & same(x_next, x_best)', 'return same(x_next, x)')]),
+    Mutation('apgd_stops_on_a_moving_gradient', 'APGD stops where its point stands still though '
+             'its gradient is not zero', 'common/attacks/apgd.py',
+             [('same(x_next, x_best) & same(grad_next, 0.0)', 'same(x_next, x_best)')]),
+    Mutation('fab_stops_after_one_iteration', 'FAB stops after its first iteration',
+             'common/attacks/fab.py',
+             [('tf.reduce_all(tf.equal(new, p1))', 'tf.reduce_all(tf.equal(new, new))')]),
+    Mutation('square_runs_on_when_all_fooled', 'Square keeps querying once every example is '
+             'fooled', 'common/attacks/square.py',
+             [('(i < first + count) & tf.reduce_any(margins > 0)', 'i < first + count')]),
     Mutation('apgd_t_targets_the_label', "APGD-T's and FAB-T's targets one rank too high (the "
              'clean prediction)', 'common/attacks/autoattack.py',
              [('rank = run[1] or 1', 'rank = (run[1] or 2) - 1')]),

@@ -149,18 +149,22 @@ def test_apgd_computes_what_the_reference_loop_computes(loss):
   np.testing.assert_allclose(x_adv[~fooled], x_best[~fooled], atol=1e-6)
 
 
-def crafted_model(sequence, classes=2, slope=0.0, record=None):
+def crafted_model(sequence, classes=2, slope=0.0, record=None, still_from=None, rng=RNG,
+                  directions=None):
   """A model whose score (class 1's logit; the others 0, or -10 beyond the second class)
   follows `sequence` call by call (eagerly), plus `slope` times a random ±1 direction per
-  call dotted with the input, so that the iterates move. `record` collects the inputs."""
+  call (or `directions[call]`) dotted with the input, so that the iterates move (from call
+  `still_from` on the gradient is exactly 0). `record` collects the inputs."""
   calls = iter(range(len(sequence)))
-  directions = RNG.choice([-1.0, 1.0], (len(sequence), 8)).astype(np.float32)
+  if directions is None:
+    directions = rng.choice([-1.0, 1.0], (len(sequence), 8)).astype(np.float32)
 
   def model_fn(x):
     call = next(calls)
     if record is not None:
       record.append(x.numpy().copy())
-    score = sequence[call] + slope * tf.reduce_sum(x * directions[call], axis=1)
+    moving = slope if still_from is None or call < still_from else 0.0
+    score = sequence[call] + moving * tf.reduce_sum(x * directions[call], axis=1)
     others = [tf.fill(tf.shape(score), -10.0)] * (classes - 2)
     return tf.stack([tf.zeros_like(score), score] + others, axis=1)
   return model_fn
@@ -177,6 +181,102 @@ def test_apgd_returns_the_last_misclassified_iterate():
   assert fooled.numpy()[0] and len(inputs) == 11
   assert not np.array_equal(inputs[7], inputs[2])
   np.testing.assert_array_equal(x_adv.numpy(), inputs[7])
+
+
+def counted(model_fn):
+  """model_fn, and a variable counting its calls (inside compiled loops too)."""
+  calls = tf.Variable(0)
+
+  def counting(v):
+    with tf.control_dependencies([calls.assign_add(1)]):
+      return tf.identity(model_fn(v))
+  return counting, calls
+
+
+def test_apgd_and_fab_stop_where_no_example_can_move_and_return_the_same():
+  # Every input gradient is exactly 0 (shattered gradients): nothing can move after APGD's
+  # first iteration, and FAB soon stands still; stopping there gives every iteration's result.
+  model_fn, calls = counted(masked_model())
+  x = tf.constant(RNG.uniform(0, 1, (16, 784)).astype(np.float32))
+  y = tf.argmax(model_fn(x), axis=1)
+  targets = apgd.ranked_targets(model_fn(x), 2)
+  start = apgd.boundary_start(x, 0.3, 0.0, 1.0, tf.constant([1, 2], tf.int64),
+                              tf.range(16, dtype=tf.int64))
+  runs = {
+      'apgd-ce': lambda stop: apgd.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100, losses.xent, start,
+                                        stop_when_stationary=stop),
+      'apgd-t': lambda stop: apgd.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100,
+                                       apgd.targeted_dlr(targets), start,
+                                       stop_when_stationary=stop),
+      'fab-t': lambda stop: fab.fab_targeted(model_fn, x, y, targets, 0.3, 0.0, 1.0, 100,
+                                             stop_when_stationary=stop)}
+  for name, run in runs.items():
+    counts, results = [], []
+    for stop in (True, False):
+      calls.assign(0)
+      results.append(tf.function(lambda: run(stop))())
+      counts.append(int(calls.numpy()))
+    for ours, every in zip(*results):
+      np.testing.assert_array_equal(ours.numpy(), every.numpy(), err_msg=name)
+    if name == 'fab-t':  # two calls per iteration
+      assert counts[1] == 200 and counts[0] < 40, counts
+    else:  # the start, then each iteration
+      assert counts == [2, 101], (name, counts)
+
+
+@pytest.mark.parametrize('case', ['momentum', 'restart'])
+def test_apgd_runs_on_while_a_point_with_zero_gradient_can_still_move(case):
+  # From iteration 10 the gradient is exactly 0. 'momentum': iteration 10 is the best and
+  # misclassified, and momentum still carries the point on to later misclassified points
+  # (the last is the result). 'restart': the best point is earlier; at the checkpoint after
+  # iteration 22 APGD restarts from it and its gradient, and a later point is misclassified.
+  if case == 'momentum':
+    sequence = [-5.0] * 10 + [9.0] + [3.0] * 90
+  else:
+    sequence = [-5.0] * 5 + [-1.0] + [-5.0] * 20 + [2.0] * 75
+  results = []
+  for stop in (True, False):
+    inputs = []
+    model_fn = crafted_model(sequence, slope=0.05, record=inputs, still_from=10,
+                             rng=np.random.default_rng(0))
+    x = tf.constant(np.full((1, 8), 0.5, np.float32))
+    x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100,
+                              losses.xent, x, stop_when_stationary=stop)
+    results.append((x_adv.numpy(), fooled.numpy(), len(inputs), inputs))
+  (ours, fooled, count, inputs), (every, _, _, every_inputs) = results
+  assert fooled[0]
+  np.testing.assert_array_equal(ours, every)
+  assert not np.array_equal(every, every_inputs[10])  # a later point than iteration 10's
+  assert count == 101
+
+
+def test_apgd_runs_on_while_a_point_that_stands_still_has_a_gradient():
+  # The loss rises at every call; its gradient points out of the ε-box's corner the point
+  # reaches (it stands still there, the best point so far) until call 10, then the other way.
+  sequence = [-5.0 + 0.04 * k for k in range(101)]
+  directions = np.ones((101, 8), np.float32)
+  directions[10:] = -1.0
+  results = []
+  for stop in (True, False):
+    inputs = []
+    model_fn = crafted_model(sequence, slope=0.05, record=inputs, directions=directions)
+    x = tf.constant(np.full((1, 8), 0.5, np.float32))
+    x_adv, _ = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100, losses.xent,
+                         x, stop_when_stationary=stop)
+    results.append((x_adv.numpy(), len(inputs)))
+  np.testing.assert_array_equal(results[0][0], results[1][0])
+  assert np.all(results[0][0] < 0.6)  # it left the corner
+  assert results[0][1] == 101
+
+
+def test_square_stops_once_every_example_is_fooled():
+  model_fn, calls = counted(lambda v: tf.stack([tf.zeros([tf.shape(v)[0]]),
+                                                tf.reduce_sum(v, 1)], axis=1))
+  x = tf.constant(RNG.uniform(0.1, 1, (4, 784)).astype(np.float32))  # class 1 already
+  x_adv, fooled = tf.function(lambda: square.square(
+      model_fn, x, tf.zeros(4, tf.int64), 0.1, 0.0, 1.0, (28, 28, 1), 5000,
+      tf.constant([3, 0], tf.int64)))()
+  assert fooled.numpy().all() and int(calls.numpy()) == 1
 
 
 def test_apgd_halves_at_the_first_checkpoint_as_the_reference_counts_the_first_rise():

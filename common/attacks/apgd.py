@@ -18,6 +18,8 @@ from it, not copied).
   is robust.
 * Result: per example the last misclassified point (the start or an iterate), else the point
   of highest loss.
+* Ours stops early, with the same result, once every example of the batch is at a fixed
+  point of the iteration (`_stationary`); the reference runs every iteration.
 * Losses (per example, logits in float32): the cross-entropy; DLR = -(z_y - max_{i≠y} z_i) /
   (z_π1 - z_π3 + 1e-12); targeted DLR = -(z_y - z_t) / (z_π1 - ½(z_π3 + z_π4) + 1e-12), towards
   the rank-th most likely clean class (`ranked_targets`; APGD-T: ranks 2 ... 10).
@@ -97,14 +99,26 @@ def _loss_and_gradient(model_fn, x, labels, loss_fn):
   return logits, loss, tape.gradient(total, x)
 
 
+def _stationary(x, x_next, x_best, grad_next):
+  """Whether every example is at a fixed point of the iteration: its gradient there exactly
+  zero, its next point its current one (no momentum left) and its best one (a restart leaves
+  it there). Then every later iteration repeats this one whatever the step size, so stopping
+  returns what all `num_iterations` would: on models whose input gradient is exactly zero
+  (shattered gradients) the run ends after its first iteration."""
+  same = lambda a, b: tf.reduce_all(tf.equal(a, b))
+  return same(x_next, x) & same(x_next, x_best) & same(grad_next, 0.0)
+
+
 def _expand(mask, like):
   return tf.reshape(mask, [-1] + [1] * (len(like.shape) - 1))
 
 
 def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_fn, start,
-         trace=False):
+         trace=False, stop_when_stationary=True):
   """APGD from `start`: (x_adv, fooled); with `trace`, also the step sizes after every
-  iteration [num_iterations, batch] (for tests). `loss_fn(labels, logits)` per example."""
+  iteration [num_iterations, batch] (for tests; it runs every iteration).
+  `loss_fn(labels, logits)` per example. `stop_when_stationary`: stop once no example can
+  move again (the result is the same; see `_stationary`)."""
   x = tf.convert_to_tensor(x)
   labels = tf.cast(labels, tf.int64)
   batch = tf.shape(x)[0]
@@ -131,7 +145,8 @@ def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_
       x_best=start, grad_best=grad, loss_best=loss, loss_prev=history_start,
       increases=tf.zeros([batch]), loss_best_at_mark=loss,
       halved_at_mark=tf.ones([batch], tf.bool), adversarial=start, fooled=fooled,
-      steps=tf.TensorArray(tf.float32, size=num_iterations))
+      stationary=tf.constant(False), steps=tf.TensorArray(tf.float32, size=num_iterations))
+  may_stop = stop_when_stationary and not trace
 
   def body(s):
     i = s['i']
@@ -164,9 +179,13 @@ def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_
         increases=tf.where(mark, tf.zeros_like(increases), increases),
         loss_best_at_mark=tf.where(mark, loss_best, s['loss_best_at_mark']),
         halved_at_mark=tf.where(mark, halve, s['halved_at_mark']),
-        adversarial=adversarial, fooled=s['fooled'] | now, steps=s['steps'].write(i, step))
+        adversarial=adversarial, fooled=s['fooled'] | now,
+        stationary=(_stationary(s['x'], x_next, x_best, grad_next) if may_stop
+                    else s['stationary']),
+        steps=s['steps'].write(i, step))
 
-  final = tf.while_loop(lambda s: s['i'] < num_iterations, lambda s: (body(s),), (state,))[0]
+  final = tf.while_loop(lambda s: (s['i'] < num_iterations) & ~s['stationary'],
+                        lambda s: (body(s),), (state,))[0]
   x_adv = tf.where(_expand(final['fooled'], x), final['adversarial'], final['x_best'])
   if trace:
     return x_adv, final['fooled'], final['steps'].stack()

@@ -13,7 +13,8 @@ behaviour is the specification; written anew from it, not copied). Score-based: 
   best point so far is moved by 2ε times a sign per channel, projected onto the ε-ball and
   the pixel range, and the candidate kept where the margin z_y - max_{i≠y} z_i falls (or
   turns negative); examples already fooled are not changed.
-* Result: the best point; fooled where its margin is ≤ 0.
+* Result: the best point; fooled where its margin is ≤ 0. The loop stops once every example
+  of the batch is fooled.
 
 Ours draws the square's signs per example (the reference: one per channel for the batch)
 and every draw statelessly from (seed, the batch, the iteration).
@@ -101,8 +102,9 @@ def square(model_fn, x, labels, epsilon, clip_min, clip_max, image_shape, num_qu
 
   first = 0
   for side, count in side_runs(num_queries, height, width):
+    # Once every example is fooled nothing changes any more: stop (as the reference does).
     _, _, best, best_margin = tf.while_loop(
-        lambda i, *_: i < first + count, body,
+        lambda i, _, __, margins: (i < first + count) & tf.reduce_any(margins > 0), body,
         (tf.constant(first), tf.constant(side), best, best_margin))
     first += count
   return as_input(best), best_margin <= 0
