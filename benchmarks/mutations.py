@@ -120,6 +120,10 @@ MUTATIONS = (
     Mutation('square_runs_on_when_all_fooled', 'Square keeps querying once every example is '
              'fooled', 'common/attacks/square.py',
              [('(i < first + count) & tf.reduce_any(margins > 0)', 'i < first + count')]),
+    Mutation('autoattack_pads_to_the_whole_batch', "AutoAttack pads a partial batch to the "
+             'whole batch size', 'common/attacks/autoattack.py',
+             [('return min(-(-count // granule) * granule, self.batch_size)',
+               'return self.batch_size')]),
     Mutation('apgd_t_targets_the_label', "APGD-T's and FAB-T's targets one rank too high (the "
              'clean prediction)', 'common/attacks/autoattack.py',
              [('rank = run[1] or 1', 'rank = (run[1] or 2) - 1')]),

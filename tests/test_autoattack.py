@@ -279,6 +279,16 @@ def test_square_stops_once_every_example_is_fooled():
   assert fooled.numpy().all() and int(calls.numpy()) == 1
 
 
+def test_a_partial_batch_is_padded_to_the_next_sixteenth_of_the_batch():
+  one = autoattack.AutoAttack(lambda v: v, 0.3, 0.0, 1.0, (28, 28, 1), batch_size=200, log=quiet)
+  assert [one.padded_size(n) for n in (1, 13, 14, 180, 195, 196)] == [13, 13, 26, 182, 195, 200]
+  two = autoattack.AutoAttack(lambda v: v, 0.3, 0.0, 1.0, (28, 28, 1), batch_size=199, log=quiet,
+                              strategy=tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']))
+  # batch 200 for two replicas; each padded size a multiple of 14 (two rows per replica).
+  assert two.batch_size == 200
+  assert [two.padded_size(n) for n in (1, 15, 180, 199)] == [14, 28, 182, 200]
+
+
 def test_apgd_halves_at_the_first_checkpoint_as_the_reference_counts_the_first_rise():
   # Targeted DLR of logits (0, v, -10, -10), label 0, target 1: v / (max(0, v) + 10), negative
   # while the example is robust. The start's loss is -0.9, the first iterate's -0.8: a rise
@@ -536,6 +546,7 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_the_chain_attacks_only_robust_poi
   assert sorted({rank for rank, _, _ in targeted}) == list(range(2, 11))
   by_class = np.argsort(-clean_logits, axis=1, kind='stable')
   for rank, examples, targets in targeted:
+    assert len(examples) == attacker.padded_size(len(set(examples.tolist())))
     assert set(examples.tolist()) <= robust_after_ce
     np.testing.assert_array_equal(targets, by_class[examples, rank - 1])
     assert not np.any(targets == test.labels[examples])

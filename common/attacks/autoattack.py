@@ -7,8 +7,8 @@ scale.
 * Budget (`budget`): APGD's and FAB's 100 iterations, Square's 5,000; one restart each;
   APGD-T and FAB-T towards the 2nd ... 10th most likely clean classes (9 runs, each on the
   points still robust; the targets from the clean logits, computed once).
-* The chain runs in fixed-size padded batches (one trace per attack and shape), compiled (XLA
-  where asked), under a strategy (a batch's rows split over its replicas), seeded: the starts
+* The chain runs in padded batches (a partial batch padded to the next sixteenth of the
+  batch size: at most 16 traces per attack), compiled (XLA where asked), under a strategy (a batch's rows split over its replicas), seeded: the starts
   and the squares are stateless draws from (seed, the example's index) and (seed, the batch,
   the iteration).
 * A success counts when the model misclassifies the returned point and it lies in the ε-ball
@@ -69,9 +69,10 @@ class AutoAttack:
   """The chain of attacks on a model.
 
   model_fn: x -> logits (inference mode). attacks: names from STANDARD (the standard
-  version: all, in that order). The attacks run on the examples still robust, in padded
-  batches of `batch_size` (one compiled function per attack), under `strategy` (a batch's
-  rows split over its replicas; batch_size is rounded up to a multiple of their number).
+  version: all, in that order). The attacks run on the examples still robust, in batches of
+  `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
+  `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
+  of their number).
   """
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
@@ -106,6 +107,14 @@ class AutoAttack:
         self.model_fn, x, y, self.epsilon, clip_min, clip_max, self.image_shape,
         square_queries, seed))
     self._logits = tf.function(lambda x: tf.cast(self.model_fn(x), tf.float32))
+
+  def padded_size(self, count: int) -> int:
+    """The rows a batch of `count` examples is padded to: the next multiple of a sixteenth
+    of batch_size (and of the replicas), so that a last, partial batch wastes little while
+    each attack is traced for at most 16 shapes."""
+    replicas = self.strategy.num_replicas_in_sync
+    granule = -(-self.batch_size // (16 * replicas)) * replicas
+    return min(-(-count // granule) * granule, self.batch_size)
 
   def _attack_batch(self, run, x, y, targets, examples, batch_index):
     """One run (e.g. 'apgd-t' towards the 3rd class: ('apgd-t', 3), `targets` that class
@@ -169,7 +178,7 @@ class AutoAttack:
         for batch_index, first in enumerate(range(0, len(todo), self.batch_size)):
           index = todo[first:first + self.batch_size]
           count = len(index)
-          padded = np.concatenate([index, np.full(self.batch_size - count, index[-1])])
+          padded = np.concatenate([index, np.full(self.padded_size(count) - count, index[-1])])
           x_adv, fooled = self._replicated(
               lambda xs, ys, ts, es, run=run, b=batch_index: self._attack_batch(
                   run, xs, ys, ts, es, b),
