@@ -8,9 +8,9 @@ scale.
   APGD-T and FAB-T towards the 2nd ... 10th most likely clean classes (9 runs, each on the
   points still robust; the targets from the clean logits, computed once).
 * The chain runs in padded batches (a partial batch padded to the next sixteenth of the
-  batch size: at most 16 traces per attack), compiled (XLA where asked), under a strategy (a batch's rows split over its replicas), seeded: the starts
-  and the squares are stateless draws from (seed, the example's index) and (seed, the batch,
-  the iteration).
+  batch size: at most 16 traces per attack), compiled (XLA where asked), under a strategy (a
+  batch's rows split over its replicas), seeded: the starts and the squares are stateless
+  draws from (seed, the example's index) and (seed, the batch, the iteration).
 * A success counts when the model misclassifies the returned point and it lies in the ε-ball
   (the reference checks the prediction only).
 * Checks, as the reference's `checks.py`, are warnings: outputs that look like
