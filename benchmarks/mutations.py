@@ -124,6 +124,10 @@ MUTATIONS = (
              'whole batch size', 'common/attacks/autoattack.py',
              [('return min(-(-count // granule) * granule, self.batch_size)',
                'return self.batch_size')]),
+    Mutation('fab_batch_of_one_breaks_its_loop', "FAB's batch size dynamic even where known (a "
+             'batch of one changes shape in its loop)', 'common/attacks/fab.py',
+             [('batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]',
+               'batch = tf.shape(x)[0]')]),
     Mutation('apgd_t_targets_the_label', "APGD-T's and FAB-T's targets one rank too high (the "
              'clean prediction)', 'common/attacks/autoattack.py',
              [('rank = run[1] or 1', 'rank = (run[1] or 2) - 1')]),

@@ -279,6 +279,21 @@ def test_square_stops_once_every_example_is_fooled():
   assert fooled.numpy().all() and int(calls.numpy()) == 1
 
 
+@pytest.mark.parametrize('rows', [1, 3])
+def test_each_attack_compiles_for_a_batch_of_any_size(rows):
+  # A partial batch may be padded to a single row.
+  model_fn = mlp(seed=2, inputs=12, classes=10)
+  x = tf.constant(RNG.uniform(0, 1, (rows, 12)).astype(np.float32))
+  y = tf.argmax(model_fn(x), axis=1)
+  targets = apgd.ranked_targets(model_fn(x), 2)
+  for run in (lambda: apgd.apgd(model_fn, x, y, 0.1, 0.0, 1.0, 5, losses.xent, x),
+              lambda: fab.fab_targeted(model_fn, x, y, targets, 0.1, 0.0, 1.0, 5),
+              lambda: square.square(model_fn, x, y, 0.1, 0.0, 1.0, (2, 2, 3), 5,
+                                    tf.constant([1, 1], tf.int64))):
+    x_adv, fooled = tf.function(run)()
+    assert x_adv.shape == x.shape and fooled.shape == (rows,)
+
+
 def test_a_partial_batch_is_padded_to_the_next_sixteenth_of_the_batch():
   one = autoattack.AutoAttack(lambda v: v, 0.3, 0.0, 1.0, (28, 28, 1), batch_size=200, log=quiet)
   assert [one.padded_size(n) for n in (1, 13, 14, 180, 195, 196)] == [13, 13, 26, 182, 195, 200]

@@ -59,7 +59,8 @@ def fab_targeted(model_fn, x, labels, targets, epsilon, clip_min, clip_max,
   whose input gradient is exactly zero FAB soon stands still)."""
   x = tf.convert_to_tensor(x)
   labels, targets = tf.cast(labels, tf.int64), tf.cast(targets, tf.int64)
-  batch = tf.shape(x)[0]
+  # Static where known: the loop's shapes must not change (a batch of one otherwise does).
+  batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
   flat = lambda t: tf.reshape(t, [batch, -1])
   x0 = flat(x)
 
