@@ -224,6 +224,21 @@ def test_apgd_and_fab_stop_where_no_example_can_move_and_return_the_same():
       assert counts == [2, 101], (name, counts)
 
 
+def apgd_stopping_and_not(**crafted):
+  """APGD (CE, 100 iterations, ε 0.1) from x = 0.5 on `crafted_model(**crafted)`, made anew
+  (the same directions) for each run, with and without stopping: [(x_adv, fooled, the
+  model's inputs)] per run."""
+  results = []
+  for stop in (True, False):
+    inputs = []
+    model_fn = crafted_model(record=inputs, rng=np.random.default_rng(0), **crafted)
+    x = tf.constant(np.full((1, 8), 0.5, np.float32))
+    x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100,
+                              losses.xent, x, stop_when_stationary=stop)
+    results.append((x_adv.numpy(), fooled.numpy(), inputs))
+  return results
+
+
 @pytest.mark.parametrize('case', ['momentum', 'restart'])
 def test_apgd_runs_on_while_a_point_with_zero_gradient_can_still_move(case):
   # From iteration 10 the gradient is exactly 0. 'momentum': iteration 10 is the best and
@@ -234,39 +249,24 @@ def test_apgd_runs_on_while_a_point_with_zero_gradient_can_still_move(case):
     sequence = [-5.0] * 10 + [9.0] + [3.0] * 90
   else:
     sequence = [-5.0] * 5 + [-1.0] + [-5.0] * 20 + [2.0] * 75
-  results = []
-  for stop in (True, False):
-    inputs = []
-    model_fn = crafted_model(sequence, slope=0.05, record=inputs, still_from=10,
-                             rng=np.random.default_rng(0))
-    x = tf.constant(np.full((1, 8), 0.5, np.float32))
-    x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100,
-                              losses.xent, x, stop_when_stationary=stop)
-    results.append((x_adv.numpy(), fooled.numpy(), len(inputs), inputs))
-  (ours, fooled, count, inputs), (every, _, _, every_inputs) = results
+  (ours, fooled, inputs), (every, _, every_inputs) = apgd_stopping_and_not(
+      sequence=sequence, slope=0.05, still_from=10)
   assert fooled[0]
   np.testing.assert_array_equal(ours, every)
   assert not np.array_equal(every, every_inputs[10])  # a later point than iteration 10's
-  assert count == 101
+  assert len(inputs) == 101
 
 
 def test_apgd_runs_on_while_a_point_that_stands_still_has_a_gradient():
   # The loss rises at every call; its gradient points out of the ε-box's corner the point
   # reaches (it stands still there, the best point so far) until call 10, then the other way.
-  sequence = [-5.0 + 0.04 * k for k in range(101)]
   directions = np.ones((101, 8), np.float32)
   directions[10:] = -1.0
-  results = []
-  for stop in (True, False):
-    inputs = []
-    model_fn = crafted_model(sequence, slope=0.05, record=inputs, directions=directions)
-    x = tf.constant(np.full((1, 8), 0.5, np.float32))
-    x_adv, _ = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100, losses.xent,
-                         x, stop_when_stationary=stop)
-    results.append((x_adv.numpy(), len(inputs)))
-  np.testing.assert_array_equal(results[0][0], results[1][0])
-  assert np.all(results[0][0] < 0.6)  # it left the corner
-  assert results[0][1] == 101
+  (ours, _, inputs), (every, _, _) = apgd_stopping_and_not(
+      sequence=[-5.0 + 0.04 * k for k in range(101)], slope=0.05, directions=directions)
+  np.testing.assert_array_equal(ours, every)
+  assert np.all(ours < 0.6)  # it left the corner
+  assert len(inputs) == 101
 
 
 def test_square_stops_once_every_example_is_fooled():
