@@ -76,10 +76,20 @@ MUTATIONS = (
              [('if (runtime.op_determinism() and runtime.compiling_with_xla()',
                'if (False and runtime.compiling_with_xla()')],
              ['tests/test_determinism.py']),
-    Mutation('fused_inference_batch_norm_under_determinism', 'the fused inference batch norm '
-             'kept under determinism (no deterministic GPU gradient)', 'cifar10_challenge/model.py',
-             [('(not (training and self.trainable) and runtime.op_determinism()',
-               '(False and runtime.op_determinism()')]),
+    Mutation('fused_inference_batch_norm', 'inference-mode batch norm by the fused kernel (its '
+             'last bit differs from Keras\' arithmetic, which the export uses; no deterministic '
+             'GPU gradient)', 'cifar10_challenge/model.py',
+             [('if (not (training and self.trainable) or mask is not None',
+               'if (mask is not None'),
+              ('    gamma, beta = self.gamma.value, self.beta.value  # float32 under every policy\n',
+               '    gamma, beta = self.gamma.value, self.beta.value  # float32 under every policy\n'
+               '    if not (training and self.trainable):\n'
+               '      outputs, *_ = tf.raw_ops.FusedBatchNormV3(\n'
+               '          x=inputs, scale=gamma, offset=beta, mean=self.moving_mean.value,\n'
+               '          variance=self.moving_variance.value, epsilon=self.epsilon,\n'
+               '          is_training=False)\n'
+               '      return tf.cast(outputs, self.compute_dtype)\n')],
+             ['tests/test_model_files.py']),
     Mutation('square_schedule_rescaled', "Square's p halves on the iteration rescaled to "
              '10,000 (twice as fast for 5,000), not the raw one', 'common/attacks/square.py',
              [('sum(iteration > mark for mark in HALVINGS)',
@@ -143,6 +153,33 @@ MUTATIONS = (
              'of the global batch', 'common/trades.py',
              [('whole, seed, stddev=NOISE * pixel_max, dtype=x.dtype), x, rows)',
                'whole, seed, stddev=NOISE * pixel_max, dtype=x.dtype), x, (0, rows[1]))')]),
+    Mutation('portable_mnist_keeps_our_pooling', "the exported MNIST network keeps the "
+             "project's max-pooling class (a .keras file that needs this project to load)",
+             'mnist_challenge/model.py',
+             [('max_pooling = layers.MaxPooling2D if portable else pooling.MaxPooling2D',
+               'max_pooling = pooling.MaxPooling2D')],
+             ['tests/test_model_files.py']),
+    Mutation('export_overwrites_silently', 'an existing export output replaced without '
+             '--overwrite', 'common/model_files.py',
+             [('if os.path.lexists(output) and not overwrite:', 'if False:')],
+             ['tests/test_model_files.py']),
+    Mutation('model_path_restores_the_checkpoint', "with --model_path, model_dir's checkpoint "
+             'is restored into the loaded model anyway', 'common/commands.py',
+             [('  if not model_path:\n    checkpoints.restore_newest_model(model, config.',
+               '  if True:\n    checkpoints.restore_newest_model(model, config.')],
+             ['tests/test_model_files.py']),
+    Mutation('model_input_shape_unchecked', "a model file's declared input shape not checked "
+             'against the challenge\'s', 'common/model_files.py',
+             [('  if found is not None and (len(found)', '  if False and (len(found)')],
+             ['tests/test_model_files.py']),
+    Mutation('probabilities_not_warned', 'a model file whose outputs are probabilities loads '
+             'without the warning', 'common/model_files.py',
+             [('  if autoattack.looks_like_probabilities(outputs):', '  if False:')],
+             ['tests/test_model_files.py']),
+    Mutation('keras_files_unsafe', '.keras files load with safe mode off (a Lambda layer runs '
+             'its code)', 'common/model_files.py',
+             [('safe_mode=not unsafe)', 'safe_mode=False)')],
+             ['tests/test_model_files.py']),
     Mutation('tf1_step_not_restored', "fine-tuning a TF1 checkpoint restarts Adam's step at 0",
              'common/training.py',
              [('    self.optimizer.iterations.assign(step)  # the learning-rate schedule\'s step\n',

@@ -109,6 +109,7 @@ CIFAR10 = Challenge(
     package_dir=os.path.dirname(os.path.abspath(__file__)),
     config_keys=CONFIG_KEYS,
     build_model=model.build_model,
+    build_portable_model=lambda config: model.build_model(config, portable=True),
     build_optimizer=build_optimizer,
     load_data=lambda config: data.load(config.data_path),
     make_training_loss=make_training_loss,

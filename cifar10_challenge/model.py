@@ -13,13 +13,17 @@ BN momentum 0.9 (the original's decay), epsilon 0.001, centre and scale.
 Layer names follow the original's variable scopes with "/" as "_" (e.g. unit_2_0_conv1 is
 unit_2_0/sub1/conv1), so that their weights can be mapped one to one. The kernels named
 `kernel` are the original's "DW" variables, the ones weight decay applies to.
+
+`portable=True` builds the same network from Keras' own layers and keras.ops only (the
+standardisation and the channel padding as ops, Keras' batch norm), for a `.keras` file
+that loads where this project is not installed; in inference mode it computes the same
+logits bit for bit (tests/test_model_files.py).
 """
 import math
 
 import keras
 import tensorflow as tf
 
-from common import runtime
 from common.errors import ChallengeError
 
 INPUT_SHAPE = (32, 32, 3)
@@ -29,6 +33,11 @@ ACTIVATE_BEFORE_RESIDUAL = (True, False, False)
 UNITS_PER_STAGE = 5
 LEAKINESS = 0.1
 NUM_CLASSES = 10
+
+
+# tf.image.per_image_standardization's floor on the deviation, 1/sqrt(32·32·3), as the
+# float32 TensorFlow computes it.
+MIN_STDDEV = float(tf.math.rsqrt(float(math.prod(INPUT_SHAPE))))
 
 
 class PerImageStandardization(keras.layers.Layer):
@@ -85,67 +94,80 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
   float32 statistics. Like TF1's fused batch norm it feeds the moving variance the
   unbiased batch variance (x n/(n-1)), i.e. the original's moving averages exactly.
 
-  Under op determinism, inference mode (the evaluation attacks differentiate through it)
-  uses Keras' unfused arithmetic outside XLA: TensorFlow has no deterministic GPU kernel for
-  the fused op's gradient when training is off, and would stop the attack (XLA's own
-  lowering of it is deterministic). The function is the same (an affine map per channel);
-  the rounding may differ in the last bits.
+  Inference mode (the evaluation attacks differentiate through it) is Keras' own arithmetic
+  (an affine map per channel): the fused kernel rounds the last bit differently, which would
+  keep an exported model (Keras' batch norm) from giving these logits bit for bit;
+  TensorFlow has no deterministic GPU kernel for the fused op's gradient when training is
+  off; and on this project's CPU the unfused attack step was the faster (8.4 s against 9.8 s
+  for ten PGD gradients of the non-wide network at batch 128, medians of 8).
   """
 
   def call(self, inputs, training=None, mask=None):
-    unfused_inference = (not (training and self.trainable) and runtime.op_determinism()
-                         and not runtime.compiling_with_xla())
-    if (mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3)
-        or unfused_inference):
+    if (not (training and self.trainable) or mask is not None or len(inputs.shape) != 4
+        or self.axis not in (-1, 3)):
       return super().call(inputs, training=training, mask=mask)
     gamma, beta = self.gamma.value, self.beta.value  # float32 under every policy
-    if training and self.trainable:
-      outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-          x=inputs, scale=gamma, offset=beta, mean=tf.constant([], tf.float32),
-          variance=tf.constant([], tf.float32), epsilon=self.epsilon, is_training=True)
-      # Outside the gradient: the averages are state, not part of the loss.
-      mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-      self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
-      self.moving_variance.assign(
-          self.moving_variance * self.momentum + variance * (1 - self.momentum))
-    else:
-      outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-          x=inputs, scale=gamma, offset=beta, mean=self.moving_mean.value,
-          variance=self.moving_variance.value, epsilon=self.epsilon, is_training=False)
+    outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=inputs, scale=gamma, offset=beta, mean=tf.constant([], tf.float32),
+        variance=tf.constant([], tf.float32), epsilon=self.epsilon, is_training=True)
+    # Outside the gradient: the averages are state, not part of the loss.
+    mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+    self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+    self.moving_variance.assign(
+        self.moving_variance * self.momentum + variance * (1 - self.momentum))
     return tf.cast(outputs, self.compute_dtype)
 
 
-def _batch_norm(name):
-  return FusedBatchNorm(momentum=0.9, epsilon=0.001, name=name)
+def _batch_norm(name, portable):
+  kind = keras.layers.BatchNormalization if portable else FusedBatchNorm
+  return kind(momentum=0.9, epsilon=0.001, name=name)
+
+
+def _standardize(images, portable):
+  """Each image to zero mean and unit deviation (the deviation at least MIN_STDDEV)."""
+  if not portable:
+    # Under a mixed-precision policy the standardisation (a mean and deviation over 3,072
+    # pixels) stays float32 (common.precision).
+    return PerImageStandardization(name='standardize', dtype='float32')(images)
+  ops = keras.ops  # the same reductions and arithmetic as tf.image.per_image_standardization
+  mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+  deviation = ops.maximum(ops.std(images, axis=(1, 2, 3), keepdims=True), MIN_STDDEV)
+  return ops.divide(ops.subtract(images, mean), deviation)
+
+
+def _pad_channels(x, padding, name, portable):
+  if portable:
+    return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [padding, padding]])
+  return PadChannels(padding, name=name)(x)
 
 
 def _activation(x, name):
   return keras.layers.LeakyReLU(negative_slope=LEAKINESS, name=name)(x)
 
 
-def _residual_unit(x, in_filters, out_filters, stride, activate_before_residual, name):
+def _residual_unit(x, in_filters, out_filters, stride, activate_before_residual, name,
+                   portable):
   """The original's `_residual`: pre-activation unit with 2 convolutions."""
-  activated = _activation(_batch_norm(f'{name}_init_bn')(x), f'{name}_init_relu')
+  activated = _activation(_batch_norm(f'{name}_init_bn', portable)(x), f'{name}_init_relu')
   # Shared activation: the shortcut starts after BN + ReLU; otherwise before them.
   shortcut = activated if activate_before_residual else x
   y = _conv(out_filters, stride, f'{name}_conv1')(activated)
-  y = _activation(_batch_norm(f'{name}_bn2')(y), f'{name}_relu2')
+  y = _activation(_batch_norm(f'{name}_bn2', portable)(y), f'{name}_relu2')
   y = _conv(out_filters, 1, f'{name}_conv2')(y)
   if in_filters != out_filters:
     shortcut = keras.layers.AveragePooling2D(stride, stride, padding='valid',
                                              name=f'{name}_shortcut_pool')(shortcut)
-    shortcut = PadChannels((out_filters - in_filters) // 2, name=f'{name}_shortcut_pad')(
-        shortcut)
+    shortcut = _pad_channels(shortcut, (out_filters - in_filters) // 2,
+                             f'{name}_shortcut_pad', portable)
   return keras.layers.Add(name=f'{name}_add')([y, shortcut])
 
 
-def build_model(config=None, filters=None) -> keras.Model:
-  """The network with config.filters (or `filters`; default: the wide one)."""
+def build_model(config=None, filters=None, portable=False) -> keras.Model:
+  """The network with config.filters (or `filters`; default: the wide one); `portable`:
+  from Keras' own layers and ops only (for export), computing the same function."""
   filters = check_filters(filters or (config.filters if config is not None else WIDE_FILTERS))
   inputs = keras.Input(INPUT_SHAPE, name='x_input')
-  # Under a mixed-precision policy the standardisation (a mean and deviation over 3,072
-  # pixels) and the logits stay float32 (common.precision).
-  x = PerImageStandardization(name='standardize', dtype='float32')(inputs)
+  x = _standardize(inputs, portable)
   x = _conv(filters[0], 1, 'init_conv')(x)
   for stage in range(3):
     for unit in range(UNITS_PER_STAGE):
@@ -153,8 +175,8 @@ def build_model(config=None, filters=None) -> keras.Model:
       x = _residual_unit(
           x, filters[stage] if first else filters[stage + 1], filters[stage + 1],
           STRIDES[stage] if first else 1, first and ACTIVATE_BEFORE_RESIDUAL[stage],
-          name=f'unit_{stage + 1}_{unit}')
-  x = _activation(_batch_norm('final_bn')(x), 'final_relu')
+          name=f'unit_{stage + 1}_{unit}', portable=portable)
+  x = _activation(_batch_norm('final_bn', portable)(x), 'final_relu')
   x = keras.layers.GlobalAveragePooling2D(name='global_avg_pool')(x)
   logits = keras.layers.Dense(
       NUM_CLASSES, name='logit', dtype='float32',

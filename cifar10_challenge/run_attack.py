@@ -7,4 +7,4 @@ from cifar10_challenge.challenge import CIFAR10
 from common import commands
 
 if __name__ == '__main__':
-  cli.run(commands.run_attack, CIFAR10)
+  cli.run(commands.run_attack, CIFAR10, commands.MODEL_FILE_OPTIONS)

@@ -83,6 +83,9 @@ class Challenge:
   package_dir: str  # holds the default config.json
   config_keys: Sequence[Key]
   build_model: Callable[[Config], keras.Model]
+  # config -> the same network from Keras' own layers and keras.ops only, computing the same
+  # logits in inference mode (export_model.py writes it: it loads without this project).
+  build_portable_model: Callable[[Config], keras.Model]
   build_optimizer: Callable[[Config], keras.optimizers.Optimizer]
   load_data: Callable[[Config], Datasets]
   # config -> the training loss: (labels, logits, model, global_batch_size,

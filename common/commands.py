@@ -1,6 +1,8 @@
 """The commands of a challenge (train, eval, pgd_attack, run_attack, convert_checkpoint,
-evaluate (the paper's table), landscape) as importable functions of (challenge, config).
-Each challenge's scripts are thin absl mains over these."""
+evaluate (the paper's table), landscape, autoattack, export_model) as importable functions
+of (challenge, config). Each challenge's scripts are thin absl mains over these. The
+evaluation commands take their model from model_dir's checkpoint or, with `model_path`,
+from a model file (common/model_files.py)."""
 import contextlib
 import datetime
 import json
@@ -12,8 +14,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import (checkpoints, distribute, files, landscape, paper_table, precision, runtime,
-                    submission, tf1_checkpoints, training)
+from common import (checkpoints, distribute, files, landscape, model_files, paper_table,
+                    precision, runtime, submission, tf1_checkpoints, training)
 from common.attacks import autoattack, pgd
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
@@ -46,16 +48,39 @@ def _evaluation_setup(challenge, config):
   return distribute.local_strategy(), contextlib.nullcontext()
 
 
-def _model_and_evaluator(challenge, config, strategy, log, attack=True):
-  """The float32 model and its evaluator; with `attack`, the attack runs in
-  eval_precision (float32 unless the user opts in, which is printed). The random starts
-  are stateless draws from the config's seed and each example's index: every run attacks
-  from the same points (the original drew new ones), which op determinism requires."""
-  with strategy.scope():
-    model = challenge.build_model(config)
+# The evaluation commands' options for a model file instead of model_dir's checkpoint.
+MODEL_FILE_OPTIONS = {
+    'model_path': ('', "a model file to evaluate instead of model_dir's checkpoint: a Keras "
+                       '.keras file or a SavedModel directory taking the challenge\'s inputs '
+                       'and returning logits (docs/models.md)'),
+    'unsafe_model': (False, 'with --model_path: let a .keras file run the Python code it '
+                            'carries (Lambda layers); only for a file you trust like a program'),
+}
+
+
+def _check_model_file_options(model_path, unsafe_model):
+  if unsafe_model and not model_path:
+    raise ChallengeError('--unsafe_model applies to a model file: give --model_path too')
+  if model_path:
+    model_files.require_model_file(model_path)  # not a model_dir taken for one
+
+
+def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_path='',
+                         unsafe_model=False):
+  """The float32 model (built for model_dir's checkpoints, or loaded from model_path) and
+  its evaluator; with `attack`, the attack runs in eval_precision (float32 unless the user
+  opts in, which is printed). The random starts are stateless draws from the config's seed
+  and each example's index: every run attacks from the same points (the original drew new
+  ones), which op determinism requires."""
+  _check_model_file_options(model_path, unsafe_model)
   attack_precision = precision.check(config.eval_precision if attack else 'float32',
                                      'eval_precision')
-  twin = precision.Twin(model, lambda: challenge.build_model(config), attack_precision)
+  with strategy.scope():
+    if model_path:
+      model, build = model_files.load_checked(challenge, model_path, unsafe_model, log), None
+    else:
+      model, build = challenge.build_model(config), lambda: challenge.build_model(config)
+  twin = model_files.twin(model, build, attack_precision)
   precision.announce_attack_precision(attack_precision, log)
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
                        log if attack else None)  # run_attack's output stays the original's
@@ -67,17 +92,38 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True):
 EVAL_OPTIONS = {
     'once': (False, 'evaluate the latest checkpoint once and exit'),
     'poll_seconds': (10.0, 'how often to look for a new checkpoint'),
+    **MODEL_FILE_OPTIONS,
 }
 
 
-def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_polls=None):
+def _print_results(results, config, log):
+  log('natural: {:.2f}%'.format(100 * results.nat_accuracy))
+  log('adversarial: {:.2f}%'.format(100 * results.adv_accuracy))
+  log('avg nat loss: {:.4f}'.format(results.avg_nat_xent))
+  log('avg adv loss: {:.4f}'.format(results.avg_adv_xent))
+  if config.eval_precision != 'float32':
+    log(f'(attack in {config.eval_precision})')
+
+
+def evaluate(challenge, config, once=False, poll_seconds=10.0, model_path='',
+             unsafe_model=False, log=print, max_polls=None):
   """Evaluates each new checkpoint of model_dir (the latest, as it appears) until
-  interrupted; with `once`, the latest one, then returns its Results."""
+  interrupted; with `once`, the latest one, then returns its Results. With `model_path`
+  (and `once`): that model file, without TensorBoard summaries (it has no step)."""
+  if model_path and not once:
+    raise ChallengeError('--model_path needs --once: eval.py watches model_dir for new '
+                         'checkpoints, and a model file is evaluated once')
   strategy, device = _evaluation_setup(challenge, config)
   eval_dir = os.path.join(config.model_dir, 'eval')
   with device:
-    model, evaluator = _model_and_evaluator(challenge, config, strategy, log)
+    model, evaluator = _model_and_evaluator(challenge, config, strategy, log,
+                                            model_path=model_path, unsafe_model=unsafe_model)
     test = challenge.load_data(config).test.head(config.num_eval_examples)
+    if model_path:
+      log(f'\nModel {model_path}, evaluating ...   ({datetime.datetime.now()})')
+      results = evaluator.attack(test, config.eval_batch_size)
+      _print_results(results, config, log)
+      return results
     if not once:
       os.makedirs(eval_dir, exist_ok=True)  # as the original: eval may start before training
     writer = None
@@ -113,12 +159,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
                              ('accuracy nat', results.nat_accuracy)):
             tf.summary.scalar(tag, value)
         writer.flush()
-        log('natural: {:.2f}%'.format(100 * results.nat_accuracy))
-        log('adversarial: {:.2f}%'.format(100 * results.adv_accuracy))
-        log('avg nat loss: {:.4f}'.format(results.avg_nat_xent))
-        log('avg adv loss: {:.4f}'.format(results.avg_adv_xent))
-        if config.eval_precision != 'float32':
-          log(f'(attack in {config.eval_precision})')
+        _print_results(results, config, log)
         if once:
           return results
         continue
@@ -135,18 +176,23 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, log=print, max_po
       time.sleep(poll_seconds)
 
 
-def _restored_evaluator(challenge, config, strategy, log, attack=True):
-  """An evaluator of the newest readable checkpoint of model_dir."""
-  model, evaluator = _model_and_evaluator(challenge, config, strategy, log, attack)
-  checkpoints.restore_newest_model(model, config.model_dir, challenge.tf1_variables, log)
+def _restored_evaluator(challenge, config, strategy, log, attack=True, model_path='',
+                        unsafe_model=False):
+  """An evaluator of the newest readable checkpoint of model_dir (or of model_path)."""
+  model, evaluator = _model_and_evaluator(challenge, config, strategy, log, attack,
+                                          model_path, unsafe_model)
+  if not model_path:
+    checkpoints.restore_newest_model(model, config.model_dir, challenge.tf1_variables, log)
   return evaluator
 
 
-def pgd_attack(challenge, config, log=print):
-  """Attacks the latest checkpoint on the first num_eval_examples test images and saves
-  them (float32, the model's input layout) to store_adv_path."""
-  checkpoints.require_latest(config.model_dir)
-  evaluator = _restored_evaluator(challenge, config, distribute.local_strategy(), log)
+def pgd_attack(challenge, config, model_path='', unsafe_model=False, log=print):
+  """Attacks the latest checkpoint (or model_path) on the first num_eval_examples test
+  images and saves them (float32, the model's input layout) to store_adv_path."""
+  if not model_path:
+    checkpoints.require_latest(config.model_dir)
+  evaluator = _restored_evaluator(challenge, config, distribute.local_strategy(), log,
+                                  model_path=model_path, unsafe_model=unsafe_model)
   test = challenge.load_data(config).test.head(config.num_eval_examples)
   batch_size = config.eval_batch_size
   log('Iterating over {} batches'.format(math.ceil(len(test) / batch_size)))
@@ -160,16 +206,27 @@ def pgd_attack(challenge, config, log=print):
   return results
 
 
-def run_attack(challenge, config, log=print):
+def run_attack(challenge, config, model_path='', unsafe_model=False, log=print):
   """Validates the submission at store_adv_path against the whole test set, then scores it
-  with the latest checkpoint and saves the predictions (int64) to pred_path."""
-  checkpoints.require_latest(config.model_dir)  # fail before reading the submission
+  with the latest checkpoint (or model_path) and saves the predictions (int64) to
+  pred_path."""
+  def scorer():
+    return _restored_evaluator(challenge, config, distribute.local_strategy(), log,
+                               attack=False,  # scoring: float32 always
+                               model_path=model_path, unsafe_model=unsafe_model)
+
+  # A missing checkpoint, or a missing or wrong model file, fails before the submission is
+  # read (a checkpoint is restored after it, as the original did).
+  evaluator = None
+  if model_path:
+    evaluator = scorer()
+  else:
+    checkpoints.require_latest(config.model_dir)
   test = challenge.load_data(config).test
   params = challenge.attack_params(config)
   x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
                           challenge.pixel_max)
-  evaluator = _restored_evaluator(challenge, config, distribute.local_strategy(), log,
-                                  attack=False)  # scoring: float32 always
+  evaluator = evaluator or scorer()
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))
   log('Accuracy: {:.2f}%'.format(100.0 * accuracy))
@@ -202,8 +259,9 @@ def convert_checkpoint(challenge, config, output_dir='', log=print):
 
 # Options of evaluate.py (the paper's table) beyond the config.
 TABLE_OPTIONS = {
-    'source': ((), "a transfer source as NAME=MODEL_DIR (repeatable), e.g. --source \"A'=dir\" "
-                   '--source B=dir; rows of a source not given are listed as skipped'),
+    'source': ((), "a transfer source as NAME=MODEL_DIR or NAME=MODEL_FILE (repeatable), e.g. "
+                   '--source "A\'=dir" --source B=b.keras; rows of a source not given are '
+                   'listed as skipped'),
     'num_examples': (0, 'test images to evaluate (default: num_eval_examples)'),
     'target_rule': ('random', 'targeted PGD target: ' + '; '.join(
         f'"{name}": {what}' for name, what in pgd.TARGET_RULES.items())),
@@ -211,6 +269,7 @@ TABLE_OPTIONS = {
     'method': ((), 'run only the rows of this method (repeatable), e.g. --method PGD --method '
                    'CW; the others are listed as skipped. Methods: '
                    + ', '.join(paper_table.METHODS)),
+    **MODEL_FILE_OPTIONS,
 }
 
 
@@ -219,7 +278,8 @@ def _parse_sources(specs):
   for spec in specs:
     name, sep, model_dir = spec.partition('=')
     if not sep or not name or not model_dir:
-      raise ChallengeError(f'--source must be NAME=MODEL_DIR, found "{spec}"')
+      raise ChallengeError(
+          f'--source must be NAME=MODEL_DIR or NAME=MODEL_FILE, found "{spec}"')
     if name in sources:
       raise ChallengeError(f'--source {name} is given twice')
     sources[name] = model_dir
@@ -227,20 +287,25 @@ def _parse_sources(specs):
 
 
 def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='random',
-                   output_dir='', method=(), log=print):
-  """The paper's table for this challenge on model_dir's latest checkpoint: prints each row
-  (with the paper's figure and the wall time) and writes table.csv and table.md; `method`:
-  only the rows of these methods are run (default: all)."""
+                   output_dir='', method=(), model_path='', unsafe_model=False, log=print):
+  """The paper's table for this challenge on model_dir's latest checkpoint (or model_path):
+  prints each row (with the paper's figure and the wall time) and writes table.csv and
+  table.md; `method`: only the rows of these methods are run (default: all)."""
+  _check_model_file_options(model_path, unsafe_model)
   num_examples = num_examples or config.num_eval_examples
   params = challenge.attack_params(config)
-  log(f'{challenge.name}: the paper\'s table on {config.model_dir}, first {num_examples} '
+  evaluated = model_path or config.model_dir
+  log(f'{challenge.name}: the paper\'s table on {evaluated}, first {num_examples} '
       f'test images, ε {params.epsilon:g}, step {params.step_size:g}, targeted PGD: '
       f'{target_rule}')
   results = paper_table.run(challenge, config, challenge.paper_table, _parse_sources(source),
-                            num_examples, target_rule, log, methods=method or None)
-  output_dir = output_dir or os.path.join(config.model_dir, 'paper_table')
+                            num_examples, target_rule, log, methods=method or None,
+                            model_path=model_path, unsafe_model=unsafe_model)
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path,
+                                                     'paper_table')
+  what = f'model {model_path}' if model_path else f'model_dir {config.model_dir}'
   paper_table.write(results, params.epsilon, output_dir,
-                    f'{challenge.name}, model_dir {config.model_dir}, first {num_examples} '
+                    f'{challenge.name}, {what}, first {num_examples} '
                     f'test images, step {params.step_size:g}, targeted PGD: {target_rule}')
   log(f'Table written to {os.path.join(output_dir, "table.csv")} and table.md')
   return results
@@ -250,28 +315,32 @@ def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='ra
 LANDSCAPE_OPTIONS = {
     'num_examples': (5, 'test images to study (the first ones)'),
     'restarts': (0, 'random starts per example; default: the paper\'s (MNIST 200, CIFAR-10 100)'),
-    'compare_model_dir': ('', 'a second model (e.g. naturally trained) to study alike'),
+    'compare_model_dir': ('', 'a second model (e.g. naturally trained) to study alike: a '
+                              'model_dir or a model file'),
     'output_dir': ('', 'where to write landscape.npz and TensorBoard logs; default: '
                        '<model_dir>/landscape'),
+    **MODEL_FILE_OPTIONS,
 }
 
 
 def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_dir='',
-                   output_dir='', log=print):
+                   output_dir='', model_path='', unsafe_model=False, log=print):
   """PGD (the config's attack) from many random starts on the first test images, for
-  model_dir's model and optionally another: records the loss after every iteration of every
-  restart; prints min/median/max of the final losses and outliers."""
+  model_dir's model (or model_path) and optionally another: records the loss after every
+  iteration of every restart; prints min/median/max of the final losses and outliers."""
+  _check_model_file_options(model_path, unsafe_model)
   restarts = restarts or challenge.landscape_restarts
   params = challenge.attack_params(config)
   test = challenge.load_data(config).test.head(num_examples)
-  model_dirs = {'model': config.model_dir}
+  model_dirs = {'model': model_path or config.model_dir}
   if compare_model_dir:
     model_dirs['compared'] = compare_model_dir
   jit = runtime.set_up(tf.distribute.get_strategy(), 'float32', config.jit_compile,
                        config.deterministic, log)
   traces = {}
   for name, model_dir in model_dirs.items():
-    model, _ = paper_table.load_model(challenge, config, model_dir, log)
+    model, _ = paper_table.load_model(challenge, config, model_dir, log,
+                                      unsafe_model=unsafe_model)
     traces[name] = landscape.trace_losses(model, test, params, restarts,
                                           challenge.seed(config), config.eval_batch_size, jit)
     log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}, '
@@ -281,7 +350,7 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
       log(f'  example {i} (label {test.labels[i]}): min {summary["min"][i]:.4f}, median '
           f'{summary["median"][i]:.4f}, max {summary["max"][i]:.4f}, '
           f'{summary["outliers"][i]} outlier restart(s)')
-  output_dir = output_dir or os.path.join(config.model_dir, 'landscape')
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'landscape')
   landscape.write(traces, test.labels, output_dir)
   log(f'Written to {output_dir} (landscape.npz; tensorboard --logdir {output_dir})')
   return traces
@@ -300,29 +369,36 @@ AUTOATTACK_OPTIONS = {
                    f'version: {autoattack.STANDARD_ITERATIONS}; fewer for a quick look, never '
                    'for a reported figure)'),
     'output_dir': ('', 'where to write autoattack.json; default: <model_dir>/autoattack'),
+    **MODEL_FILE_OPTIONS,
 }
 
 
 def run_autoattack(challenge, config, version='standard', attacks='', num_examples=0,
                    batch_size=0, seed=0, iterations=autoattack.STANDARD_ITERATIONS,
-                   output_dir='', log=print):
-  """AutoAttack on model_dir's newest checkpoint: prints each attack's cumulative robust
-  accuracy and time, writes autoattack.json (settings, figures, the attack that broke each
-  example) and the adversarial test set to store_adv_path (the submission format: the rest
-  of the test set, beyond num_examples, unchanged)."""
+                   output_dir='', model_path='', unsafe_model=False, log=print):
+  """AutoAttack on model_dir's newest checkpoint (or model_path): prints each attack's
+  cumulative robust accuracy and time, writes autoattack.json (settings, figures, the attack
+  that broke each example) and the adversarial test set to store_adv_path (the submission
+  format: the rest of the test set, beyond num_examples, unchanged)."""
+  _check_model_file_options(model_path, unsafe_model)
   if version != 'standard' and not attacks:
     raise ChallengeError(f'unknown version "{version}"; use standard, or --attacks')
   if iterations < 1:
     raise ChallengeError(f'--iterations must be at least 1, found {iterations}')
   chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
       autoattack.STANDARD)
-  checkpoints.require_latest(config.model_dir)
+  if not model_path:
+    checkpoints.require_latest(config.model_dir)
   strategy = distribute.local_strategy()
   with strategy.scope():
-    model = challenge.build_model(config)
+    model = (model_files.load_checked(challenge, model_path, unsafe_model, log) if model_path
+             else challenge.build_model(config))
   jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
-  path, step = checkpoints.restore_newest_model(model, config.model_dir,
-                                                challenge.tf1_variables, log)
+  if model_path:
+    path, step = model_path, None
+  else:
+    path, step = checkpoints.restore_newest_model(model, config.model_dir,
+                                                  challenge.tf1_variables, log)
   test = challenge.load_data(config).test
   num_examples = min(num_examples or config.num_eval_examples, len(test))
   params = challenge.attack_params(config)
@@ -340,7 +416,7 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   adversarial = test.images.copy()
   adversarial[:num_examples] = report.adversarial
   files.save_npy(config.store_adv_path, adversarial.astype(np.float32))
-  output_dir = output_dir or os.path.join(config.model_dir, 'autoattack')
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'autoattack')
   summary = {
       'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
       'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
@@ -359,3 +435,34 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   log(f'Adversarial set written to {config.store_adv_path}; figures to '
       f'{os.path.join(output_dir, "autoattack.json")}')
   return report
+
+
+# Options of export_model.py beyond the config.
+EXPORT_OPTIONS = {
+    'output': ('', 'where to write the model: NAME.keras (a Keras 3 file) or a directory (a '
+                   'SavedModel)'),
+    'format': ('', 'keras or saved_model; default: keras for a .keras output, else '
+                   'saved_model'),
+    'overwrite': (False, 'replace an existing output'),
+}
+
+
+def export_model(challenge, config, output='', format='', overwrite=False, log=print):  # noqa: A002
+  """Writes model_dir's newest checkpoint (ours or an original TF1 one) as a model file that
+  loads without this project (common/model_files.py): the challenge's inputs, logits out,
+  inference mode, the checkpoint's logits bit for bit; returns the output's path."""
+  if not output:
+    raise ChallengeError('--output is required: NAME.keras (a Keras 3 file) or a directory '
+                         '(a SavedModel)')
+  fmt = model_files.output_format(output, format)
+  model_files.refuse_existing(output, overwrite)  # before the work
+  model, model_config, path, step = model_files.restore(challenge, config, config.model_dir,
+                                                        log)
+  portable = model_files.portable_copy(
+      model, lambda: challenge.build_portable_model(model_config), challenge.input_shape,
+      challenge.pixel_max)
+  model_files.export(portable, output, fmt, overwrite)
+  shape = ', '.join(str(d) for d in challenge.input_shape)
+  log(f'Exported {path} (step {step}) to {output} ({fmt}: inputs (N, {shape}) in '
+      f'[0, {challenge.pixel_max:g}], logits out)')
+  return output

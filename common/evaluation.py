@@ -148,3 +148,30 @@ class Evaluator:
     """int64 predicted labels for split.images, in order."""
     return np.concatenate([_local_concat(self.strategy, self._predict_batch(batch))
                            for batch in self._batches(split, batch_size)]).astype(np.int64)
+
+
+class _Inference:
+  """A callable x -> logits as the Evaluator calls a model: model(x, training=False)."""
+
+  def __init__(self, model_fn):
+    self._model_fn = model_fn
+
+  def __call__(self, x, training=False):
+    del training
+    return self._model_fn(x)
+
+
+def evaluate(model, x, y, epsilon: float, num_steps: int = 40, step_size: float = 0.01,
+             random_start: bool = True, loss: str = 'xent', restarts: int = 1,
+             clip=(0.0, 1.0), batch_size: int = 200, seed: int = 0) -> Results:
+  """ℓ∞ PGD on any Keras model or callable x -> logits (in inference mode), in one call:
+  x a batch of inputs as the model takes them, pixels in `clip`; y integer labels; `loss`
+  xent or cw; with `restarts` > 1, each example's worst of that many random starts. The
+  random starts are stateless draws from (seed, the example's index). Returns the Results
+  (natural and adversarial accuracy and cross-entropy, the adversarial examples)."""
+  params = pgd.PGDParams(float(epsilon), num_steps, float(step_size), random_start, loss,
+                         clip_min=clip[0], clip_max=clip[1])
+  evaluator = Evaluator(_Inference(pgd.inference_fn(model)), params, restarts=restarts,
+                        seed=seed)
+  split = data.Split(np.asarray(x, np.float32), np.asarray(y, np.int64))
+  return evaluator.attack(split, batch_size, keep_adversarial=True)

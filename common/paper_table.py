@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from common import checkpoints, files, losses, precision, runtime
+from common import files, losses, model_files, precision, runtime
 from common.attacks import autoattack, pgd
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
@@ -64,25 +64,26 @@ def evaluator_for(row: Row, model, attacker, params: pgd.PGDParams, strategy, se
                    jit_compile=jit_compile)
 
 
-def load_model(challenge, config, model_dir: str, log, attack_precision='float32'):
-  """The model in model_dir (its architecture from the config.json train.py saved there,
-  else `config`'s), with its newest readable checkpoint restored, and its Twin in
-  attack_precision."""
-  saved = os.path.join(model_dir, 'config.json')
-  model_config = (challenge.load_config(saved) if os.path.exists(saved) else config)
-  checkpoints.require_latest(model_dir)
-  model = challenge.build_model(model_config)
-  checkpoints.restore_newest_model(model, model_dir, challenge.tf1_variables, log)
+def load_model(challenge, config, where: str, log, attack_precision='float32',
+               unsafe_model=False):
+  """The model in `where` and its Twin in attack_precision: a model file (a .keras file or
+  a SavedModel directory, float32 only), or a model_dir whose newest readable checkpoint is
+  restored (its architecture from the config.json train.py saved there, else `config`'s)."""
+  if model_files.is_model_file(where):
+    model = model_files.load_checked(challenge, where, unsafe_model, log)
+    return model, model_files.twin(model, None, attack_precision)
+  model, model_config, _, _ = model_files.restore(challenge, config, where, log)
   return model, precision.Twin(model, lambda: challenge.build_model(model_config),
                                attack_precision)
 
 
 def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_examples: int,
         target_rule: str = 'random', log=print, strategy=None,
-        methods: Optional[Sequence[str]] = None) -> List[Result]:
-  """Evaluates every row on the first num_examples test images; rows whose source is not in
-  `sources` ({name: model_dir}), or whose method is not in `methods` (None: all), are skipped,
-  saying so."""
+        methods: Optional[Sequence[str]] = None, model_path: str = '',
+        unsafe_model: bool = False) -> List[Result]:
+  """Evaluates every row on the first num_examples test images, white-box on model_dir's
+  checkpoint (or on model_path); rows whose source is not in `sources` ({name: model_dir or
+  model file}), or whose method is not in `methods` (None: all), are skipped, saying so."""
   pgd.check_target_rule(target_rule)
   if methods is not None:
     table_methods = dict.fromkeys(row.method for row in rows)  # in the table's order
@@ -99,10 +100,12 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
   precision.announce_attack_precision(attack_precision, log)
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
                        log)
-  model, twin = load_model(challenge, config, config.model_dir, log, attack_precision)
+  model, twin = load_model(challenge, config, model_path or config.model_dir, log,
+                           attack_precision, unsafe_model)
   attackers = {WHITE_BOX: twin}
-  for name, model_dir in sources.items():
-    attackers[name] = load_model(challenge, config, model_dir, log, attack_precision)[1]
+  for name, where in sources.items():
+    attackers[name] = load_model(challenge, config, where, log, attack_precision,
+                                 unsafe_model)[1]
   test = challenge.load_data(config).test.head(num_examples)
   params = challenge.attack_params(config)
   results = []

@@ -4,6 +4,8 @@ Input (None, 784) floats in [0, 1]. Kernels truncated-normal(stddev 0.1), biases
 as the original; 3,274,634 parameters. Flatten in NHWC order equals the original's
 reshape, so its fc1 kernel maps over unchanged. Max pooling is Keras' layer, computed by
 `common.pooling` (same values and gradient) where XLA compiles it under op determinism.
+`portable=True` builds the same network from Keras' own layers only (Keras' max pooling:
+the same function), for a `.keras` file that loads where this project is not installed.
 """
 import keras
 
@@ -13,19 +15,22 @@ from common.errors import ChallengeError
 INPUT_SHAPE = (784,)
 
 
-def build_model(config=None) -> keras.Model:
-  """The network config.model names (default: the challenge's own)."""
+def build_model(config=None, portable=False) -> keras.Model:
+  """The network config.model names (default: the challenge's own); `portable`: from Keras'
+  own layers only (for export), computing the same function."""
   name = getattr(config, 'model', 'madry') if config is not None else 'madry'
   try:
-    return ARCHITECTURES[name]()
+    build = ARCHITECTURES[name]
   except KeyError:
     raise ChallengeError(f'unknown model "{name}"; use one of: '
                          + ', '.join(ARCHITECTURES)) from None
+  return build(portable=portable)
 
 
-def build_madry() -> keras.Model:
+def build_madry(portable=False) -> keras.Model:
   """The challenge's network."""
   layers = keras.layers
+  max_pooling = layers.MaxPooling2D if portable else pooling.MaxPooling2D
 
   def init():
     return dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
@@ -35,9 +40,9 @@ def build_madry() -> keras.Model:
       keras.Input(INPUT_SHAPE),
       layers.Reshape((28, 28, 1), name='x_image'),
       layers.Conv2D(32, 5, padding='same', activation='relu', name='conv1', **init()),
-      pooling.MaxPooling2D(2, 2, padding='same', name='pool1'),
+      max_pooling(2, 2, padding='same', name='pool1'),
       layers.Conv2D(64, 5, padding='same', activation='relu', name='conv2', **init()),
-      pooling.MaxPooling2D(2, 2, padding='same', name='pool2'),
+      max_pooling(2, 2, padding='same', name='pool2'),
       layers.Flatten(name='flatten'),
       layers.Dense(1024, activation='relu', name='fc1', **init()),
       # float32 under a mixed-precision policy too: logits feed the losses and the
@@ -46,11 +51,13 @@ def build_madry() -> keras.Model:
   ], name='mnist_challenge_model')
 
 
-def build_tramer_b() -> keras.Model:
+def build_tramer_b(portable=False) -> keras.Model:
   """Architecture B of Tramèr et al. 2017, "Ensemble Adversarial Training", appendix B: a
   transfer-attack source of the paper's Table 1. Padding as their reference code
   (ftramer/ensemble-adv-training, mnist.py modelB): same, valid, valid; Keras' default
-  initialisers there and here (Glorot uniform, zero biases). 28 -> 14 -> 5 -> 1 pixels."""
+  initialisers there and here (Glorot uniform, zero biases). 28 -> 14 -> 5 -> 1 pixels.
+  Keras' own layers only: portable as it is."""
+  del portable
   layers = keras.layers
   return keras.Sequential([
       keras.Input(INPUT_SHAPE),

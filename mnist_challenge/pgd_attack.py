@@ -14,4 +14,4 @@ class LinfPGDAttack(pgd.LinfPGDAttack):
 
 
 if __name__ == '__main__':
-  cli.run(commands.pgd_attack, MNIST)
+  cli.run(commands.pgd_attack, MNIST, commands.MODEL_FILE_OPTIONS)

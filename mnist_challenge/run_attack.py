@@ -7,4 +7,4 @@ from common import commands
 from mnist_challenge.challenge import MNIST
 
 if __name__ == '__main__':
-  cli.run(commands.run_attack, MNIST)
+  cli.run(commands.run_attack, MNIST, commands.MODEL_FILE_OPTIONS)

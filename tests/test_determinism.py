@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-from cifar10_challenge import model as cifar_model
 from cifar10_challenge.challenge import CIFAR10
 from common import commands, files, pooling, runtime, training
 from common.errors import ChallengeError
@@ -125,23 +124,19 @@ def test_an_op_tensorflow_cannot_run_deterministically_ends_a_command_in_one_lin
 
 
 @pytest.mark.versions
-def test_cifar_inference_batch_norm_under_determinism_is_the_same_function():
+def test_cifar_batch_norm_is_fused_in_training_mode_only():
+  """Inference mode, which every evaluation attack differentiates through, is Keras'
+  arithmetic in every run (TensorFlow has no deterministic GPU kernel for the fused op's
+  gradient there, and an exported model computes it so); training mode keeps the fused
+  kernel (deterministic)."""
   model = CIFAR10.build_model(tiny_cifar_config_free())
   x = tf.constant(RNG.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32))
-  for layer in model.layers:  # moving averages away from 0 and 1
-    if isinstance(layer, cifar_model.FusedBatchNorm):
-      layer.moving_mean.assign(RNG.normal(size=layer.moving_mean.shape))
-      layer.moving_variance.assign(RNG.uniform(0.5, 2.0, layer.moving_variance.shape))
-  fused = value_and_gradient(lambda v: model(v, training=False), x, None)
-  runtime.make_deterministic(True)
   inference = lambda v: model(v, training=False)
-  assert not any(t.startswith('FusedBatchNorm') for t in op_types(inference, x, False))
-  unfused = value_and_gradient(inference, x, None)
-  np.testing.assert_allclose(unfused[0], fused[0], rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(unfused[1], fused[1], rtol=1e-3, atol=1e-4 * np.abs(fused[1]).max())
-  # Training mode, and XLA's lowering, keep the fused op (their gradients are deterministic).
+  for deterministic in (False, True):
+    runtime.make_deterministic(deterministic)
+    for xla in (False, True):
+      assert not any(t.startswith('FusedBatchNorm') for t in op_types(inference, x, xla))
   assert 'FusedBatchNormV3' in op_types(lambda v: model(v, training=True), x, False)
-  assert 'FusedBatchNormV3' in op_types(inference, x, True)
 
 
 def tiny_cifar_config_free():

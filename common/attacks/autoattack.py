@@ -16,6 +16,9 @@ scale.
 * Checks, as the reference's `checks.py`, are warnings: outputs that look like
   probabilities, logits that change between calls, a zero input gradient at the clean
   points, Square breaking more than 0.2% after the gradient attacks, fewer than 4 classes.
+* One call (`evaluate`), as the reference's `run_standard_evaluation`: any Keras model or
+  callable, a batch of inputs and labels, ε and the pixel range; Square's image shape from
+  the inputs' shape.
 """
 import dataclasses
 import time
@@ -26,13 +29,23 @@ import numpy as np
 import tensorflow as tf
 
 from common import losses
-from common.attacks import apgd, fab, square
+from common.attacks import apgd, fab, pgd, square
 from common.errors import ChallengeError
 
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
 SQUARE_QUERIES_PER_ITERATION = 50  # the standard version: 5,000 queries for 100 iterations
 NUM_TARGETS = 9  # APGD-T and FAB-T: the 2nd ... 10th most likely classes
+
+
+PROBABILITIES_WARNING = ('the model outputs look like probabilities (they sum to 1): AutoAttack '
+                         'needs logits; remove the softmax')
+
+
+def looks_like_probabilities(outputs) -> bool:
+  """The reference's check: non-negative rows that sum to 1."""
+  outputs = np.asarray(outputs)
+  return bool(np.allclose(outputs.sum(-1), 1.0, atol=1e-4) and outputs.min() >= 0)
 
 
 def budget(iterations: int) -> dict:
@@ -204,9 +217,8 @@ class AutoAttack:
 
   def _check(self, x, y):
     logits = self._logits(x).numpy()
-    if np.allclose(logits.sum(-1), 1.0, atol=1e-4) and logits.min() >= 0:
-      warnings.warn('the model outputs look like probabilities (they sum to 1): AutoAttack '
-                    'needs logits; remove the softmax', stacklevel=3)
+    if looks_like_probabilities(logits):
+      warnings.warn(PROBABILITIES_WARNING, stacklevel=3)
     if not np.allclose(self._logits(x).numpy(), logits, atol=1e-5):
       warnings.warn('the model gives other logits for the same inputs: it is randomised; '
                     'AutoAttack assumes a deterministic model (see the reference\'s rand '
@@ -232,3 +244,34 @@ class AutoAttack:
         warnings.warn(f'Square, which uses no gradients, broke {100 * gain:.2f}% more of the '
                       'examples after the gradient attacks: the model may mask its gradients',
                       stacklevel=2)
+
+
+# --- one call ----------------------------------------------------------------------------
+
+def image_shape_of(x: np.ndarray) -> tuple:
+  """(H, W, C) of a batch of images: NHWC as it is, NHW with one channel, flat square
+  images (N, H·H) as (H, H, 1) (MNIST's)."""
+  if x.ndim == 4:
+    return tuple(x.shape[1:])
+  if x.ndim == 3:
+    return tuple(x.shape[1:]) + (1,)
+  side = int(round(np.sqrt(x.shape[1]))) if x.ndim == 2 else 0
+  if x.ndim == 2 and side * side == x.shape[1]:
+    return (side, side, 1)
+  raise ChallengeError(f'cannot tell the image shape of inputs of shape {x.shape}; pass '
+                       'image_shape=(height, width, channels)')
+
+
+def evaluate(model, x, y, epsilon: float, clip=(0.0, 1.0), attacks: Sequence[str] = STANDARD,
+             image_shape=None, batch_size: int = 500, seed: int = 0,
+             iterations: int = STANDARD_ITERATIONS, jit_compile: bool = False,
+             log=print) -> Report:
+  """AutoAttack on any Keras model or callable x -> logits (in inference mode), as the
+  reference's `run_standard_evaluation`: x a batch of inputs as the model takes them, pixels
+  in `clip`; y integer labels. `image_shape` (H, W, C) for Square, if x is not NHWC, NHW or
+  flat square images. Prints each attack's robust accuracy; returns the Report."""
+  x = np.asarray(x, np.float32)
+  attacker = AutoAttack(pgd.inference_fn(model), epsilon, clip[0], clip[1],
+                        image_shape or image_shape_of(x), attacks, batch_size, seed,
+                        jit_compile=jit_compile, **budget(iterations), log=log)
+  return attacker.run(x, np.asarray(y, np.int64))

@@ -16,11 +16,23 @@ GPU. The price is a graph k times the model's, traced once.
 import dataclasses
 from typing import Optional
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from common import losses
 from common.errors import ChallengeError
+
+
+def inference_fn(model):
+  """x -> logits of `model` in inference mode: a Keras model (or layer) is called with
+  training=False; any other callable (a function, a loaded SavedModel's) as it is."""
+  if isinstance(model, keras.layers.Layer):
+    return lambda x: model(x, training=False)
+  if not callable(model):
+    raise ChallengeError(f'a model must be a Keras model or a callable x -> logits, not '
+                         f'{type(model).__name__}')
+  return model
 
 
 @dataclasses.dataclass(frozen=True)
