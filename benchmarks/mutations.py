@@ -180,6 +180,13 @@ MUTATIONS = (
              'its code)', 'common/model_files.py',
              [('safe_mode=not unsafe)', 'safe_mode=False)')],
              ['tests/test_model_files.py']),
+    Mutation('small_cnn_he_truncated', "the Small CNN's conv kernels truncated normal (the "
+             "authors' kaiming_normal_ is not truncated)", 'mnist_challenge/model.py',
+             [("'untruncated_normal'", "'truncated_normal'")]),
+    Mutation('small_cnn_dropout_in_inference', "the Small CNN's dropout on in inference mode "
+             '(the attacks would see a random network)', 'mnist_challenge/model.py',
+             [("layers.Dropout(0.5, name='drop'),",
+               "layers.Lambda(lambda t: keras.random.dropout(t, 0.5), name='drop'),")]),
     Mutation('tf1_step_not_restored', "fine-tuning a TF1 checkpoint restarts Adam's step at 0",
              'common/training.py',
              [('    self.optimizer.iterations.assign(step)  # the learning-rate schedule\'s step\n',

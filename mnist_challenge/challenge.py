@@ -18,8 +18,9 @@ CONFIG_KEYS = (
     Key('model_dir', str, '../checkpoints/mnist/a_very_robust_model', is_path=True,
         help='checkpoints and TensorBoard summaries'),
     Key('model', str, 'madry',
-        help='architecture: "madry" (the challenge\'s) or "tramer_b" (architecture B of '
-             'Tramèr et al. 2017, a transfer source of the paper\'s Table 1); new'),
+        help='architecture: "madry" (the challenge\'s), "tramer_b" (architecture B of '
+             'Tramèr et al. 2017, a transfer source of the paper\'s Table 1) or "small_cnn" '
+             '(the Small CNN of TRADES and YOPO); new'),
     Key('data_dir', str, 'MNIST_data', is_path=True,
         help='directory of the four MNIST IDX files (.gz or not); new in this project'),
     Key('random_seed', int, 4557077),

@@ -72,13 +72,57 @@ def build_tramer_b(portable=False) -> keras.Model:
   ], name='tramer_b_model')
 
 
+def build_small_cnn(portable=False) -> keras.Model:
+  """The "Small CNN" of TRADES (Zhang et al. 2019; yaodongyu/TRADES, models/small_cnn.py),
+  which YOPO's MNIST experiments train too: conv 32 3x3, conv 32 3x3, max pool 2, conv 64
+  3x3, conv 64 3x3, max pool 2 (valid padding: 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4), dense
+  200, dropout 0.5, dense 200, dense 10, ReLUs; 312,202 parameters. Initialisers as the
+  authors' PyTorch code: conv kernels He normal, not truncated (kaiming_normal_: std
+  sqrt(2 / fan_in)), conv biases 0; fc1 and fc2 PyTorch's Linear default (kernel and bias
+  uniform in ±1/sqrt(fan_in)); fc3 kernel and bias 0. Flatten in NHWC order (theirs: NCHW,
+  the same network up to a fixed permutation of fc1's rows). Dropout is on in training mode
+  only, so the attacks (inference mode) see the network TRADES's model.eval() gives."""
+  layers = keras.layers
+  max_pooling = layers.MaxPooling2D if portable else pooling.MaxPooling2D
+
+  def conv(filters, name):
+    return layers.Conv2D(
+        filters, 3, padding='valid', activation='relu', name=name,
+        kernel_initializer=keras.initializers.VarianceScaling(2.0, 'fan_in',
+                                                              'untruncated_normal'),
+        bias_initializer='zeros')
+
+  def linear(units, fan_in, name):
+    bound = 1.0 / fan_in ** 0.5
+    return layers.Dense(
+        units, activation='relu', name=name,
+        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, 'fan_in', 'uniform'),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound))
+
+  return keras.Sequential([
+      keras.Input(INPUT_SHAPE),
+      layers.Reshape((28, 28, 1), name='x_image'),
+      conv(32, 'conv1'), conv(32, 'conv2'), max_pooling(2, 2, name='maxpool1'),
+      conv(64, 'conv3'), conv(64, 'conv4'), max_pooling(2, 2, name='maxpool2'),
+      layers.Flatten(name='flatten'),
+      linear(200, 64 * 4 * 4, 'fc1'),
+      layers.Dropout(0.5, name='drop'),
+      linear(200, 200, 'fc2'),
+      layers.Dense(10, name='logits', dtype='float32', kernel_initializer='zeros',
+                   bias_initializer='zeros'),
+  ], name='small_cnn_model')
+
+
 # {config "model": builder}
-ARCHITECTURES = {'madry': build_madry, 'tramer_b': build_tramer_b}
+ARCHITECTURES = {'madry': build_madry, 'tramer_b': build_tramer_b, 'small_cnn': build_small_cnn}
 
 
 def tf1_variables(model) -> dict:
   """{name in the original's TF1 checkpoints: our variable}. The original created eight
   unnamed tf.Variables, so TF1 named them Variable, Variable_1, ... in creation order."""
+  if model.name != 'mnist_challenge_model':
+    raise ChallengeError(f'a TF1 checkpoint holds the challenge\'s own network, not '
+                         f'{model.name}: use config model "madry"')
   ours = [getattr(model.get_layer(layer), weight)
           for layer in ('conv1', 'conv2', 'fc1', 'logits') for weight in ('kernel', 'bias')]
   return {('Variable' if i == 0 else f'Variable_{i}'): v for i, v in enumerate(ours)}

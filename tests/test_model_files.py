@@ -102,6 +102,7 @@ def test_portable_networks_compute_the_same_logits_from_keras_own_layers(mnist_m
                                                                           cifar_model):
   for challenge, config in ((MNIST, mnist_model[0]),
                             (MNIST, mnist_model[0].replace(model='tramer_b')),
+                            (MNIST, mnist_model[0].replace(model='small_cnn')),
                             (CIFAR10, cifar_model[0])):
     model = randomised(challenge.build_model(config), 1)
     portable = model_files.portable_copy(model, lambda: challenge.build_portable_model(config),
