@@ -181,7 +181,7 @@ def test_the_export_script_writes_once_and_replaces_only_with_overwrite(tmp_path
   config, _ = mnist_model
   output = tmp_path / 'out' / 'robust.keras'
   args = ['mnist_challenge/export_model.py', '--model_dir', config.model_dir,
-          '--output', str(output)]
+          '--output', str(output), '--format', 'keras']
   first = run_script(args)
   assert first.returncode == 0, first.stderr
   assert f'to {output} (keras: inputs (N, 784) in [0, 1], logits out)' in first.stdout
