@@ -98,8 +98,9 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
   (an affine map per channel): the fused kernel rounds the last bit differently, which would
   keep an exported model (Keras' batch norm) from giving these logits bit for bit;
   TensorFlow has no deterministic GPU kernel for the fused op's gradient when training is
-  off; and on this project's CPU the unfused attack step was the faster (8.4 s against 9.8 s
-  for ten PGD gradients of the non-wide network at batch 128, medians of 8).
+  off; and on this project's CPU it was not slower (one probe, run beside another process:
+  8.4 s against 9.8 s for ten PGD gradients of the non-wide network at batch 128, medians
+  of 8 interleaved).
   """
 
   def call(self, inputs, training=None, mask=None):
