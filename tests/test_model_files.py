@@ -22,7 +22,6 @@ from conftest import (REPO, quiet, require_shared_mnist, run_script, tiny_cifar_
 from mnist_challenge.challenge import MNIST
 from tf1_originals import Original, mnist_network
 
-RNG_SEED = 5
 # Saving and loading models is what changes between Keras releases: CI runs these on the
 # oldest supported pair too.
 pytestmark = pytest.mark.versions
