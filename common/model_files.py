@@ -257,17 +257,18 @@ def load_checked(challenge, path: str, unsafe: bool = False, log=print):
 
 def twin(model, build: Optional[Callable[[], keras.Model]], attack_precision: str):
   """The attack's view of `model` in attack_precision; a model file (no `build`) is attacked
-  in float32 only."""
+  in float32 (or tf32) only: a mixed-precision twin needs the architecture."""
   if build is None and not precision.computes_in_float32(attack_precision):
     raise ChallengeError(f'eval_precision {attack_precision} needs the challenge\'s own '
-                         'architecture; a model file (--model_path) is attacked in float32: '
-                         'leave eval_precision at float32')
+                         'architecture; a model file (--model_path) is attacked in float32 '
+                         '(or tf32): set eval_precision to one of those')
   return precision.Twin(model, build, attack_precision)
 
 
 def restore(challenge, config, model_dir: str, log=print):
-  """(model, its config) of model_dir's newest readable checkpoint, ours or TF1; the
-  architecture from the config.json train.py saved there, else `config`'s."""
+  """(model, its config, the checkpoint's path, its step) of model_dir's newest readable
+  checkpoint, ours or TF1; the architecture from the config.json train.py saved there,
+  else `config`'s."""
   saved = os.path.join(model_dir, 'config.json')
   model_config = challenge.load_config(saved) if os.path.exists(saved) else config
   checkpoints.require_latest(model_dir)
