@@ -65,6 +65,16 @@ def _check_model_file_options(model_path, unsafe_model):
     model_files.require_model_file(model_path)  # not a model_dir taken for one
 
 
+def _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log):
+  """(model, build) under `strategy`: the file at model_path, checked against the
+  challenge's contract (build None: no twin in another precision), or the config's
+  architecture for model_dir's checkpoints (not yet restored)."""
+  with strategy.scope():
+    if model_path:
+      return model_files.load_checked(challenge, model_path, unsafe_model, log), None
+    return challenge.build_model(config), lambda: challenge.build_model(config)
+
+
 def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_path='',
                          unsafe_model=False):
   """The float32 model (built for model_dir's checkpoints, or loaded from model_path) and
@@ -75,11 +85,8 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_pa
   _check_model_file_options(model_path, unsafe_model)
   attack_precision = precision.check(config.eval_precision if attack else 'float32',
                                      'eval_precision')
-  with strategy.scope():
-    if model_path:
-      model, build = model_files.load_checked(challenge, model_path, unsafe_model, log), None
-    else:
-      model, build = challenge.build_model(config), lambda: challenge.build_model(config)
+  model, build = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model,
+                                    log)
   twin = model_files.twin(model, build, attack_precision)
   precision.announce_attack_precision(attack_precision, log)
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
@@ -390,9 +397,7 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   if not model_path:
     checkpoints.require_latest(config.model_dir)
   strategy = distribute.local_strategy()
-  with strategy.scope():
-    model = (model_files.load_checked(challenge, model_path, unsafe_model, log) if model_path
-             else challenge.build_model(config))
+  model, _ = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log)
   jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
   if model_path:
     path, step = model_path, None
