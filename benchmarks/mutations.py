@@ -35,8 +35,9 @@ class Mutation:
 MUTATIONS = (
     Mutation('replica_gradients_averaged', 'replica gradients averaged instead of summed',
              'common/training.py',
-             [('scaled_loss = self.updater.scale_loss(loss)',
-               'scaled_loss = self.updater.scale_loss(loss) / self.strategy.num_replicas_in_sync')],
+             [('scale_loss=self.updater.scale_loss,',
+               'scale_loss=lambda loss: self.updater.scale_loss(loss) / '
+               'self.strategy.num_replicas_in_sync,')],
              ['tests/test_multiworker.py']),
     Mutation('cw_plus_kappa', "CW+ κ 50 -> 0 in the paper's table", 'common/paper_table.py',
              [("CW_CONFIDENCE = {'CW': 0.0, 'CW+': 50.0}", "CW_CONFIDENCE = {'CW': 0.0, 'CW+': 0.0}")]),
@@ -191,6 +192,46 @@ MUTATIONS = (
              'common/training.py',
              [('    self.optimizer.iterations.assign(step)  # the learning-rate schedule\'s step\n',
                '')]),
+    Mutation('yopo_first_layer_from_the_pass', "YOPO's first layer also learns from the full "
+             "passes' cross-entropy (the authors' in-place accumulation)", 'common/yopo.py',
+             [('        layer_one = tf.stop_gradient(layer_one)  # the first layer learns from H alone\n',
+               '')]),
+    Mutation('yopo_hamiltonian_before_inner_steps', "YOPO's Hamiltonian at η before the inner "
+             'updates', 'common/yopo.py',
+             [('      eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)\n'
+               '      with tf.GradientTape() as tape:\n'
+               '        hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(first_fn(\n'
+               '            tf.clip_by_value(x + eta,',
+               '      previous = eta\n'
+               '      eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)\n'
+               '      with tf.GradientTape() as tape:\n'
+               '        hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(first_fn(\n'
+               '            tf.clip_by_value(x + previous,')]),
+    Mutation('yopo_passes_summed', "YOPO's m passes summed instead of averaged",
+             'common/yopo.py',
+             [('loss = step.scale_loss(step.loss(y, logits) / self.outer_steps)',
+               'loss = step.scale_loss(step.loss(y, logits))')]),
+    Mutation('bilateral_beta_inverted', "the bilateral label's β divides instead of multiplies",
+             'common/bilateral.py',
+             [('label_epsilon = 1.0 / (1.0 + beta * (v_ll - v_mc + gamma) / total)',
+               'label_epsilon = 1.0 / (1.0 + (v_ll - v_mc + gamma) / total / beta)')]),
+    Mutation('bilateral_untargeted', "R-MC's step ascends the target's loss (away from the most "
+             'confusing class)', 'common/bilateral.py',
+             [('loss_fn=pgd.targeted(losses.xent)', 'loss_fn=losses.xent')]),
+    Mutation('mma_hinge_flipped', "MMA trains on the margins beyond d_max instead of those "
+             'within', 'common/mma.py',
+             [('correct & (new_epsilon >= max_epsilon)', 'correct & (new_epsilon < max_epsilon)')]),
+    Mutation('mma_bisection_bounds_swapped', "MMA's bisection moves the wrong bound on a "
+             'success', 'common/mma.py',
+             [('low = tf.where(fooled, low, tf.maximum(t, low))',
+               'low = tf.where(fooled, tf.maximum(t, low), low)'),
+              ('high = tf.where(fooled, tf.minimum(t, high), high)',
+               'high = tf.where(fooled, high, tf.minimum(t, high))')]),
+    Mutation('mma_memory_per_replica', "MMA's ε memory written from this replica's examples "
+             'only', 'common/mma.py',
+             [('indices = context.all_gather(tf.cast(examples, tf.int64), axis=0)',
+               'indices = tf.cast(examples, tf.int64)'),
+              ('values = context.all_gather(outputs[0], axis=0)', 'values = outputs[0]')]),
 )
 
 

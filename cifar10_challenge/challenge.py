@@ -8,7 +8,7 @@ from cifar10_challenge import data, model
 from common import losses, optimizers, training
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
-                              training_loss_keys)
+                              training_method_keys)
 from common.config import Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -48,8 +48,8 @@ CONFIG_KEYS = (
     Key('epsilon', float, 8.0, minimum=0),
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_loss_keys(
-    trades_beta=6.0)
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
+    trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3)
 
 PIXEL_MAX = 255.0
 
@@ -71,7 +71,7 @@ def make_training_loss(config):
     # The original minimises mean xent + weight_decay · Σ l2_loss(DW). Replicas' gradients
     # are summed, so each replica takes its share: its xent sum over the global batch size,
     # and 1/replicas of the decay term. `per_example`: another objective's per-example
-    # losses (TRADES), in place of the cross-entropy.
+    # losses (TRADES, bilateral, MMA), in place of the cross-entropy.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if per_example is None:
       per_example = losses.xent(labels, logits)

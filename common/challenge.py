@@ -6,10 +6,11 @@ from typing import Callable, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from common.attacks.pgd import TRAINING_ATTACKS, PGDParams
+from common.attacks.pgd import PGDParams
 from common.config import Config, Key, load_config
 from common.data import Datasets
 from common.optimizers import LR_SCHEDULES
+from common.training_methods import TRAINING_ATTACKS
 
 # The last config keys of both challenges, alike in both (the originals' order).
 ATTACK_OUTPUT_KEYS = (
@@ -29,11 +30,11 @@ FAST_TRAINING_KEYS = (
         help='the attack of adversarial training: ' + '; '.join(
             f'"{name}": {what}' for name, what in TRAINING_ATTACKS.items()) + '; new'),
     Key('training_step_size', float, 0.0, minimum=0,
-        help='the training attack\'s step; 0: the method\'s own (pgd: the configured PGD\'s, '
-             'fgsm_rs 1.25 ε, n_fgsm ε); new'),
+        help='the training attack\'s step; 0: the method\'s own (pgd, trades and yopo: the '
+             'configured PGD\'s, fgsm_rs 1.25 ε, n_fgsm ε, bilateral ε); new'),
     Key('training_num_steps', int, 0, minimum=0,
-        help='pgd: the training attack\'s steps; 0: the configured PGD\'s (evaluation keeps '
-             'the configured PGD either way); new'),
+        help='the training attack\'s steps (pgd, trades and mma; 0: the configured PGD\'s; '
+             'bilateral: 0 is one); evaluation keeps the configured PGD either way; new'),
     Key('noise_multiplier', float, 2.0, minimum=0,
         help='n_fgsm: the start\'s noise is uniform in [-kε, kε] for this k; new'),
     Key('lr_schedule', str, 'piecewise', choices=tuple(LR_SCHEDULES),
@@ -56,17 +57,27 @@ FAST_TRAINING_KEYS = (
 )
 
 
-# The objective adversarial training minimises: {name: what it is} (common.trades).
+# The objective adversarial training minimises: {name: what it is} (common.trades,
+# common.bilateral, common.mma).
 TRAINING_LOSSES = {
     'madry': "the loss on the training attack's examples (the original)",
     'trades': 'TRADES (Zhang et al. 2019): cross-entropy on the natural examples + '
               'trades_beta x KL(f(x) || f(x\')), x\' maximising the KL by training_num_steps '
               'sign steps of training_step_size (0: the configured PGD\'s) from x + 0.001 N(0, 1)',
+    'bilateral': 'bilateral adversarial training, R-MC-LA (Wang & Zhang 2019): the soft-label '
+                 'cross-entropy of an adversarial label (bilateral_beta) on an image moved by '
+                 'training_num_steps (0: one) targeted sign steps of training_step_size (0: ε) '
+                 'towards the most confusing class from a random start',
+    'mma': 'MMA training (Ding et al. 2020): each example\'s margin by AN-PGD (PGD at its '
+           'remembered ε, then a bisection), the cross-entropy at the margin (up to '
+           'mma_max_epsilon) mixed with the natural one (mma_clean_weight)',
 }
 
 
-def training_loss_keys(trades_beta: float):
-  """The training objective's keys; `trades_beta`: the TRADES authors' β for the data set."""
+def training_method_keys(trades_beta: float, mma_max_epsilon: float, mma_min_epsilon: float,
+                         yopo_inner_steps: int):
+  """The training objective's keys and the methods' own; the defaults are each method's
+  authors' for the data set (`mma_*` in the challenge's pixel units)."""
   return (
       Key('training_loss', str, 'madry', choices=tuple(TRAINING_LOSSES),
           help='the objective: ' + '; '.join(f'"{name}": {what}'
@@ -74,6 +85,26 @@ def training_loss_keys(trades_beta: float):
           + '; new'),
       Key('trades_beta', float, trades_beta, minimum=0,
           help=f'TRADES\'s β (the authors\': {trades_beta:g} for this data set); new'),
+      Key('bilateral_beta', float, 9.0, minimum=0,
+          help='bilateral: the adversarial label\'s true-class mass over its largest '
+               'wrong-class mass (the authors\' 9); new'),
+      Key('mma_max_epsilon', float, mma_max_epsilon, minimum=0,
+          help=f'MMA\'s d_max: margins beyond it are not trained on (the authors\': '
+               f'{mma_max_epsilon:g} for this data set); new'),
+      Key('mma_min_epsilon', float, mma_min_epsilon, minimum=0,
+          help=f'MMA: the smallest ε AN-PGD starts from (the authors\': {mma_min_epsilon:g}); '
+               'new'),
+      Key('mma_clean_weight', float, 1.0 / 3.0, minimum=0,
+          help='MMA: the natural cross-entropy\'s weight c, the margin loss\'s 1 - c (the '
+               'authors\' 1/3); new'),
+      Key('mma_search_steps', int, 10, minimum=0,
+          help='MMA: AN-PGD\'s bisection steps (the authors\' 10); new'),
+      Key('yopo_outer_steps', int, 5, minimum=1,
+          help='YOPO\'s m: full forward and backward passes per update (the authors\' 5); '
+               'new'),
+      Key('yopo_inner_steps', int, yopo_inner_steps, minimum=0,
+          help=f'YOPO\'s n: first-layer updates after each full pass (the authors\': '
+               f'{yopo_inner_steps} for this data set); new'),
   )
 
 
@@ -91,7 +122,7 @@ class Challenge:
   # config -> the training loss: (labels, logits, model, global_batch_size,
   # per_example=None) -> this replica's share of the loss that training minimises
   # (replicas' gradients are summed); `per_example` replaces the cross-entropy of the logits
-  # with another objective's per-example losses (TRADES), reduced the same way.
+  # with another objective's per-example losses (TRADES, ...), reduced the same way.
   make_training_loss: Callable[[Config], Callable]
   # config -> the PGD settings (the challenges name them differently: k/a, num_steps/...).
   attack_params: Callable[[Config], PGDParams]

@@ -31,8 +31,10 @@ class Datasets:
 
 
 def training_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,
-                     augment: Optional[Callable] = None) -> tf.data.Dataset:
-  """Endless batches of `split`: each epoch a fresh permutation, without replacement.
+                     augment: Optional[Callable] = None,
+                     with_index: bool = False) -> tf.data.Dataset:
+  """Endless batches (images, labels) of `split`: each epoch a fresh permutation, without
+  replacement; with_index: (images, labels, each example's index in the split (int64)).
 
   Epoch e's order is a stateless function of (seed, e), so the stream is reproducible
   and a resumed run at `start_step` sees exactly the batches an uninterrupted run would.
@@ -51,7 +53,7 @@ def training_batches(split: Split, batch_size: int, seed: int, start_step: int =
     x, y = tf.gather(images, indices), tf.gather(labels, indices)
     if augment is not None:
       x = augment(x, tf.stack([tf.constant(seed, tf.int64) + 1, step]))
-    return x, y
+    return (x, y, indices) if with_index else (x, y)
 
   indices = (tf.data.Dataset.counter(first_epoch).map(epoch_order).unbatch()
              .skip(offset).batch(batch_size, drop_remainder=True))
@@ -67,11 +69,11 @@ def replica_batches(global_batches: tf.data.Dataset, first_row: int, num_rows: i
   of each, as num_rows / replica_batch consecutive batches of replica_batch (one per local
   replica, in replica order). Workers taking disjoint row ranges that cover the global
   batch see every example of it exactly once between them."""
-  def split(x, y):
+  def split(*columns):  # (images, labels) or (images, labels, indices)
     def per_replica(t):
       return tf.reshape(t[first_row:first_row + num_rows],
                         [num_rows // replica_batch, replica_batch] + t.shape[1:].as_list())
-    return tf.data.Dataset.from_tensor_slices((per_replica(x), per_replica(y)))
+    return tf.data.Dataset.from_tensor_slices(tuple(per_replica(t) for t in columns))
   return global_batches.flat_map(split).prefetch(tf.data.AUTOTUNE)
 
 

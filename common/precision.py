@@ -110,6 +110,11 @@ class Twin:
         raise ValueError('the twin must have the architecture of the model')
 
   @property
+  def runner(self) -> keras.Model:
+    """The model that computes (in float32: the model itself), for calls on given values."""
+    return self._runner
+
+  @property
   def loss_scale(self):
     """The attack's loss scale (None: no scaling)."""
     return ATTACK_LOSS_SCALE_FLOAT16 if self.precision == 'mixed_float16' else None

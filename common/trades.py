@@ -20,7 +20,7 @@ authors' code computes it (yaodongyu/TRADES, trades.py; the specification, writt
 """
 import tensorflow as tf
 
-from common import losses
+from common import losses, training_methods
 from common.attacks import pgd
 
 NOISE = 0.001  # the start's standard deviation, as a fraction of the pixel range
@@ -53,3 +53,24 @@ def search(model_fn, x, params: pgd.PGDParams, start_point, loss_scale=None):
 def per_example_loss(labels, natural_logits, adversarial_logits, beta):
   """CE(f(x), y) + β·KL(softmax(f(x)) ‖ softmax(f(x'))) per example."""
   return losses.xent(labels, natural_logits) + beta * kl(natural_logits, adversarial_logits)
+
+
+class Trades(training_methods.Method):
+  """TRADES on the shared trainer: the search in inference mode, then the objective on the
+  natural batch (its pass updates batch norm's averages) and the search's (it does not)."""
+
+  def __init__(self, params: pgd.PGDParams, beta: float, pixel_max: float):
+    self.params, self.beta, self.pixel_max = params, beta, pixel_max
+
+  def prepare(self, x, seed, rows, examples):
+    return (start(x, self.pixel_max, seed, rows),)
+
+  def gradients(self, step, x, y, inputs):
+    x_adv = search(step.inference, x, self.params, inputs[0], loss_scale=step.loss_scale)
+
+    def loss():
+      natural = step.forward(x, update_state=True)
+      logits = step.forward(x_adv, update_state=False)
+      return step.loss(y, natural, per_example_loss(y, natural, logits, self.beta)), logits
+    gradients, logits = training_methods.descend(step, loss)
+    return training_methods.Result(gradients, logits, x_adv)

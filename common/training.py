@@ -1,4 +1,6 @@
-"""PGD adversarial training, shared by both challenges, under a tf.distribute strategy.
+"""Adversarial training, shared by both challenges, under a tf.distribute strategy: the loop,
+checkpoints, the guard, strategies and precisions; what a step computes (the original's PGD
+training, TRADES, bilateral, MMA, YOPO) is the configured method (common.training_methods).
 
 The loop follows the original train.py: at step s (weights after s updates) it first writes
 the checkpoint (every num_checkpoint_steps, from step 0), then prints (every
@@ -38,8 +40,7 @@ import keras
 import tensorflow as tf
 
 from common import (checkpoints, data, distribute, files, guard, losses, precision, runtime,
-                    tf1_checkpoints, trades)
-from common.attacks import pgd
+                    tf1_checkpoints, training_methods)
 from common.challenge import Challenge
 from common.config import Config
 from common.errors import ChallengeError
@@ -98,14 +99,12 @@ class Trainer:
     self.chief = distribute.is_chief(self.strategy)
     if not self.chief:
       self.log = lambda *args, **kwargs: None  # the chief reports for everyone
-    # The training-time attack: the configured PGD (or fewer, other steps), or a single-step
-    # one (fast training).
-    self.attack_params = pgd.training_attack_params(
-        challenge.attack_params(config), config.training_attack, config.training_step_size,
-        config.noise_multiplier, config.training_num_steps)
+    # The training method (common.training_methods): the original's PGD training (with the
+    # configured PGD, fewer or other steps, or a single-step attack), TRADES, bilateral
+    # adversarial training, MMA or YOPO; its attack's settings.
+    self.method = training_methods.build(challenge, config, challenge.attack_params(config))
+    self.attack_params = self.method.params
     self.training_loss = challenge.make_training_loss(config)
-    check_training_method(config)
-    self.trades_beta = config.trades_beta if config.training_loss == 'trades' else None
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,
                                       config.deterministic)
@@ -140,7 +139,7 @@ class Trainer:
 
   # --- compiled steps -------------------------------------------------------------------
 
-  def _replica_step(self, x, y):
+  def _replica_step(self, x, y, examples=None):
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     # A stateless seed per (config seed, step): reproducible, a resumed run draws the random
     # starts an uninterrupted one would have, and the draw is made for the global batch (this
@@ -148,44 +147,34 @@ class Trainer:
     # here, outside XLA, whose generators give other numbers.
     seed = tf.stack([tf.constant(self.seed, tf.int64), self.step.read_value()])
     rows = (replica * self.replica_batch, self.global_batch)
-    if self.trades_beta is None:
-      start = pgd.starting_points(x, self.attack_params, seed, rows=rows)[0]
-    else:
-      start = trades.start(x, self.challenge.pixel_max, seed, rows)
-    gradients, state, correct, xent_sum, x_adv = self._gradients(x, y, start)
+    if self.method.needs_examples and examples is None:
+      raise ChallengeError(f'{type(self.method).__name__} needs each example\'s index in the '
+                           'training split: pass batches of (images, labels, indices)')
+    inputs = self.method.prepare(x, seed, rows, examples)
+    gradients, state, correct, xent_sum, x_adv, outputs = self._gradients(x, y, inputs)
     # The update and the replicas' exchanges stay outside XLA (collectives and the
     # optimizer's cross-replica merge cannot be compiled into a replica's function).
     variables = self.model.trainable_variables
     self.updater.apply_gradients(zip(gradients, variables))
     _write_state(self.model, state)
+    self.method.finish(examples, outputs)
     return correct, xent_sum, x_adv
 
-  def _gradients_fn(self, x, y, start):
-    """The attack from `start`, then the (scaled) loss's weight gradients: (gradients, the
-    model's new non-trainable state, correct, xent sum, x_adv); XLA-compiled with
-    jit_compile."""
+  def _gradients_fn(self, x, y, inputs):
+    """The method's attack and the (scaled) loss's weight gradients: (gradients, the model's
+    new non-trainable state, correct, xent sum, x_adv, the method's outputs);
+    XLA-compiled with jit_compile."""
     forward = _StatefulForward(self.twin)
-    variables = self.model.trainable_variables
-    trading = self.trades_beta is not None
-    if trading:  # TRADES: the search in inference mode, as the authors'
-      x_adv = trades.search(lambda v: self.twin(v, training=False), x, self.attack_params,
-                            start, loss_scale=self.twin.loss_scale)
-    else:
-      x_adv = pgd.pgd(self._attack_model(forward), x, y, self.attack_params,
-                      loss_scale=self.twin.loss_scale, start=start)
-    with tf.GradientTape() as tape:
-      if trading:  # the natural batch updates batch norm's averages, the search's does not
-        natural = forward(x, update_state=True)
-        logits = forward(x_adv, update_state=False)
-        loss = self.training_loss(y, natural, self.model, self.global_batch,
-                                  trades.per_example_loss(y, natural, logits, self.trades_beta))
-      else:
-        logits = forward(x_adv, update_state=True)
-        loss = self.training_loss(y, logits, self.model, self.global_batch)
-      scaled_loss = self.updater.scale_loss(loss)  # the loss itself unless float16
-    gradients = tape.gradient(scaled_loss, variables)
-    return (gradients, forward.state, losses.num_correct(y, logits),
-            tf.reduce_sum(losses.xent(y, logits)), x_adv)
+    step = training_methods.Step(
+        forward=forward, inference=lambda v: self.twin(v, training=False),
+        attack_model=self._attack_model(forward),
+        loss=lambda labels, logits, per_example=None: self.training_loss(
+            labels, logits, self.model, self.global_batch, per_example),
+        scale_loss=self.updater.scale_loss,  # the loss itself unless float16
+        variables=self.model.trainable_variables, loss_scale=self.twin.loss_scale)
+    result = self.method.gradients(step, x, y, inputs)
+    return (result.gradients, forward.state, losses.num_correct(y, result.logits),
+            tf.reduce_sum(losses.xent(y, result.logits)), result.x_adv, result.outputs)
 
   def _attack_model(self, forward):
     """The x -> logits function the training-time attack differentiates."""
@@ -205,7 +194,7 @@ class Trainer:
   def natural_correct(self, batch):
     """Correct predictions on the natural batch, with batch norm as the attack sees it (the
     original's train-mode model), changing no state."""
-    def replica_correct(x, y):
+    def replica_correct(x, y, *unused_indices):
       return losses.num_correct(y, self._attack_model(_StatefulForward(self.twin))(x))
     correct = self.strategy.run(replica_correct, args=batch)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
@@ -243,7 +232,8 @@ class Trainer:
     """The distributed stream of training batches from start_step: every worker builds the
     same global batches (same seed) and keeps its replicas' rows."""
     global_batches = data.training_batches(train_split, self.global_batch, self.data_seed,
-                                           start_step, augment=self.challenge.augment)
+                                           start_step, augment=self.challenge.augment,
+                                           with_index=self.method.needs_examples)
 
     def worker_share(context):
       rows = self.replica_batch * (context.num_replicas_in_sync // context.num_input_pipelines)
@@ -316,12 +306,15 @@ class Trainer:
 
   def _run(self, checkpoint_dir) -> int:
     config = self.config
-    self.manager = checkpoints.manager(self.checkpoint, checkpoint_dir)
-    resumed = self.restore_latest()
     datasets = self.challenge.load_data(config)
     train, held_out = datasets.train, None
     if config.robustness_check_steps:
       train, held_out = guard.split_held_out(datasets, config.robustness_check_examples)
+    method_state = self.method.state(len(train), self.strategy)  # MMA's per-example ε
+    if method_state:
+      self.checkpoint.method = tf.train.Checkpoint(**method_state)
+    self.manager = checkpoints.manager(self.checkpoint, checkpoint_dir)
+    resumed = self.restore_latest()
     self._check_workers_agree(len(train))
     start = int(self.step.numpy())
     last = config.max_num_training_steps
@@ -390,13 +383,9 @@ class Trainer:
 
 
 def check_training_method(config: Config) -> None:
-  """TRADES has its own search (its steps: training_num_steps, training_step_size); a
-  single-step training attack with it is an error, not silently ignored."""
-  if config.training_loss == 'trades' and config.training_attack != 'pgd':
-    raise ChallengeError(
-        f'training_loss "trades" runs its own search (training_num_steps sign steps of '
-        f'training_step_size on the KL), so training_attack "{config.training_attack}" would '
-        'be ignored; set training_attack to "pgd" (the default)')
+  """A method with its own search and another training attack, and the like, are errors,
+  not silently ignored (common.training_methods.check)."""
+  training_methods.check(config)
 
 
 def train(challenge: Challenge, config: Config, strategy=None, log=print,

@@ -7,7 +7,7 @@ import tensorflow as tf
 from common import losses, optimizers
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
-                              training_loss_keys)
+                              training_method_keys)
 from common.config import Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -37,8 +37,8 @@ CONFIG_KEYS = (
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_loss_keys(
-    trades_beta=1.0)
+) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
+    trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10)
 
 
 def attack_params(config) -> PGDParams:

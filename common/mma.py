@@ -1,0 +1,169 @@
+"""MMA training (Ding, Sharma, Lui & Huang, ICLR 2020, "MMA training: direct input space
+margin maximization through adversarial training"), a training objective of the shared
+trainer (`training_loss: "mma"`), ℓ∞, as the authors' code computes it
+(BorealisAI/mma_training: anpgd.py, trainer.py, config.py; the specification, written anew):
+
+* Each training example i remembers ε_i across epochs (a variable of the training split's
+  size, checkpointed with the training state); a step attacks from max(ε_min, ε_i)
+  (ε_min = `mma_min_epsilon`; the first visit starts there).
+* AN-PGD (adaptive-norm PGD), the model in inference mode: PGD at the example's ε,
+  `training_num_steps` (0: the configured k) sign steps of 2.5 ε / steps on the soft logit
+  margin logsumexp_{k≠y} z_k - z_y (summed), from x + U(-ε, ε) clipped to the pixel range,
+  each step projected onto the example's ε-ball, then the pixel range. Then a bisection along
+  the ray x + t u, u = (x_pgd - x) / (ε + 1e-12), for the smallest t at which the margin is
+  ≥ 0: t in [0, 1.05 d_max] (d_max = `mma_max_epsilon`); the first judgement is x_pgd's at
+  t = ε; each of `mma_search_steps` (the authors' 10) rounds moves the bound the last
+  judgement allows (a success lowers the upper one to t, a failure raises the lower one),
+  sets t to the interval's middle and judges x + t u, clipped to the pixel range. The new
+  ε_i is that last t (not itself judged, as the authors'); a failed PGD ends near 1.05 d_max.
+* "Correct" examples are those whose natural soft logit margin is < 0 (training-mode
+  logits). Per example, with c = `mma_clean_weight` (the authors' 1/3):
+  (1 - c) · [correct: CE(f(x + ε_i u), y) if ε_i < d_max, else 0 (margin large enough);
+             wrong: CE(f(x), y)]  +  c · CE(f(x), y),
+  the first term from one training-mode pass over the batch with the correct examples
+  replaced, the second from a training-mode pass over the natural batch (both update batch
+  norm's averages). Reduced as the challenge reduces its loss (MNIST: the sum, CIFAR-10: the
+  mean over the global batch, plus the weight decay); the authors' mean over the batch of
+  the first term counts the hinged-off examples in the denominator, as this does.
+* ε_i is then remembered: the new ε for correct examples, 0 for wrong ones.
+
+Where this differs from the authors' code, deliberately: the trained point x + ε_i u is
+clipped to the pixel range (theirs is not, though the bisection judged the clipped point);
+the bisection runs in inference mode like the attack (theirs runs the model in training
+mode there, so with batch norm its eleven passes update the moving averages; MNIST's network
+has none).
+"""
+import tensorflow as tf
+
+from common import losses, training_methods
+from common.attacks import pgd
+from common.errors import ChallengeError
+
+SEARCH_CEILING = 1.05  # × d_max: the bisection's upper end (the authors')
+STEP_SCALE = 2.5  # PGD's step: 2.5 ε / steps (the authors')
+DIVISION_GUARD = 1e-12
+
+
+def soft_logit_margin(labels, logits):
+  """logsumexp of the wrong classes' logits - the true class's, per example (float32); ≥ 0
+  counts as a successful attack."""
+  logits = tf.cast(logits, tf.float32)
+  true = tf.one_hot(tf.cast(labels, tf.int64), tf.shape(logits)[-1], dtype=tf.float32)
+  others = tf.reduce_logsumexp(logits - 1e9 * true, axis=-1)
+  return others - tf.reduce_sum(logits * true, axis=-1)
+
+
+def _per_example(values, like):
+  """[batch] -> broadcastable against `like` ([batch, ...])."""
+  return tf.reshape(values, [-1] + [1] * (len(like.shape) - 1))
+
+
+def pgd_at(model_fn, x, labels, epsilon, num_steps, noise, clip_min, clip_max,
+           loss_scale=None):
+  """PGD at each example's own ε ([batch]): from x + noise·ε (noise U(-1, 1), drawn
+  outside), `num_steps` sign steps of 2.5 ε / num_steps on the soft logit margin."""
+  radius = _per_example(epsilon, x)
+  x_adv = tf.clip_by_value(x + noise * radius, clip_min, clip_max)
+  step_size = STEP_SCALE * radius / num_steps
+  for _ in range(num_steps):
+    grad = pgd.input_gradient(model_fn, x_adv, labels, soft_logit_margin, loss_scale)
+    x_adv = pgd.project(pgd.sign_step(x_adv, grad, step_size), x, radius, clip_min, clip_max)
+  return tf.stop_gradient(x_adv)
+
+
+def bisect(model_fn, x, labels, epsilon, x_pgd, max_epsilon, search_steps, clip_min,
+           clip_max):
+  """The bisection along x + t u, u = (x_pgd - x) / ε: (the new ε [batch], u)."""
+  direction = (x_pgd - x) / _per_example(epsilon + DIVISION_GUARD, x)
+  ceiling = SEARCH_CEILING * max_epsilon
+  margin = soft_logit_margin(labels, model_fn(x_pgd))
+  low, high, t = tf.zeros_like(epsilon), tf.fill(tf.shape(epsilon), ceiling), epsilon
+  for _ in range(search_steps):
+    fooled = margin >= 0
+    low = tf.where(fooled, low, tf.maximum(t, low))
+    high = tf.where(fooled, tf.minimum(t, high), high)
+    t = (low + high) / 2
+    margin = soft_logit_margin(labels, model_fn(tf.clip_by_value(
+        x + _per_example(t, x) * direction, clip_min, clip_max)))
+  return tf.stop_gradient(t), tf.stop_gradient(direction)
+
+
+def an_pgd(model_fn, x, labels, epsilon, num_steps, noise, max_epsilon, search_steps,
+           clip_min, clip_max, loss_scale=None):
+  """AN-PGD: (each example's new ε, x + ε u clipped to the pixel range)."""
+  x_pgd = pgd_at(model_fn, x, labels, epsilon, num_steps, noise, clip_min, clip_max,
+                 loss_scale)
+  new_epsilon, direction = bisect(model_fn, x, labels, epsilon, x_pgd, max_epsilon,
+                                  search_steps, clip_min, clip_max)
+  return new_epsilon, tf.clip_by_value(x + _per_example(new_epsilon, x) * direction,
+                                       clip_min, clip_max)
+
+
+def per_example_loss(labels, natural_logits, mixed_logits, correct, new_epsilon,
+                     max_epsilon, clean_weight):
+  """(1 - c) · [correct: CE at the margin point if ε < d_max, else 0; wrong: CE] + c · CE
+  natural, per example (see the docstring)."""
+  mixed = losses.xent(labels, mixed_logits)
+  margin_term = tf.where(correct & (new_epsilon >= max_epsilon), tf.zeros_like(mixed), mixed)
+  return (1.0 - clean_weight) * margin_term + clean_weight * losses.xent(labels,
+                                                                         natural_logits)
+
+
+class MMA(training_methods.Method):
+  """MMA on the shared trainer; remembers each training example's ε."""
+  needs_examples = True
+
+  def __init__(self, params: pgd.PGDParams, max_epsilon, min_epsilon, clean_weight,
+               search_steps):
+    self.params = params
+    self.max_epsilon, self.min_epsilon = max_epsilon, min_epsilon
+    self.clean_weight, self.search_steps = clean_weight, search_steps
+    self.epsilon = None
+
+  def state(self, num_train, strategy):
+    # One value per training example, the same on every replica: each replica writes the
+    # whole global batch's new values (gathered), the first replica's write is kept. Made
+    # once: the compiled step holds on to it (a trainer may run again).
+    if self.epsilon is not None:
+      if self.epsilon.shape[0] != num_train:
+        raise ChallengeError(f'MMA remembers {self.epsilon.shape[0]} training examples\' ε, '
+                             f'but the training split now has {num_train}: train with a new '
+                             'Trainer')
+      return {'mma_epsilon': self.epsilon}
+    with strategy.scope():
+      self.epsilon = tf.Variable(tf.zeros([num_train]), trainable=False, name='mma_epsilon',
+                                 synchronization=tf.VariableSynchronization.ON_WRITE,
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return {'mma_epsilon': self.epsilon}
+
+  def prepare(self, x, seed, rows, examples):
+    noise = pgd.rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
+        whole, seed, -1.0, 1.0, dtype=x.dtype), x, rows)
+    remembered = tf.gather(self.epsilon, examples)
+    return noise, tf.maximum(remembered, self.min_epsilon)
+
+  def gradients(self, step, x, y, inputs):
+    noise, epsilon = inputs
+    params = self.params
+    new_epsilon, x_margin = an_pgd(step.inference, x, y, epsilon, params.num_steps, noise,
+                                   self.max_epsilon, self.search_steps, params.clip_min,
+                                   params.clip_max, step.loss_scale)
+
+    def loss():
+      natural = step.forward(x, update_state=True)
+      correct = tf.stop_gradient(soft_logit_margin(y, natural) < 0)
+      mixed_input = tf.where(_per_example(correct, x), x_margin, x)
+      mixed = step.forward(mixed_input, update_state=True)
+      per_example = per_example_loss(y, natural, mixed, correct, new_epsilon,
+                                     self.max_epsilon, self.clean_weight)
+      return step.loss(y, mixed, per_example), (mixed, mixed_input, correct)
+    gradients, (logits, x_adv, correct) = training_methods.descend(step, loss)
+    remembered = tf.where(correct, new_epsilon, tf.zeros_like(new_epsilon))
+    return training_methods.Result(gradients, logits, x_adv, outputs=(remembered,))
+
+  def finish(self, examples, outputs):
+    context = tf.distribute.get_replica_context()
+    indices = context.all_gather(tf.cast(examples, tf.int64), axis=0)
+    values = context.all_gather(outputs[0], axis=0)
+    self.epsilon.assign(tf.tensor_scatter_nd_update(self.epsilon.read_value(),
+                                                    indices[:, None], values))

@@ -1,0 +1,436 @@
+"""The training methods beside PGD and TRADES (common.yopo, common.bilateral, common.mma): each
+against its formula on fixed inputs, then on the shared trainer: two replicas against one
+device, resuming, precisions, XLA, batch norm, the guard, the recipes and the errors."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar10_challenge.challenge import CIFAR10
+from common import bilateral, distribute, losses, mma, precision, training, training_methods, yopo
+from common.attacks import pgd
+from common.errors import ChallengeError
+from conftest import quiet, tiny_cifar_config, tiny_config
+from mnist_challenge.challenge import MNIST
+from test_training import assert_same_gradient, first_moments, weights
+
+RNG_SEED = 11  # conftest reseeds RNG with it before each test
+RNG = np.random.default_rng(RNG_SEED)
+
+METHODS = {'bilateral': dict(training_loss='bilateral'), 'mma': dict(training_loss='mma'),
+           'yopo': dict(training_attack='yopo', yopo_outer_steps=2, yopo_inner_steps=2)}
+
+
+def softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+def small_model(inputs=12, hidden=16, classes=10):
+  """A two-layer network: `first` (the layer YOPO splits after) and `logits`."""
+  keras.utils.set_random_seed(3)
+  return keras.Sequential([keras.Input((inputs,)),
+                           keras.layers.Dense(hidden, activation='tanh', name='first'),
+                           keras.layers.Dense(classes, name='logits')])
+
+
+def make_step(model):
+  """A training_methods.Step over `model` in float32, the loss summed (MNIST's reduction)."""
+  forward = training._StatefulForward(precision.Twin(model, None, 'float32'))  # pylint: disable=protected-access
+  return training_methods.Step(
+      forward=forward, inference=lambda v: model(v, training=False),
+      attack_model=lambda v: model(v, training=False),
+      loss=lambda labels, logits, per_example=None: tf.reduce_sum(
+          losses.xent(labels, logits) if per_example is None else per_example),
+      scale_loss=lambda loss: loss, variables=model.trainable_variables, loss_scale=None)
+
+
+def full_gradient(model, x, y):
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(losses.xent(y, model(x, training=True)))
+  return tape.gradient(loss, model.trainable_variables), tape
+
+
+# --- YOPO ------------------------------------------------------------------------------
+
+def yopo_batch(n=6, inputs=12):
+  x = RNG.uniform(0.3, 0.7, (n, inputs)).astype(np.float32)  # ε 0.1: nothing is clipped
+  eta = RNG.uniform(-0.1, 0.1, (n, inputs)).astype(np.float32)
+  return tf.constant(x), tf.constant(RNG.integers(0, 10, n)), tf.constant(eta)
+
+
+def test_yopo_without_inner_steps_is_the_full_gradient_at_x_plus_eta():
+  # m = 1, n = 0: the rest's gradient from the pass, the first layer's from its Hamiltonian
+  # p · f0(x + η): by the chain rule, the full loss's gradient at x + η, every layer.
+  model = small_model()
+  x, y, eta = yopo_batch()
+  params = pgd.PGDParams(0.1, 0, 0.02)
+  expected, _ = full_gradient(model, x + eta, y)
+  for passes in (1, 3):  # n = 0 leaves η where it was: the mean of m equal passes
+    result = yopo.YOPO(params, passes, 0).gradients(make_step(model), x, y, (eta,))
+    for got, want in zip(result.gradients, expected):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_yopo_inner_step_from_the_pass_point_is_pgds_sign_step_and_stays_in_the_ball():
+  model = small_model()
+  x, y, eta = yopo_batch()
+  params = pgd.PGDParams(0.1, 0, 0.03)
+  result = yopo.YOPO(params, 1, 1).gradients(make_step(model), x, y, (eta,))
+  x_start = x + eta
+  with tf.GradientTape() as tape:
+    tape.watch(x_start)
+    loss = tf.reduce_sum(losses.xent(y, model(x_start)))
+  expected = pgd.project(pgd.sign_step(x_start, tape.gradient(loss, x_start), 0.03), x, 0.1,
+                         0.0, 1.0)
+  np.testing.assert_allclose(result.x_adv, expected, atol=1e-6)
+  # Further inner steps stay in the ε-ball and the pixel range.
+  x_edge = tf.constant(np.where(RNG.uniform(size=x.shape) < 0.3, 0.02, x.numpy()), tf.float32)
+  far = yopo.YOPO(params, 2, 6).gradients(make_step(model), x_edge, y, (eta,)).x_adv.numpy()
+  assert np.all(np.abs(far - x_edge.numpy()) <= 0.1 + 1e-6) and far.min() >= 0
+
+
+def test_yopo_first_layer_learns_from_the_hamiltonian_at_the_updated_eta():
+  # m = 1, n = 2: the rest's gradient at the pass point x + η; the first layer's that of
+  # p · f0(x + η') with p from the pass and η' after the two inner steps.
+  model = small_model()
+  x, y, eta = yopo_batch()
+  params = pgd.PGDParams(0.1, 0, 0.03)
+  result = yopo.YOPO(params, 1, 2).gradients(make_step(model), x, y, (eta,))
+  first, rest = model.get_layer('first'), model.get_layer('logits')
+  with tf.GradientTape() as tape:
+    hidden = first(x + eta)
+    tape.watch(hidden)
+    loss = tf.reduce_sum(losses.xent(y, rest(hidden)))
+  costate, *rest_gradients = tape.gradient(loss, [hidden] + rest.trainable_variables)
+  with tf.GradientTape() as tape:
+    hamiltonian = tf.reduce_sum(costate * first(result.x_adv))
+  first_gradients = tape.gradient(hamiltonian, first.trainable_variables)
+  for got, want in zip(result.gradients, first_gradients + rest_gradients):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  moved = np.abs(result.x_adv.numpy() - (x + eta).numpy()).max()
+  assert moved > 0.01  # the inner steps moved η
+
+
+def test_yopo_runs_m_full_passes_and_m_times_n_plus_one_first_layer_passes(monkeypatch):
+  model = MNIST.build_model(MNIST.load_config())
+  split = yopo.SplitModel(model, yopo.first_layer_name(model))
+  assert [layer.name for layer in split.first.layers[1:]] == ['x_image', 'conv1']
+  calls = []
+  original = yopo.SplitModel.call
+
+  def counted(self, part, *args, **kwargs):
+    calls.append('first' if part is self.first else 'rest')
+    return original(self, part, *args, **kwargs)
+  monkeypatch.setattr(yopo.SplitModel, 'call', counted)
+  x = tf.constant(RNG.uniform(0, 1, (2, 784)).astype(np.float32))
+  method = yopo.YOPO(pgd.PGDParams(0.3, 0, 0.01), 3, 4)
+  method.gradients(make_step(model), x, tf.constant([1, 2]), (tf.zeros_like(x),))
+  assert calls.count('rest') == 3  # m full passes
+  assert calls.count('first') == 3 * (1 + 4 + 1)  # each: the pass, n updates, the Hamiltonian
+
+
+def test_yopo_splits_each_challenges_networks_after_their_first_layer():
+  cifar = CIFAR10.build_model(tiny_cifar_config_like())
+  assert yopo.first_layer_name(cifar) == 'init_conv'
+  for name in ('madry', 'small_cnn', 'tramer_b'):
+    model = MNIST.build_model(MNIST.load_config(overrides={'model': name}))
+    split = yopo.SplitModel(model, yopo.first_layer_name(model))
+    assert yopo.first_layer_name(model) == 'conv1' and sum(split.in_first) == 2
+  inputs = keras.Input((4,))
+  skip = keras.Model(inputs, keras.layers.Add()([keras.layers.Dense(4, name='a')(inputs),
+                                                  inputs]))
+  with pytest.raises(ChallengeError, match='cannot be split'):
+    yopo.SplitModel(skip, 'a')
+
+
+def tiny_cifar_config_like():
+  from conftest import NON_WIDE  # pylint: disable=import-outside-toplevel
+  return CIFAR10.load_config(overrides={'filters': NON_WIDE})
+
+
+# --- bilateral -------------------------------------------------------------------------
+
+def test_the_bilateral_label_is_the_papers_closed_form_and_sums_to_one():
+  logits = RNG.normal(0, 3, (8, 10)).astype(np.float32)
+  labels = RNG.integers(0, 10, 8)
+  beta, gamma, n = 9.0, 0.01, 10
+  got = bilateral.adversarial_labels(logits, labels, beta).numpy()
+  v = -np.log(softmax(logits.astype(np.float64)) + 1e-8)
+  for row, c in enumerate(labels):
+    wrong = np.arange(n) != c
+    v_mc, v_ll = v[row, wrong].min(), v[row, wrong].max()
+    mc = np.flatnonzero(wrong)[np.argmin(v[row, wrong])]
+    # The paper's form, ε_y / (n-1) (v_k - v_MC + γ) / (Σ_{k≠c} v_k / (n-1) - v_MC + γ), with
+    # the authors' ε_y (y'_c = β max_{k≠c} y'_k).
+    denominator = v[row, wrong].sum() / (n - 1) - v_mc + gamma
+    shares = (v[row] - v_mc + gamma) / denominator / (n - 1)
+    label_epsilon = 1.0 / (1.0 + beta * shares[wrong].max())
+    np.testing.assert_allclose(got[row, wrong], label_epsilon * shares[wrong], rtol=2e-5)
+    assert got[row, c] == pytest.approx(1 - label_epsilon, rel=1e-5)
+    assert got[row].sum() == pytest.approx(1.0, abs=1e-6)
+    assert got[row, c] == pytest.approx(beta * got[row, wrong].max(), rel=1e-5)
+    # The most confusing class gets the least (γ / D of ε_y), the least likely the most.
+    assert got[row, mc] == pytest.approx(got[row, wrong].min())
+    assert np.argmax(np.where(wrong, got[row], -1)) == np.argmax(np.where(wrong, v[row], -1))
+    assert v_ll >= v_mc
+
+
+def test_the_bilateral_image_is_one_targeted_step_towards_the_most_confusing_class():
+  w = RNG.normal(0, 1, (12, 10)).astype(np.float32)
+  model_fn = lambda v: tf.matmul(v, w)
+  x = RNG.uniform(0, 1, (5, 12)).astype(np.float32)
+  labels = RNG.integers(0, 10, 5)
+  natural = x @ w
+  targets = bilateral.most_confusing(natural, labels).numpy()
+  masked = np.where(np.eye(10)[labels] > 0, -np.inf, natural)
+  np.testing.assert_array_equal(targets, masked.argmax(1))
+  params = bilateral.image_params(pgd.PGDParams(0.1, 40, 0.01), 0, 0)
+  assert (params.num_steps, params.step_size) == (1, 0.1)  # the authors': one step of ε
+  start = bilateral.start(tf.constant(x), 0.1, tf.constant([3, 4], tf.int64), (0, 5)).numpy()
+  assert np.abs(start - x).max() <= 0.1 + 1e-6
+  got = bilateral.perturb_image(model_fn, tf.constant(x), targets, params,
+                                tf.constant(start)).numpy()
+  # ∇_x CE(x W, t) = (softmax(x W) - onehot(t)) Wᵀ; the step descends it.
+  gradient = (softmax(start @ w) - np.eye(10)[targets]) @ w.T
+  expected = np.clip(np.clip(start - 0.1 * np.sign(gradient), x - 0.1, x + 0.1), 0, 1)
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_bilateral_start_is_not_clipped_to_the_pixel_range():
+  x = tf.zeros([4, 50])
+  start = bilateral.start(x, 0.1, tf.constant([1, 2], tf.int64), (0, 4)).numpy()
+  assert start.min() < 0 and np.abs(start).max() <= 0.1
+
+
+def test_the_bilateral_loss_is_the_soft_label_cross_entropy():
+  logits = RNG.normal(0, 2, (4, 10)).astype(np.float32)
+  soft = softmax(RNG.normal(0, 1, (4, 10)))
+  expected = -(soft * np.log(softmax(logits.astype(np.float64)))).sum(1)
+  np.testing.assert_allclose(bilateral.soft_xent(soft, logits), expected, rtol=1e-5)
+
+
+# --- MMA -------------------------------------------------------------------------------
+
+def test_the_soft_logit_margin():
+  logits = RNG.normal(0, 2, (5, 10)).astype(np.float32)
+  labels = RNG.integers(0, 10, 5)
+  others = np.where(np.eye(10)[labels] > 0, -np.inf, logits.astype(np.float64))
+  expected = np.log(np.exp(others).sum(1)) - logits[np.arange(5), labels]
+  np.testing.assert_allclose(mma.soft_logit_margin(labels, logits), expected, rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize('start_epsilon', [0.05, 0.3], ids=['pgd-fails', 'pgd-succeeds'])
+def test_an_pgd_finds_the_analytic_margin_of_a_linear_model(start_epsilon):
+  # Two classes, z = x W: the soft logit margin is z_1 - z_0 for label 0, linear in x; the
+  # ℓ∞ distance to z_1 = z_0 is (z_0 - z_1) / ‖w_0 - w_1‖₁, reached along -sign(w_0 - w_1).
+  w = RNG.normal(0, 1, (20, 2)).astype(np.float32)
+  difference = w[:, 0] - w[:, 1]
+  norm = np.abs(difference).sum()
+  bias = np.array([0.15 * norm - 0.5 * difference.sum(), 0.0], np.float32)
+  offsets = np.linspace(-0.09, 0.1, 6).astype(np.float32)
+  x = (0.5 + offsets[:, None] * np.sign(difference)).astype(np.float32)  # margins .06-.25
+  labels = np.zeros(6, np.int64)
+  margin = ((x @ w + bias) @ np.array([1.0, -1.0])) / norm
+  np.testing.assert_allclose(margin, 0.15 + offsets, atol=1e-5)
+  model_fn = lambda v: tf.matmul(v, w) + bias
+  epsilon = tf.fill([6], start_epsilon)
+  noise = tf.constant(RNG.uniform(-1, 1, x.shape).astype(np.float32))
+  max_epsilon = 0.45
+  found, x_margin = mma.an_pgd(model_fn, tf.constant(x), labels, epsilon, 20, noise,
+                               max_epsilon, 10, 0.0, 1.0)
+  resolution = mma.SEARCH_CEILING * max_epsilon / 2 ** 10
+  np.testing.assert_allclose(found, margin, atol=2 * resolution)
+  np.testing.assert_allclose(np.abs(x_margin.numpy() - x).max(1), found, rtol=1e-5)
+
+
+def test_an_pgd_on_a_robust_example_ends_near_the_ceiling():
+  w = np.zeros((20, 2), np.float32)
+  w[:, 0] = 1.0  # class 0 wins everywhere: no attack succeeds
+  found, _ = mma.an_pgd(lambda v: tf.matmul(v, w), tf.fill([2, 20], 0.5), [0, 0],
+                        tf.fill([2], 0.1), 5, tf.zeros([2, 20]), 0.45, 10, 0.0, 1.0)
+  assert np.all(found.numpy() > 0.45) and np.all(found.numpy() < 0.45 * 1.05)
+
+
+def test_the_mma_loss_per_example():
+  labels = np.array([0, 1, 2, 3])
+  natural = RNG.normal(0, 2, (4, 10)).astype(np.float32)
+  mixed = RNG.normal(0, 2, (4, 10)).astype(np.float32)
+  correct = tf.constant([True, True, False, False])
+  new_epsilon = tf.constant([0.2, 0.5, 0.2, 0.5])
+  got = mma.per_example_loss(labels, natural, mixed, correct, new_epsilon, 0.45, 1 / 3)
+  ce = lambda z: -np.log(softmax(z.astype(np.float64))[np.arange(4), labels])
+  margin_term = ce(mixed) * np.array([1, 0, 1, 1])  # the second: ε ≥ d_max, hinged off
+  np.testing.assert_allclose(got, 2 / 3 * margin_term + 1 / 3 * ce(natural), rtol=1e-5)
+
+
+# --- on the shared trainer -------------------------------------------------------------
+
+def method_config(tmp_path, mnist_dir, method, **changes):
+  settings = dict(METHODS[method], max_num_training_steps=1)
+  settings.update(changes)
+  return tiny_config(tmp_path, mnist_dir, **settings)
+
+
+def test_mma_remembers_each_examples_epsilon(tmp_path, mnist_dir):
+  trainer = training.Trainer(MNIST, method_config(tmp_path, mnist_dir, 'mma',
+                                                  max_num_training_steps=2), log=quiet)
+  trainer.run()
+  remembered = trainer.method.epsilon.numpy()
+  assert remembered.shape == (len(MNIST.load_data(trainer.config).train),)
+  touched = remembered > 0
+  assert 0 < touched.sum() <= 16  # two batches of 8; wrong examples store 0
+  assert remembered.max() < 0.45 * 1.05
+  x = tf.zeros([2, 784])
+  _, start = trainer.method.prepare(x, tf.constant([0, 0], tf.int64), (0, 2),
+                                    tf.constant([int(np.argmax(touched)), 0], tf.int64))
+  assert start.numpy()[0] == pytest.approx(max(remembered[touched][0], 0.1))
+
+
+@pytest.mark.versions
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_two_replicas_compute_one_devices_gradient(tmp_path, mnist_dir, method):
+  config = method_config(tmp_path, mnist_dir, method)
+  single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
+  single.run()
+  mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
+                              strategy=distribute.local_strategy(['/cpu:0', '/cpu:1']),
+                              log=quiet)
+  mirrored.run()
+  assert_same_gradient(first_moments(single), first_moments(mirrored))
+  if method == 'mma':  # both replicas' examples remembered, on each replica alike
+    copies = [v.numpy() for v in mirrored.strategy.experimental_local_results(
+        mirrored.method.epsilon)]
+    np.testing.assert_allclose(copies[0], single.method.epsilon.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(copies[0], copies[1])
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir, method):
+  straight = training.Trainer(MNIST, method_config(tmp_path / 'a', mnist_dir, method,
+                                                   max_num_training_steps=4), log=quiet)
+  straight.run()
+  split = method_config(tmp_path / 'b', mnist_dir, method, max_num_training_steps=4)
+  training.train(MNIST, split.replace(max_num_training_steps=2), log=quiet)
+  resumed = training.Trainer(MNIST, split, log=quiet)
+  resumed.run()
+  for a, b in zip(weights(straight.model), weights(resumed.model)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  if method == 'mma':
+    np.testing.assert_allclose(straight.method.epsilon.numpy(),
+                               resumed.method.epsilon.numpy(), atol=1e-6)
+
+
+@pytest.mark.versions
+@pytest.mark.parametrize('precision_name', ['mixed_bfloat16', 'mixed_float16'])
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_each_method_trains_in_every_precision(tmp_path, mnist_dir, method, precision_name):
+  config = method_config(tmp_path, mnist_dir, method, precision=precision_name,
+                         max_num_training_steps=2)
+  trainer = training.Trainer(MNIST, config, log=quiet)
+  before = weights(trainer.model)
+  assert trainer.run() == 2
+  after = weights(trainer.model)
+  assert all(np.all(np.isfinite(w)) for w in after)
+  if precision_name == 'mixed_bfloat16':  # float16's first steps may overflow and be skipped
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_each_method_compiles_with_xla_as_it_runs_without(tmp_path, mnist_dir, method):
+  plain = training.Trainer(MNIST, method_config(tmp_path / 'a', mnist_dir, method,
+                                                jit_compile=False), log=quiet)
+  plain.run()
+  compiled = training.Trainer(MNIST, method_config(tmp_path / 'b', mnist_dir, method,
+                                                   jit_compile=True), log=quiet)
+  compiled.run()
+  assert_same_gradient(first_moments(plain), first_moments(compiled), rtol=1e-4)
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_each_method_trains_cifar10_with_batch_norm(tmp_path, cifar_dir, method):
+  changes = dict(METHODS[method])
+  config = tiny_cifar_config(tmp_path, cifar_dir, max_num_training_steps=2, **changes)
+  trainer = training.Trainer(CIFAR10, config, log=quiet)
+  before = [v.numpy().copy() for v in trainer.model.non_trainable_variables]
+  assert trainer.run() == 2
+  after = [v.numpy() for v in trainer.model.non_trainable_variables]
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(before, after))  # averages updated
+  assert all(np.all(np.isfinite(w)) for w in weights(trainer.model))
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_the_guard_watches_each_method(tmp_path, mnist_dir, method):
+  lines = []
+  config = method_config(tmp_path, mnist_dir, method, max_num_training_steps=4,
+                         robustness_check_steps=2, robustness_check_examples=20)
+  training.train(MNIST, config, log=lines.append)
+  assert sum('held-out' in line for line in lines) >= 2, lines
+
+
+def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
+  mnist, cifar = MNIST.load_config(), CIFAR10.load_config()
+  assert (mnist.bilateral_beta, mnist.mma_max_epsilon, mnist.mma_min_epsilon,
+          mnist.yopo_outer_steps, mnist.yopo_inner_steps) == (9.0, 0.45, 0.1, 5, 10)
+  assert (cifar.mma_max_epsilon, cifar.mma_min_epsilon, cifar.yopo_inner_steps) == (
+      12.0, pytest.approx(1.275), 3)
+  assert mnist.mma_clean_weight == pytest.approx(1 / 3) and mnist.mma_search_steps == 10
+  params = MNIST.attack_params(mnist)
+  chosen = lambda **changes: training_methods.build(
+      MNIST, MNIST.load_config(overrides=changes), params)
+  assert type(chosen()) is training_methods.Madry
+  assert isinstance(chosen(training_loss='bilateral'), bilateral.Bilateral)
+  assert chosen(training_loss='bilateral').params.step_size == pytest.approx(0.3)
+  assert chosen(training_loss='mma', training_num_steps=10).params.num_steps == 10
+  assert chosen(training_loss='mma').params.num_steps == 40  # the configured k
+  assert chosen(training_attack='yopo').params.step_size == 0.01  # the configured a
+  assert chosen(training_attack='yopo', training_step_size=0.02).params.step_size == 0.02
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(training_loss='bilateral', training_attack='fgsm_rs'), 'bilateral.*its own search'),
+    (dict(training_loss='mma', training_attack='yopo'), 'mma.*its own search'),
+    (dict(training_loss='trades', training_attack='yopo'), 'trades.*its own search'),
+    (dict(training_attack='yopo', training_num_steps=3), 'yopo_outer_steps'),
+    (dict(training_loss='mma', training_step_size=0.1), 'MMA.*2.5 ε / steps'),
+])
+def test_combinations_that_would_ignore_a_setting_are_errors(changes, message):
+  with pytest.raises(ChallengeError, match=message):
+    training.check_training_method(MNIST.load_config(overrides=changes))
+
+
+def test_a_method_that_remembers_examples_needs_their_indices(tmp_path, mnist_dir):
+  trainer = training.Trainer(MNIST, method_config(tmp_path, mnist_dir, 'mma'), log=quiet)
+  trainer.method.state(10, trainer.strategy)
+  with pytest.raises(ChallengeError, match='index'):
+    trainer.train_step((tf.zeros([8, 784]), tf.zeros([8], tf.int64)))
+
+
+@pytest.mark.parametrize('challenge', [MNIST, CIFAR10], ids=['mnist', 'cifar10'])
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_the_recipes_load(challenge, method):
+  path = os.path.join(challenge.package_dir, 'configs', f'{method}.json')
+  config = challenge.load_config(path)
+  with open(path) as f:
+    named = {name for name in json.load(f) if not name.startswith('_')}
+  assert named <= {key.name for key in challenge.config_keys}
+  training.check_training_method(config)
+  chosen = training_methods.build(challenge, config, challenge.attack_params(config))
+  expected = {'bilateral': bilateral.Bilateral, 'mma': mma.MMA, 'yopo': yopo.YOPO}[method]
+  assert isinstance(chosen, expected)
+
+
+def test_a_trainer_run_twice_keeps_one_memory(tmp_path, mnist_dir):
+  # The benchmark times a trainer's second run: MMA's memory must stay the variable its
+  # compiled step reads and writes, and be the one checkpointed.
+  trainer = training.Trainer(MNIST, method_config(tmp_path, mnist_dir, 'mma'), log=quiet)
+  trainer.run()
+  memory = trainer.method.epsilon
+  trainer.config = trainer.config.replace(max_num_training_steps=2)
+  trainer.run()
+  assert trainer.method.epsilon is memory and (memory.numpy() > 0).sum() > 0
+  assert trainer.checkpoint.method.mma_epsilon is memory
