@@ -232,6 +232,16 @@ MUTATIONS = (
              [('indices = context.all_gather(tf.cast(examples, tf.int64), axis=0)',
                'indices = tf.cast(examples, tf.int64)'),
               ('values = context.all_gather(outputs[0], axis=0)', 'values = outputs[0]')]),
+    Mutation('yopo_overflow_unguarded', "YOPO's co-state and η gradient kept non-finite (a "
+             'float16 overflow turns η into NaN)', 'common/yopo.py',
+             [('costate = finite(tf.stop_gradient(costate))',
+               'costate = tf.stop_gradient(costate)'),
+              ('tf.sign(finite(tape.gradient(hamiltonian, eta)))',
+               'tf.sign(tape.gradient(hamiltonian, eta))')]),
+    Mutation('mma_restore_needs_memory', 'MMA cannot start from another method\'s checkpoint',
+             'common/training.py',
+             [("if hasattr(checkpoint, 'method') and not checkpoints.holds(path, 'method'):",
+               'if False:')]),
 )
 
 

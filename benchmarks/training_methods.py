@@ -111,6 +111,8 @@ def main():
   parser.add_argument('--work_dir', default='')
   options = parser.parse_args()
   methods = options.methods.split(',')
+  if not options.seconds:  # the PGD-3 recipe first: its time is the budget
+    methods = ['pgd3'] + [m for m in methods if m != 'pgd3']
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise SystemExit(f'unknown method(s) {", ".join(unknown)}; use: {", ".join(METHODS)}')
@@ -119,7 +121,7 @@ def main():
   work = options.work_dir or tempfile.mkdtemp(prefix='methods-mnist-')
   budget = options.seconds
   rows = []
-  for method in (['pgd3'] if not budget and 'pgd3' not in methods else []) + methods:
+  for method in methods:
     config = config_for(method, options, work)
     if method == 'pgd3' and not budget:
       steps = config.max_num_training_steps

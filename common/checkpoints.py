@@ -14,6 +14,11 @@ def training_checkpoint(model, optimizer, step) -> tf.train.Checkpoint:
   return tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
 
 
+def holds(path: str, name: str) -> bool:
+  """Whether the (object-based) checkpoint at `path` holds an object called `name` at its top."""
+  return any(variable.split('/')[0] == name for variable, _ in tf.train.list_variables(path))
+
+
 def holds_tf1(model_dir: str) -> bool:
   """Whether any checkpoint listed in model_dir's index was written by the original TF1 code."""
   state = tf.train.get_checkpoint_state(model_dir)

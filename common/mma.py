@@ -25,7 +25,10 @@ trainer (`training_loss: "mma"`), ℓ∞, as the authors' code computes it
   norm's averages). Reduced as the challenge reduces its loss (MNIST: the sum, CIFAR-10: the
   mean over the global batch, plus the weight decay); the authors' mean over the batch of
   the first term counts the hinged-off examples in the denominator, as this does.
-* ε_i is then remembered: the new ε for correct examples, 0 for wrong ones.
+* ε_i is then remembered: the new ε for correct examples, 0 for wrong ones (an example
+  twice in a global batch, which spans two epochs: its later value).
+* A run started from a checkpoint without this memory (another method's, a converted one)
+  starts every example at ε_min, as the authors' first epoch does.
 
 Where this differs from the authors' code, deliberately: the trained point x + ε_i u is
 clipped to the pixel range (theirs is not, though the bisection judged the clipped point);
@@ -165,5 +168,16 @@ class MMA(training_methods.Method):
     context = tf.distribute.get_replica_context()
     indices = context.all_gather(tf.cast(examples, tf.int64), axis=0)
     values = context.all_gather(outputs[0], axis=0)
-    self.epsilon.assign(tf.tensor_scatter_nd_update(self.epsilon.read_value(),
-                                                    indices[:, None], values))
+    keep = last_occurrences(indices)
+    self.epsilon.assign(tf.tensor_scatter_nd_update(
+        self.epsilon.read_value(), tf.boolean_mask(indices, keep)[:, None],
+        tf.boolean_mask(values, keep)))
+
+
+def last_occurrences(indices):
+  """Whether each entry is its index's last in `indices` ([n]): a global batch that spans two
+  epochs may hold an example twice, and a scatter of both would leave either value."""
+  same = tf.equal(indices[:, None], indices[None, :])
+  n = tf.shape(indices)[0]
+  later = tf.range(n)[None, :] > tf.range(n)[:, None]
+  return ~tf.reduce_any(same & later, axis=1)

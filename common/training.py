@@ -207,7 +207,13 @@ class Trainer:
     def restore(path):
       if tf1_checkpoints.is_tf1(path):
         return self.restore_tf1(path)
-      checkpoints.restore(self.checkpoint, path, f'{self.model.name} training state')
+      checkpoint = self.checkpoint
+      if hasattr(checkpoint, 'method') and not checkpoints.holds(path, 'method'):
+        # Another method's checkpoint: its weights and optimizer, the memory from scratch.
+        checkpoint = checkpoints.training_checkpoint(self.model, self.optimizer, self.step)
+        self.log(f'{path} holds no {type(self.method).__name__} memory (another method '
+                 'wrote it): every example starts afresh')
+      checkpoints.restore(checkpoint, path, f'{self.model.name} training state')
       if self._constant_rate is not None:  # the config's rate, not the checkpoint's
         self.optimizer.learning_rate = self._constant_rate
       self.log(f'Resuming from {path} at step {int(self.step.numpy())}')

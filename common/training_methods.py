@@ -110,7 +110,9 @@ TRAINING_ATTACKS = dict(pgd.TRAINING_ATTACKS, yopo=(
 
 
 def check(config) -> None:
-  """Combinations that would silently ignore a setting are errors."""
+  """Combinations that would silently ignore a setting of the training attack's steps are
+  errors. (Batch norm in the attacks is each method's own, as its authors':
+  `training_attack_batch_norm` applies to PGD training.)"""
   own_search = {'trades': 'training_num_steps sign steps of training_step_size on the KL',
                 'bilateral': 'its targeted step(s) towards the most confusing class',
                 'mma': 'AN-PGD at each example\'s own ε'}

@@ -88,6 +88,13 @@ class SplitModel:
     return outputs, [old if new is None else new for new, old in zip(new_state, state)]
 
 
+def finite(values):
+  """Non-finite entries as 0: under float16 a scaled loss's gradient may overflow (the loss
+  scaler then skips the update), and η must not become NaN (nor batch norm's statistics of
+  the next pass)."""
+  return tf.where(tf.math.is_finite(values), values, tf.zeros_like(values))
+
+
 def inner_updates(first_fn, x, eta, costate, params: pgd.PGDParams, num_steps):
   """n sign steps of η through the first layer alone (see the docstring)."""
   for _ in range(num_steps):
@@ -95,7 +102,7 @@ def inner_updates(first_fn, x, eta, costate, params: pgd.PGDParams, num_steps):
       tape.watch(eta)
       hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(
           first_fn(tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), tf.float32))
-    eta = eta + params.step_size * tf.sign(tape.gradient(hamiltonian, eta))
+    eta = eta + params.step_size * tf.sign(finite(tape.gradient(hamiltonian, eta)))
     eta = tf.clip_by_value(eta, -params.epsilon, params.epsilon)
     eta = tf.clip_by_value(x + eta, params.clip_min, params.clip_max) - x
   return tf.stop_gradient(eta)
@@ -132,7 +139,7 @@ class YOPO(training_methods.Method):
         logits, forward.state = split.call(split.rest, layer_one, values(), state, True)
         loss = step.scale_loss(step.loss(y, logits) / self.outer_steps)
       costate, *gradients = tape.gradient(loss, [layer_one] + step.variables)
-      costate = tf.stop_gradient(costate)
+      costate = finite(tf.stop_gradient(costate))
       # The n cheap passes read the state and carry none (a first layer has no batch norm).
       first_fn = lambda v: split.call(split.first, v, values(), forward.state, True)[0]
       eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)

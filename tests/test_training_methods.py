@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import bilateral, distribute, losses, mma, precision, training, training_methods, yopo
+from common import (bilateral, checkpoints, distribute, losses, mma, precision, training,
+                    training_methods, yopo)
 from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import quiet, tiny_cifar_config, tiny_config
@@ -434,3 +435,47 @@ def test_a_trainer_run_twice_keeps_one_memory(tmp_path, mnist_dir):
   trainer.run()
   assert trainer.method.epsilon is memory and (memory.numpy() > 0).sum() > 0
   assert trainer.checkpoint.method.mma_epsilon is memory
+
+
+def test_yopo_scales_with_the_loss_and_an_overflow_moves_no_pixel():
+  # float16 differentiates a scaled loss: every gradient scales with it (the co-state too),
+  # and an overflowing one must leave η finite (the loss scaler skips that update).
+  model = small_model()
+  x, y, eta = yopo_batch()
+  method = yopo.YOPO(pgd.PGDParams(0.1, 0, 0.03), 2, 2)
+  plain = method.gradients(make_step(model), x, y, (eta,))
+  scaled_step = make_step(model)
+  scaled_step.scale_loss = lambda loss: 1024.0 * loss
+  scaled = method.gradients(scaled_step, x, y, (eta,))
+  for a, b in zip(plain.gradients, scaled.gradients):
+    np.testing.assert_allclose(b, 1024.0 * a, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(plain.x_adv, scaled.x_adv)
+  overflowing = make_step(model)
+  overflowing.scale_loss = lambda loss: loss * 1e38 * 1e38  # inf
+  result = method.gradients(overflowing, x, y, (eta,))
+  assert np.all(np.isfinite(result.x_adv.numpy()))
+  np.testing.assert_allclose(result.x_adv, x + eta, atol=1e-6)  # no gradient, no step
+
+
+def test_yopo_in_float16_keeps_batch_norms_averages_finite(tmp_path, cifar_dir):
+  config = tiny_cifar_config(tmp_path, cifar_dir, max_num_training_steps=2,
+                             precision='mixed_float16', **METHODS['yopo'])
+  trainer = training.Trainer(CIFAR10, config, log=quiet)
+  trainer.run()
+  assert all(np.all(np.isfinite(v.numpy())) for v in trainer.model.non_trainable_variables)
+  assert all(np.all(np.isfinite(w)) for w in weights(trainer.model))
+
+
+def test_an_example_twice_in_a_batch_keeps_its_later_value():
+  keep = mma.last_occurrences(tf.constant([4, 7, 4, 1, 7, 9], tf.int64)).numpy()
+  np.testing.assert_array_equal(keep, [False, False, True, True, True, True])
+
+
+def test_mma_continues_another_methods_run(tmp_path, mnist_dir):
+  config = method_config(tmp_path, mnist_dir, 'mma', max_num_training_steps=4)
+  training.train(MNIST, tiny_config(tmp_path, mnist_dir, max_num_training_steps=2), log=quiet)
+  lines = []
+  trainer = training.Trainer(MNIST, config, log=lines.append)
+  assert trainer.run() == 4
+  assert any('holds no MMA memory' in line for line in lines), lines
+  assert checkpoints.holds(checkpoints.latest(config.model_dir), 'method')  # saved since
