@@ -14,7 +14,7 @@ from common import (bilateral, checkpoints, distribute, losses, mma, precision, 
                     training_methods, yopo)
 from common.attacks import pgd
 from common.errors import ChallengeError
-from conftest import quiet, tiny_cifar_config, tiny_config
+from conftest import quiet, run_script, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
 from test_training import assert_same_gradient, first_moments, weights
 
@@ -479,3 +479,32 @@ def test_mma_continues_another_methods_run(tmp_path, mnist_dir):
   assert trainer.run() == 4
   assert any('holds no MMA memory' in line for line in lines), lines
   assert checkpoints.holds(checkpoints.latest(config.model_dir), 'method')  # saved since
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_train_py_runs_each_recipe_and_its_flags(tmp_path, mnist_dir, method):
+  # The recipe file through the script, its keys overridden by flags (the method's own too).
+  own = {'bilateral': ['--bilateral_beta', '4'],
+         'mma': ['--mma_max_epsilon', '0.4', '--mma_min_epsilon', '0.05',
+                 '--mma_clean_weight', '0.5', '--mma_search_steps', '4'],
+         'yopo': ['--yopo_outer_steps', '2', '--yopo_inner_steps', '3']}[method]
+  result = run_script(['mnist_challenge/train.py', '--config',
+                       f'mnist_challenge/configs/{method}.json', '--data_dir', mnist_dir,
+                       '--model_dir', str(tmp_path / 'model'), '--max_num_training_steps', '2',
+                       '--training_batch_size', '8', '--robustness_check_steps', '0',
+                       '--num_output_steps', '1'] + own)
+  assert result.returncode == 0, result.stderr
+  assert 'training adv accuracy' in result.stdout
+  with open(tmp_path / 'model' / 'config.json') as f:
+    saved = json.load(f)
+  assert all(str(saved[flag[2:]]) == value or float(saved[flag[2:]]) == float(value)
+             for flag, value in zip(own[::2], own[1::2]))
+
+
+def test_train_py_refuses_a_combination_in_one_line(tmp_path, mnist_dir):
+  result = run_script(['mnist_challenge/train.py', '--data_dir', mnist_dir, '--model_dir',
+                       str(tmp_path / 'model'), '--training_loss', 'mma',
+                       '--training_attack', 'fgsm_rs'])
+  assert result.returncode == 1
+  assert 'training_loss "mma" runs its own search' in result.stderr
+  assert not (tmp_path / 'model').exists()
