@@ -200,13 +200,11 @@ MUTATIONS = (
              'updates', 'common/yopo.py',
              [('      eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)\n'
                '      with tf.GradientTape() as tape:\n'
-               '        hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(first_fn(\n'
-               '            tf.clip_by_value(x + eta,',
+               '        value = hamiltonian(first_fn, x, eta, costate, params)',
                '      previous = eta\n'
                '      eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)\n'
                '      with tf.GradientTape() as tape:\n'
-               '        hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(first_fn(\n'
-               '            tf.clip_by_value(x + previous,')]),
+               '        value = hamiltonian(first_fn, x, previous, costate, params)')]),
     Mutation('yopo_passes_summed', "YOPO's m passes summed instead of averaged",
              'common/yopo.py',
              [('loss = step.scale_loss(step.loss(y, logits) / self.outer_steps)',
@@ -236,8 +234,8 @@ MUTATIONS = (
              'float16 overflow turns η into NaN)', 'common/yopo.py',
              [('costate = finite(tf.stop_gradient(costate))',
                'costate = tf.stop_gradient(costate)'),
-              ('tf.sign(finite(tape.gradient(hamiltonian, eta)))',
-               'tf.sign(tape.gradient(hamiltonian, eta))')]),
+              ('tf.sign(finite(tape.gradient(value, eta)))',
+               'tf.sign(tape.gradient(value, eta))')]),
     Mutation('mma_restore_needs_memory', 'MMA cannot start from another method\'s checkpoint',
              'common/training.py',
              [("if hasattr(checkpoint, 'method') and not checkpoints.holds(path, 'method'):",

@@ -75,8 +75,7 @@ def image_params(params: pgd.PGDParams, num_steps: int, step_size: float) -> pgd
 def start(x, epsilon, seed, rows):
   """x + U(-ε, ε), not clipped (as the authors'): rows (first, total) of the whole global
   batch's draw from `seed`. Draw outside XLA."""
-  return x + pgd.rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
-      whole, seed, -epsilon, epsilon, dtype=x.dtype), x, rows)
+  return x + pgd.uniform_noise(x, epsilon, seed, rows)
 
 
 def perturb_image(model_fn, x, targets, params: pgd.PGDParams, start_point, loss_scale=None):

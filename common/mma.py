@@ -140,8 +140,7 @@ class MMA(training_methods.Method):
     return {'mma_epsilon': self.epsilon}
 
   def prepare(self, x, seed, rows, examples):
-    noise = pgd.rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
-        whole, seed, -1.0, 1.0, dtype=x.dtype), x, rows)
+    noise = pgd.uniform_noise(x, 1.0, seed, rows)
     remembered = tf.gather(self.epsilon, examples)
     return noise, tf.maximum(remembered, self.min_epsilon)
 

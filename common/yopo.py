@@ -95,14 +95,19 @@ def finite(values):
   return tf.where(tf.math.is_finite(values), values, tf.zeros_like(values))
 
 
+def hamiltonian(first_fn, x, eta, costate, params: pgd.PGDParams):
+  """p · f₀(clip(x + η)), summed, in float32."""
+  return tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(
+      first_fn(tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), tf.float32))
+
+
 def inner_updates(first_fn, x, eta, costate, params: pgd.PGDParams, num_steps):
   """n sign steps of η through the first layer alone (see the docstring)."""
   for _ in range(num_steps):
     with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(eta)
-      hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(
-          first_fn(tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), tf.float32))
-    eta = eta + params.step_size * tf.sign(finite(tape.gradient(hamiltonian, eta)))
+      value = hamiltonian(first_fn, x, eta, costate, params)
+    eta = eta + params.step_size * tf.sign(finite(tape.gradient(value, eta)))
     eta = tf.clip_by_value(eta, -params.epsilon, params.epsilon)
     eta = tf.clip_by_value(x + eta, params.clip_min, params.clip_max) - x
   return tf.stop_gradient(eta)
@@ -121,8 +126,7 @@ class YOPO(training_methods.Method):
     return self._split
 
   def prepare(self, x, seed, rows, examples):
-    return (pgd.rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
-        whole, seed, -self.params.epsilon, self.params.epsilon, dtype=x.dtype), x, rows),)
+    return (pgd.uniform_noise(x, self.params.epsilon, seed, rows),)
 
   def gradients(self, step, x, y, inputs):
     forward, params = step.forward, self.params
@@ -144,9 +148,8 @@ class YOPO(training_methods.Method):
       first_fn = lambda v: split.call(split.first, v, values(), forward.state, True)[0]
       eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)
       with tf.GradientTape() as tape:
-        hamiltonian = tf.reduce_sum(tf.cast(costate, tf.float32) * tf.cast(first_fn(
-            tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), tf.float32))
-      first_gradients = iter(tape.gradient(hamiltonian, first_variables))
+        value = hamiltonian(first_fn, x, eta, costate, params)
+      first_gradients = iter(tape.gradient(value, first_variables))
       total = [t + (0.0 if g is None else g) + (next(first_gradients) if first else 0.0)
                for t, g, first in zip(total, gradients, split.in_first)]
     x_adv = tf.clip_by_value(x + eta, params.clip_min, params.clip_max)

@@ -10,12 +10,13 @@ import tensorflow as tf
 
 from cifar10_challenge import model as cifar_model
 from cifar10_challenge.challenge import CIFAR10
-from common import distribute, trades, training
+from common import trades, training
 from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
-from test_training import assert_same_gradient, first_moments, weights
+from test_training import (assert_same_gradient, first_moments, one_device_and_two_replicas,
+                           straight_and_resumed, weights)
 
 RNG_SEED = 5  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
@@ -121,24 +122,14 @@ def test_two_replicas_compute_one_devices_gradient(tmp_path, mnist_dir):
   # start (k = 0: x' is the start itself). The search's first sign steps follow a KL gradient
   # of the start's 0.001 noise, so tiny that a batch of 4 and one of 8 round it to other
   # signs: its per-example steps are tested above, not across batch shapes.
-  config = trades_config(tmp_path, mnist_dir, k=0)
-  single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
-  single.run()
-  mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
-                              strategy=distribute.local_strategy(['/cpu:0', '/cpu:1']),
-                              log=quiet)
-  mirrored.run()
+  single, mirrored = one_device_and_two_replicas(trades_config(tmp_path, mnist_dir, k=0),
+                                                 tmp_path)
   assert_same_gradient(first_moments(single), first_moments(mirrored))
 
 
 def test_a_resumed_trades_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
-  straight = training.Trainer(MNIST, trades_config(tmp_path / 'a', mnist_dir,
-                                                   max_num_training_steps=4), log=quiet)
-  straight.run()
-  split = trades_config(tmp_path / 'b', mnist_dir, max_num_training_steps=4)
-  training.train(MNIST, split.replace(max_num_training_steps=2), log=quiet)
-  resumed = training.Trainer(MNIST, split, log=quiet)
-  resumed.run()
+  straight, resumed = straight_and_resumed(
+      trades_config(tmp_path, mnist_dir, max_num_training_steps=4), tmp_path)
   for a, b in zip(weights(straight.model), weights(resumed.model)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 

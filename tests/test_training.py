@@ -58,14 +58,21 @@ def test_training_writes_checkpoints_config_and_summaries_then_resumes(tmp_path,
   assert 'already trained to step 6' in lines[-1]
 
 
-@pytest.mark.versions
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
-  straight = training.Trainer(MNIST, tiny_config(tmp_path / 'a', mnist_dir), log=quiet)
+def straight_and_resumed(config, tmp_path, stop_at=2):
+  """Trainers of MNIST `config`: one run straight through (model_dir tmp_path/a), one
+  stopped at `stop_at` and resumed by a new trainer (tmp_path/b)."""
+  straight = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'a')), log=quiet)
   straight.run()
-  split = tiny_config(tmp_path / 'b', mnist_dir)
-  training.train(MNIST, split.replace(max_num_training_steps=2), log=quiet)
+  split = config.replace(model_dir=str(tmp_path / 'b'))
+  training.train(MNIST, split.replace(max_num_training_steps=stop_at), log=quiet)
   resumed = training.Trainer(MNIST, split, log=quiet)
   resumed.run()
+  return straight, resumed
+
+
+@pytest.mark.versions
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir):
+  straight, resumed = straight_and_resumed(tiny_config(tmp_path, mnist_dir), tmp_path)
   for a, b in zip(weights(straight.model), weights(resumed.model)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
@@ -74,6 +81,18 @@ def first_moments(trainer):
   """Adam's first-moment slots: after one step from zero, (1 - β1) times the gradient, so
   they show the gradient's scale (Adam's first steps themselves are ≈ lr · sign(g))."""
   return [m.numpy() for m in trainer.optimizer._momentums]  # pylint: disable=protected-access
+
+
+def one_device_and_two_replicas(config, tmp_path):
+  """Trainers of MNIST `config` run on one device (model_dir tmp_path/one) and under a
+  MirroredStrategy over two logical CPUs (tmp_path/two)."""
+  single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
+  single.run()
+  mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
+                              strategy=distribute.local_strategy(['/cpu:0', '/cpu:1']),
+                              log=quiet)
+  mirrored.run()
+  return single, mirrored
 
 
 def assert_same_gradient(expected, actual, rtol=1e-5):

@@ -10,13 +10,14 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import (bilateral, checkpoints, distribute, losses, mma, precision, training,
+from common import (bilateral, checkpoints, losses, mma, precision, training,
                     training_methods, yopo)
 from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import quiet, run_script, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
-from test_training import assert_same_gradient, first_moments, weights
+from test_training import (assert_same_gradient, first_moments, one_device_and_two_replicas,
+                           straight_and_resumed, weights)
 
 RNG_SEED = 11  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
@@ -295,13 +296,8 @@ def test_mma_remembers_each_examples_epsilon(tmp_path, mnist_dir):
 @pytest.mark.versions
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_two_replicas_compute_one_devices_gradient(tmp_path, mnist_dir, method):
-  config = method_config(tmp_path, mnist_dir, method)
-  single = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'one')), log=quiet)
-  single.run()
-  mirrored = training.Trainer(MNIST, config.replace(model_dir=str(tmp_path / 'two')),
-                              strategy=distribute.local_strategy(['/cpu:0', '/cpu:1']),
-                              log=quiet)
-  mirrored.run()
+  single, mirrored = one_device_and_two_replicas(method_config(tmp_path, mnist_dir, method),
+                                                 tmp_path)
   assert_same_gradient(first_moments(single), first_moments(mirrored))
   if method == 'mma':  # both replicas' examples remembered, on each replica alike
     copies = [v.numpy() for v in mirrored.strategy.experimental_local_results(
@@ -312,13 +308,8 @@ def test_two_replicas_compute_one_devices_gradient(tmp_path, mnist_dir, method):
 
 @pytest.mark.parametrize('method', sorted(METHODS))
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, mnist_dir, method):
-  straight = training.Trainer(MNIST, method_config(tmp_path / 'a', mnist_dir, method,
-                                                   max_num_training_steps=4), log=quiet)
-  straight.run()
-  split = method_config(tmp_path / 'b', mnist_dir, method, max_num_training_steps=4)
-  training.train(MNIST, split.replace(max_num_training_steps=2), log=quiet)
-  resumed = training.Trainer(MNIST, split, log=quiet)
-  resumed.run()
+  straight, resumed = straight_and_resumed(
+      method_config(tmp_path, mnist_dir, method, max_num_training_steps=4), tmp_path)
   for a, b in zip(weights(straight.model), weights(resumed.model)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   if method == 'mma':

@@ -80,9 +80,15 @@ def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examp
     noise = per_example(seed, examples, lambda example_seed: tf.random.stateless_uniform(
         shape[1:], example_seed, -epsilon, epsilon, dtype=x_nat.dtype), x_nat.dtype)
   else:
-    noise = rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
-        whole, seed, -epsilon, epsilon, dtype=x_nat.dtype), x_nat, rows or (0, shape[0]))
+    noise = uniform_noise(x_nat, epsilon, seed, rows or (0, shape[0]))
   return tf.clip_by_value(x_nat + noise, clip_min, clip_max)
+
+
+def uniform_noise(x, radius, seed, rows):
+  """U(-radius, radius) in x's shape, stateless from `seed`: rows (first, total) of the whole
+  batch's draw (see `random_start`). Draw outside XLA."""
+  return rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
+      whole, seed, -radius, radius, dtype=x.dtype), x, rows)
 
 
 def rows_of_whole_batch(draw, x, rows):
