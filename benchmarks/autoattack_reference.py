@@ -45,31 +45,9 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
   arrays = np.load(arrays_path)
   tensor = lambda name: torch.from_numpy(arrays[name])
 
-  class MadryMnist(torch.nn.Module):
-    """The MNIST challenge's network with our Keras weights (NHWC flatten order)."""
-
-    def __init__(self):
-      super().__init__()
-      self.conv1 = torch.nn.Conv2d(1, 32, 5, padding=2)
-      self.conv2 = torch.nn.Conv2d(32, 64, 5, padding=2)
-      self.fc1 = torch.nn.Linear(7 * 7 * 64, 1024)
-      self.logits = torch.nn.Linear(1024, 10)
-      with torch.no_grad():
-        for name in ('conv1', 'conv2'):
-          getattr(self, name).weight.copy_(tensor(f'{name}/kernel').permute(3, 2, 0, 1))
-          getattr(self, name).bias.copy_(tensor(f'{name}/bias'))
-        for name in ('fc1', 'logits'):
-          getattr(self, name).weight.copy_(tensor(f'{name}/kernel').t())
-          getattr(self, name).bias.copy_(tensor(f'{name}/bias'))
-
-    def forward(self, x):
-      if variant == 'masked':
-        x = (x > 0.5).float().detach() + 0.0 * x
-      pool = lambda z: torch.nn.functional.max_pool2d(z, 2, 2)
-      x = pool(torch.relu(self.conv1(x)))
-      x = pool(torch.relu(self.conv2(x)))
-      x = torch.relu(self.fc1(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)))
-      return self.logits(x)
+  from torch_models import madry_mnist
+  masked = lambda x: (x > 0.5).float().detach() + 0.0 * x  # the gradient is exactly zero
+  model = madry_mnist(arrays, masked if variant == 'masked' else None).eval()
 
   # The robust flags after each attack, read where the reference records an attack as run.
   after = {}
@@ -80,7 +58,6 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
     return record(self, attack)
   reference_state.EvaluationState.add_run_attack = add_run_attack
 
-  model = MadryMnist().eval()
   images = tensor('images').reshape(-1, 1, 28, 28)
   labels = tensor('labels')
   adversary = AutoAttack(model, norm='Linf', eps=float(arrays['epsilon']), version='standard',
@@ -164,6 +141,7 @@ def main():
   from common import checkpoints, runtime
   from mnist_challenge.challenge import MNIST
   from timing import machine
+  import torch_models
 
   runtime.start()
   print(machine())
@@ -178,8 +156,7 @@ def main():
   images, labels = test.images[:n], test.labels[:n].astype(np.int64)
   epsilon = MNIST.attack_params(config).epsilon
   batch_size = min(options.batch_size, n)
-  weights = {f'{layer}/{kind}': getattr(model.get_layer(layer), kind).numpy()
-             for layer in ('conv1', 'conv2', 'fc1', 'logits') for kind in ('kernel', 'bias')}
+  weights = torch_models.keras_weights(model)
   print(f'{path}, the first {n} test images, ε {epsilon:g}, batch {batch_size}, seed '
         f'{options.seed}; the reference: {options.reference} under {python}')
 

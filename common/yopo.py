@@ -27,9 +27,11 @@ init_conv). One update per batch:
 
 Where this differs from the authors' code, deliberately: their attempt to keep the
 cross-entropy's gradient out of conv1.weight (saving and restoring .grad around backward())
-is undone by PyTorch's in-place accumulation into a zeroed gradient, so from the second
-batch on conv1's weight (and always its bias) also receives the m passes' cross-entropy
-gradient; here the first layer gets only the Hamiltonian's, as the paper's algorithm says.
+is undone by PyTorch's in-place gradient accumulation, and conv1's bias is not kept out at
+all: their first layer also learns from the passes' cross-entropy (measured with PyTorch
+2.13 by benchmarks/methods_reference.py: the weight from passes 2 to m of each batch, the
+bias from all m); here the first layer gets only the Hamiltonian's, as the paper's algorithm
+says.
 They also give the first layer its own optimizer and earlier rate decay; here one optimizer
 updates every weight.
 """

@@ -3,6 +3,7 @@ against its formula on fixed inputs, then on the shared trainer: two replicas ag
 device, resuming, precisions, XLA, batch norm, the guard, the recipes and the errors."""
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -14,7 +15,7 @@ from common import (bilateral, checkpoints, losses, mma, precision, training,
                     training_methods, yopo)
 from common.attacks import pgd
 from common.errors import ChallengeError
-from conftest import quiet, run_script, tiny_cifar_config, tiny_config
+from conftest import REPO, quiet, run_script, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
 from test_training import (assert_same_gradient, first_moments, one_device_and_two_replicas,
                            straight_and_resumed, weights)
@@ -499,3 +500,27 @@ def test_train_py_refuses_a_combination_in_one_line(tmp_path, mnist_dir):
   assert result.returncode == 1
   assert 'training_loss "mma" runs its own search' in result.stderr
   assert not (tmp_path / 'model').exists()
+
+
+def test_the_reference_benchmark_skips_saying_why_without_the_authors_code(tmp_path):
+  script = os.path.join(REPO, 'benchmarks', 'methods_reference.py')
+  result = run_script([script, '--methods', 'yopo', '--yopo', str(tmp_path / 'absent')])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('skipped: no copy of the yopo authors\' code at --yopo')
+  (tmp_path / 'mma').mkdir()
+  (tmp_path / 'mma' / 'anpgd.py').write_text('')
+  result = run_script([script, '--methods', 'mma', '--mma', str(tmp_path / 'mma')])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('skipped: no copy of advertorch at --advertorch')
+  (tmp_path / 'advertorch' / 'advertorch' / 'attacks').mkdir(parents=True)
+  (tmp_path / 'advertorch' / 'advertorch' / 'attacks' / '__init__.py').write_text('')
+  no_torch = tmp_path / 'python'  # a Python whose `import torch` fails
+  no_torch.write_text(f'#!/bin/sh\nexec {sys.executable} -c "import sys; sys.exit(1)"\n')
+  no_torch.chmod(0o755)
+  result = run_script([script, '--methods', 'mma', '--mma', str(tmp_path / 'mma'),
+                       '--advertorch', str(tmp_path / 'advertorch'),
+                       '--reference_python', str(no_torch)])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith(f'skipped: {no_torch} cannot import torch')
+  result = run_script([script, '--methods', 'yopo,pgd'])
+  assert result.returncode != 0 and 'unknown method(s) pgd' in result.stderr

@@ -1,0 +1,64 @@
+"""Madry et al.'s MNIST network in PyTorch, carrying our Keras model's weights: for the
+benchmarks that run a reference implementation (PyTorch) beside ours. torch is imported only
+when a network is built, under the reference's Python; the project never depends on it."""
+from collections import OrderedDict
+
+LAYERS = ('conv1', 'conv2', 'fc1', 'logits')
+
+
+def keras_weights(model):
+  """{'conv1/kernel': array, ...}: our MNIST model's weights in Keras layouts (for np.savez)."""
+  return {f'{layer}/{kind}': getattr(model.get_layer(layer), kind).numpy()
+          for layer in LAYERS for kind in ('kernel', 'bias')}
+
+
+def madry_mnist(arrays, preprocess=None):
+  """The network (NCHW inputs) with the weights `arrays` holds (keras_weights' names; fc1's
+  rows in Keras's NHWC flatten order). `preprocess` is applied to the input first.
+  `layer_one` is conv1 with its ReLU (YOPO's split, as the YOPO authors' `layer_one`); like
+  their networks, forward() keeps its output in `layer_one_out` with the gradient retained;
+  `other_layers` holds the rest."""
+  import torch
+
+  class MadryMnist(torch.nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.conv1 = torch.nn.Conv2d(1, 32, 5, padding=2)
+      self.layer_one = torch.nn.Sequential(OrderedDict([('conv1', self.conv1),
+                                                        ('relu1', torch.nn.ReLU())]))
+      self.conv2 = torch.nn.Conv2d(32, 64, 5, padding=2)
+      self.fc1 = torch.nn.Linear(7 * 7 * 64, 1024)
+      self.logits = torch.nn.Linear(1024, 10)
+      self.other_layers = torch.nn.ModuleList([self.conv2, self.fc1, self.logits])
+      with torch.no_grad():
+        for name in LAYERS:
+          layer, kernel = getattr(self, name), torch.from_numpy(arrays[f'{name}/kernel'])
+          layer.weight.copy_(kernel.permute(3, 2, 0, 1) if kernel.ndim == 4 else kernel.t())
+          layer.bias.copy_(torch.from_numpy(arrays[f'{name}/bias']))
+
+    def forward(self, x):
+      if preprocess is not None:
+        x = preprocess(x)
+      pool = lambda z: torch.nn.functional.max_pool2d(z, 2, 2)
+      self.layer_one_out = self.layer_one(x)
+      if self.layer_one_out.requires_grad:
+        self.layer_one_out.retain_grad()
+      x = pool(self.layer_one_out)
+      x = pool(torch.relu(self.conv2(x)))
+      x = torch.relu(self.fc1(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)))
+      return self.logits(x)
+
+  return MadryMnist()
+
+
+def keras_gradients(model):
+  """{'conv1/kernel': array, ...}: the torch network's parameter gradients in Keras layouts."""
+  out = {}
+  for name in LAYERS:
+    layer = getattr(model, name)
+    weight = layer.weight.grad.detach()
+    out[f'{name}/kernel'] = (weight.permute(2, 3, 1, 0) if weight.ndim == 4
+                             else weight.t()).numpy()
+    out[f'{name}/bias'] = layer.bias.grad.detach().numpy()
+  return out
