@@ -28,6 +28,10 @@ import time
 
 import numpy as np
 
+# Beside this script (torch-free until a network is built).
+from torch_reference import keras_weights, madry_mnist, python_with_torch, skip
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
@@ -45,7 +49,6 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
   arrays = np.load(arrays_path)
   tensor = lambda name: torch.from_numpy(arrays[name])
 
-  from torch_models import madry_mnist
   masked = lambda x: (x > 0.5).float().detach() + 0.0 * x  # the gradient is exactly zero
   model = madry_mnist(arrays, masked if variant == 'masked' else None).eval()
 
@@ -73,11 +76,6 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
 
 
 # --- ours, and the comparison --------------------------------------------------------------
-
-def skip(reason):
-  print(f'skipped: {reason}')
-  sys.exit(0)
-
 
 def ours(model_fn, images, labels, epsilon, batch_size, seed):
   from common.attacks import autoattack
@@ -122,11 +120,7 @@ def main():
   if not os.path.isfile(os.path.join(options.reference, 'autoattack', 'autoattack.py')):
     skip(f'no copy of the reference at --reference "{options.reference}" (it needs '
          'autoattack/autoattack.py: git clone https://github.com/fra31/auto-attack)')
-  python = options.reference_python or sys.executable
-  probe = subprocess.run([python, '-c', 'import torch'], capture_output=True, text=True)
-  if probe.returncode != 0:
-    skip(f'{python} cannot import torch (pip install "torch==2.13.0+cpu" into a virtual '
-         'environment and pass its python as --reference_python)')
+  python = python_with_torch(options.reference_python)
   variants = options.variants.split(',')
   unknown = set(variants) - set(VARIANTS)
   if unknown:
@@ -141,7 +135,6 @@ def main():
   from common import checkpoints, runtime
   from mnist_challenge.challenge import MNIST
   from timing import machine
-  import torch_models
 
   runtime.start()
   print(machine())
@@ -156,7 +149,7 @@ def main():
   images, labels = test.images[:n], test.labels[:n].astype(np.int64)
   epsilon = MNIST.attack_params(config).epsilon
   batch_size = min(options.batch_size, n)
-  weights = torch_models.keras_weights(model)
+  weights = keras_weights(model)
   print(f'{path}, the first {n} test images, ε {epsilon:g}, batch {batch_size}, seed '
         f'{options.seed}; the reference: {options.reference} under {python}')
 

@@ -50,6 +50,10 @@ import types
 
 import numpy as np
 
+# Beside this script (torch-free until a network is built).
+from torch_reference import keras_gradients, keras_weights, madry_mnist, python_with_torch, skip
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 METHODS = ('yopo', 'bilateral', 'mma')
@@ -84,7 +88,6 @@ def stub_module(name, **attributes):
 def recording_step(optimizer, model, into):
   """optimizer, whose step() first stores every parameter's gradient (Keras layouts) in
   `into` (a learning rate of 0 leaves the weights alone)."""
-  from torch_models import keras_gradients
   step = optimizer.step
 
   def record(*args, **kwargs):
@@ -96,7 +99,6 @@ def recording_step(optimizer, model, into):
 
 def reference_yopo(arrays, copy, dtype):
   import torch
-  from torch_models import madry_mnist
   experiment = os.path.join(copy, 'experiments', 'MNIST', 'YOPO-5-10')
   sys.path[:0] = [experiment, os.path.join(copy, 'lib')]
   epsilon, sigma = float(arrays['epsilon']), float(arrays['sigma'])
@@ -166,7 +168,6 @@ def reference_yopo(arrays, copy, dtype):
 
 def reference_bilateral(arrays, copy, dtype):
   import torch
-  from torch_models import keras_gradients, madry_mnist
   sys.path.insert(0, copy)
   from utils import one_hot  # theirs
   path = os.path.join(copy, 'train.py')
@@ -222,7 +223,6 @@ def reference_bilateral(arrays, copy, dtype):
 
 def reference_mma(arrays, copy, advertorch_copy, dtype):
   import torch
-  from torch_models import madry_mnist
   sys.path[:0] = [copy, advertorch_copy]
   # advertorch.functional imports torchvision's transforms and PIL (for its JPEG defence),
   # which nothing here uses.
@@ -304,11 +304,6 @@ def reference_side(method, arrays_path, out_path, copy, advertorch_copy):
 
 # --- ours, and the comparison --------------------------------------------------------------
 
-def skip(reason):
-  print(f'skipped: {reason}')
-  sys.exit(0)
-
-
 def relative(ours, theirs):
   return float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-30))
 
@@ -380,11 +375,7 @@ def main():
                                                           'attacks', '__init__.py')):
     skip(f'no copy of advertorch at --advertorch "{options.advertorch}" (MMA\'s code needs it:'
          ' git clone https://github.com/BorealisAI/advertorch)')
-  python = options.reference_python or sys.executable
-  probe = subprocess.run([python, '-c', 'import torch'], capture_output=True, text=True)
-  if probe.returncode != 0:
-    skip(f'{python} cannot import torch (pip install "torch==2.13.0+cpu" into a virtual '
-         'environment and pass its python as --reference_python)')
+  python = python_with_torch(options.reference_python)
 
   sys.path.insert(0, REPO)
   sys.path.insert(0, HERE)
@@ -394,7 +385,6 @@ def main():
   from common import checkpoints, runtime, training
   from mnist_challenge.challenge import MNIST
   from timing import machine
-  import torch_models
 
   runtime.start()
   print(machine())
@@ -414,7 +404,7 @@ def main():
       checkpoints.restore_model(trainer.model, path)
       test = MNIST.load_data(config).test
       images, labels = test.images[:n], test.labels[:n].astype(np.int64)
-      params, weights = trainer.method.params, torch_models.keras_weights(trainer.model)
+      params, weights = trainer.method.params, keras_weights(trainer.model)
       rng = np.random.default_rng([options.seed, METHODS.index(method)])  # the same alone
       epsilon = params.epsilon
       arrays = dict(images=images, labels=labels, epsilon=np.float32(epsilon), **weights)

@@ -1,9 +1,29 @@
-"""Madry et al.'s MNIST network in PyTorch, carrying our Keras model's weights: for the
-benchmarks that run a reference implementation (PyTorch) beside ours. torch is imported only
-when a network is built, under the reference's Python; the project never depends on it."""
+"""What the benchmarks that run a PyTorch reference implementation beside ours share: the
+checks that one can run (else they say why and exit 0), and Madry et al.'s MNIST network in
+PyTorch carrying our Keras model's weights. torch is imported only when a network is built,
+under the reference's Python; the project never depends on it."""
+import subprocess
+import sys
 from collections import OrderedDict
 
 LAYERS = ('conv1', 'conv2', 'fc1', 'logits')
+
+
+def skip(reason):
+  """Ends the benchmark, saying why it cannot run (exit 0: nothing is wrong with ours)."""
+  print(f'skipped: {reason}')
+  sys.exit(0)
+
+
+def python_with_torch(reference_python):
+  """The Python to run the reference under (--reference_python, default this one); skips
+  unless it can import torch."""
+  python = reference_python or sys.executable
+  probe = subprocess.run([python, '-c', 'import torch'], capture_output=True, text=True)
+  if probe.returncode != 0:
+    skip(f'{python} cannot import torch (pip install "torch==2.13.0+cpu" into a virtual '
+         'environment and pass its python as --reference_python)')
+  return python
 
 
 def keras_weights(model):
