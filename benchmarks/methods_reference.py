@@ -73,7 +73,7 @@ def nchw(torch, array):
 
 
 def nhwc(tensor):
-  return tensor.detach().permute(0, 2, 3, 1).numpy().astype(np.float32)
+  return tensor.detach().permute(0, 2, 3, 1).numpy()
 
 
 def stub_module(name, **attributes):
@@ -216,8 +216,7 @@ def reference_bilateral(arrays, copy, dtype):
   target = as_tensor(soft_labels)
   loss = -(target * torch.log_softmax(model(nchw(torch, z_adv).to(dtype)), 1)).sum(1)
   loss.mean().backward()
-  return dict(x_adv=((z_adv + 1.0) / 2.0).astype(np.float32),
-              labels=soft_labels.astype(np.float32),
+  return dict(x_adv=(z_adv + 1.0) / 2.0, labels=soft_labels,
               **{f'grad/{k}': v for k, v in keras_gradients(model).items()})
 
 
@@ -278,14 +277,12 @@ def reference_mma(arrays, copy, advertorch_copy, dtype):
     trainer.dct_eps = dict(enumerate(arrays['remembered'].tolist()))
     data = x.clone()  # train_one_batch writes the examples trained on into it
     _, _, new_epsilon = trainer.train_one_batch(data, torch.arange(len(y)), y)
-    out.update({f'epsilon{suffix}': new_epsilon.numpy().astype(np.float32),
-                f'x_adv{suffix}': nhwc(data),
+    out.update({f'epsilon{suffix}': new_epsilon.numpy(), f'x_adv{suffix}': nhwc(data),
                 **{f'grad{suffix}/{k}': v for k, v in grads.items()}})
   return out
 
 
 def reference_side(method, arrays_path, out_path, copy, advertorch_copy):
-  sys.path.insert(0, HERE)
   import torch
   arrays = dict(np.load(arrays_path))
   out = {}
