@@ -142,8 +142,9 @@ def main():
     try:
       training.train(MNIST, config, log=lambda *a, **k: None)
       outcome = 'finished'
-    except guard.CatastrophicOverfitting:
-      outcome = 'stopped by the guard'
+    except guard.CatastrophicOverfitting as stopped:
+      outcome = (f'stopped by the guard at step {stopped.step} of {steps}, '
+                 f'step {stopped.best_step} put back')
     seconds = time.time() - began
     if method == 'pgd3' and not budget:
       budget = seconds

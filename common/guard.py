@@ -24,7 +24,12 @@ BEST_DIR = 'best'  # in model_dir: the best checkpoint and best.json
 
 
 class CatastrophicOverfitting(ChallengeError):
-  """The held-out robust accuracy collapsed; the best checkpoint is model_dir's latest again."""
+  """The held-out robust accuracy collapsed; the best checkpoint is model_dir's latest again.
+  `step`: the check that found the collapse; `best_step`: the checkpoint put back."""
+
+  def __init__(self, message, step=None, best_step=None):
+    super().__init__(message)
+    self.step, self.best_step = step, best_step
 
 
 def split_held_out(datasets: Datasets, count: int) -> Tuple[Split, Split]:
@@ -106,4 +111,4 @@ class RobustnessGuard:
         f'robustness_check_drop {self.config.robustness_check_drop:g}; checkpoint-{best_step} '
         f'is the latest checkpoint of {self.config.model_dir} again. Train with a smaller '
         'training_step_size or learning_rate, or with two PGD steps (training_attack pgd, '
-        'training_num_steps 2)')
+        'training_num_steps 2)', step=step, best_step=best_step)

@@ -171,9 +171,11 @@ def test_the_guard_restores_the_best_checkpoint_when_robustness_collapses(tmp_pa
   wrecked = config.replace(max_num_training_steps=50, learning_rate=3.0)
   with pytest.raises(guard.CatastrophicOverfitting,
                      match=r'catastrophic overfitting: the PGD-5 accuracy on the 40 held-out '
-                           r'images fell from .* \(step \d+\) to .*; checkpoint-\d+ is the latest'):
+                           r'images fell from .* \(step \d+\) to .*; checkpoint-\d+ is the latest'
+                     ) as stopped:
     training.train(MNIST, wrecked, log=lambda *a, **k: lines.append(a[0]))
   assert guard.CatastrophicOverfitting.exit_code != 0
+  assert (stopped.value.step, stopped.value.best_step) == (40, best['step'])
   latest = tf.train.latest_checkpoint(config.model_dir)
   assert latest.endswith(f'checkpoint-{best["step"]}')
   model = MNIST.build_model(config)
