@@ -240,6 +240,28 @@ MUTATIONS = (
              'common/training.py',
              [("if hasattr(checkpoint, 'method') and not checkpoints.holds(path, 'method'):",
                'if False:')]),
+    Mutation('yopo_eta_not_carried', "YOPO's later full passes restart from the drawn η",
+             'common/yopo.py',
+             [('eta = inner_updates(first_fn, x, eta, costate, params, self.inner_steps)',
+               'eta = inner_updates(first_fn, x, inputs[0], costate, params, '
+               'self.inner_steps)')]),
+    Mutation('bilateral_targets_the_label', "bilateral's image step targets the true class",
+             'common/bilateral.py',
+             [('x_adv = perturb_image(step.inference, x, most_confusing(natural, y)',
+               'x_adv = perturb_image(step.inference, x, y')]),
+    Mutation('bilateral_hard_label', 'bilateral training on the hard label', 'common/bilateral.py',
+             [('soft_xent(soft_labels, logits)), logits',
+               'soft_xent(tf.one_hot(y, 10), logits)), logits')]),
+    Mutation('mma_correct_flipped', "MMA's correct and wrong examples swapped", 'common/mma.py',
+             [('correct = tf.stop_gradient(soft_logit_margin(y, natural) < 0)',
+               'correct = tf.stop_gradient(soft_logit_margin(y, natural) > 0)')]),
+    Mutation('mma_remembers_the_wrong', "MMA remembers wrong examples' ε too", 'common/mma.py',
+             [('remembered = tf.where(correct, new_epsilon, tf.zeros_like(new_epsilon))',
+               'remembered = new_epsilon')]),
+    Mutation('yopo_keys_swapped', 'yopo_outer_steps and yopo_inner_steps swapped',
+             'common/training_methods.py',
+             [('config.yopo_outer_steps,\n                     config.yopo_inner_steps)',
+               'config.yopo_inner_steps,\n                     config.yopo_outer_steps)')]),
 )
 
 

@@ -15,7 +15,8 @@ from common import (bilateral, checkpoints, losses, mma, precision, training,
                     training_methods, yopo)
 from common.attacks import pgd
 from common.errors import ChallengeError
-from conftest import REPO, quiet, run_script, tiny_cifar_config, tiny_config
+from conftest import (NON_WIDE, REPO, as_flags, quiet, run_script, tiny_cifar_config,
+                      tiny_config)
 from mnist_challenge.challenge import MNIST
 from test_training import (assert_same_gradient, first_moments, one_device_and_two_replicas,
                            straight_and_resumed, weights)
@@ -58,6 +59,7 @@ def full_gradient(model, x, y):
 
 
 # --- YOPO ------------------------------------------------------------------------------
+
 
 def yopo_batch(n=6, inputs=12):
   x = RNG.uniform(0.3, 0.7, (n, inputs)).astype(np.float32)  # ε 0.1: nothing is clipped
@@ -118,6 +120,35 @@ def test_yopo_first_layer_learns_from_the_hamiltonian_at_the_updated_eta():
   assert moved > 0.01  # the inner steps moved η
 
 
+def test_yopo_carries_eta_from_one_full_pass_to_the_next():
+  # m = 2, n = 2: the second pass starts where the first pass's inner steps left η, and each
+  # pass adds its share (the loss over m) of every layer's gradient.
+  model = small_model()
+  x, y, eta = yopo_batch()
+  params = pgd.PGDParams(0.1, 0, 0.03)
+  result = yopo.YOPO(params, 2, 2).gradients(make_step(model), x, y, (eta,))
+  first, rest = model.get_layer('first'), model.get_layer('logits')
+  expected = [tf.zeros_like(v) for v in model.trainable_variables]
+  for _ in range(2):
+    with tf.GradientTape() as tape:
+      hidden = first(x + eta)
+      tape.watch(hidden)
+      loss = tf.reduce_sum(losses.xent(y, rest(hidden))) / 2
+    costate, *rest_gradients = tape.gradient(loss, [hidden] + rest.trainable_variables)
+    for _ in range(2):  # x + η stays inside [0.2, 0.8]: nothing for the pixel range to clip
+      with tf.GradientTape() as tape:
+        tape.watch(eta)
+        hamiltonian = tf.reduce_sum(costate * first(x + eta))
+      eta = tf.clip_by_value(eta + 0.03 * tf.sign(tape.gradient(hamiltonian, eta)), -0.1, 0.1)
+    with tf.GradientTape() as tape:
+      hamiltonian = tf.reduce_sum(costate * first(x + eta))
+    first_gradients = tape.gradient(hamiltonian, first.trainable_variables)
+    expected = [e + g for e, g in zip(expected, first_gradients + rest_gradients)]
+  np.testing.assert_allclose(result.x_adv, x + eta, atol=1e-6)
+  for got, want in zip(result.gradients, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_yopo_runs_m_full_passes_and_m_times_n_plus_one_first_layer_passes(monkeypatch):
   model = MNIST.build_model(MNIST.load_config())
   split = yopo.SplitModel(model, yopo.first_layer_name(model))
@@ -151,11 +182,11 @@ def test_yopo_splits_each_challenges_networks_after_their_first_layer():
 
 
 def tiny_cifar_config_like():
-  from conftest import NON_WIDE  # pylint: disable=import-outside-toplevel
   return CIFAR10.load_config(overrides={'filters': NON_WIDE})
 
 
 # --- bilateral -------------------------------------------------------------------------
+
 
 def test_the_bilateral_label_is_the_papers_closed_form_and_sums_to_one():
   logits = RNG.normal(0, 3, (8, 10)).astype(np.float32)
@@ -216,7 +247,29 @@ def test_the_bilateral_loss_is_the_soft_label_cross_entropy():
   np.testing.assert_allclose(bilateral.soft_xent(soft, logits), expected, rtol=1e-5)
 
 
+def test_a_bilateral_step_descends_the_soft_label_loss_at_the_targeted_image():
+  # The whole step: the label from the natural (inference-mode) logits, the image one
+  # targeted step towards the most confusing class from the drawn start, the loss the
+  # soft-label cross-entropy there, summed (MNIST's reduction).
+  model = small_model()
+  x, y, eta = yopo_batch()
+  params = bilateral.image_params(pgd.PGDParams(0.1, 0, 0.01), 0, 0)
+  result = bilateral.Bilateral(params, 9.0).gradients(make_step(model), x, y, (x + eta,))
+  natural = model(x, training=False)
+  x_adv = bilateral.perturb_image(lambda v: model(v, training=False), x,
+                                  bilateral.most_confusing(natural, y), params, x + eta)
+  np.testing.assert_allclose(result.x_adv, x_adv, atol=1e-6)
+  soft = bilateral.adversarial_labels(natural, y, 9.0)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(bilateral.soft_xent(soft, model(x_adv, training=True)))
+  for got, want in zip(result.gradients, tape.gradient(loss, model.trainable_variables)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  hard, _ = full_gradient(model, x_adv, y)  # trained on the soft label, not the hard one
+  assert np.abs(hard[0] - result.gradients[0]).max() > 0.01 * np.abs(hard[0]).max()
+
+
 # --- MMA -------------------------------------------------------------------------------
+
 
 def test_the_soft_logit_margin():
   logits = RNG.normal(0, 2, (5, 10)).astype(np.float32)
@@ -271,7 +324,36 @@ def test_the_mma_loss_per_example():
   np.testing.assert_allclose(got, 2 / 3 * margin_term + 1 / 3 * ce(natural), rtol=1e-5)
 
 
+def test_an_mma_step_trains_the_correct_at_their_margin_and_the_wrong_where_they_are():
+  # The whole step on a batch of three correct and three wrong examples: AN-PGD from the
+  # remembered ε, the correct examples' loss at their margin point, the wrong ones' at x,
+  # a third of the natural loss for all; the new ε remembered for the correct only.
+  model = small_model()
+  model.get_layer('logits').kernel.assign(20 * model.get_layer('logits').kernel)
+  x, _, _ = yopo_batch()
+  predicted = np.argmax(model(x, training=False), 1)
+  y = tf.constant(np.where(np.arange(6) < 3, predicted, (predicted + 1) % 10))
+  correct = (mma.soft_logit_margin(y, model(x, training=True)) < 0).numpy()
+  assert 0 < correct.sum() < 6, correct
+  noise = tf.constant(RNG.uniform(-1, 1, x.shape).astype(np.float32))
+  epsilon = tf.constant([0.1, 0.2, 0.1, 0.2, 0.1, 0.2])
+  method = mma.MMA(pgd.PGDParams(0.3, 5, 0.0), 0.45, 0.1, 1 / 3, 6)
+  result = method.gradients(make_step(model), x, y, (noise, epsilon))
+  new_epsilon, x_margin = mma.an_pgd(lambda v: model(v, training=False), x, y, epsilon, 5,
+                                     noise, 0.45, 6, 0.0, 1.0)
+  mixed_input = np.where(correct[:, None], x_margin.numpy(), x.numpy())
+  np.testing.assert_allclose(result.x_adv, mixed_input, atol=1e-6)
+  np.testing.assert_allclose(result.outputs[0], np.where(correct, new_epsilon, 0), atol=1e-6)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(mma.per_example_loss(
+        y, model(x, training=True), model(mixed_input, training=True), tf.constant(correct),
+        new_epsilon, 0.45, 1 / 3))
+  for got, want in zip(result.gradients, tape.gradient(loss, model.trainable_variables)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # --- on the shared trainer -------------------------------------------------------------
+
 
 def method_config(tmp_path, mnist_dir, method, **changes):
   settings = dict(METHODS[method], max_num_training_steps=1)
@@ -303,6 +385,7 @@ def test_two_replicas_compute_one_devices_gradient(tmp_path, mnist_dir, method):
   if method == 'mma':  # both replicas' examples remembered, on each replica alike
     copies = [v.numpy() for v in mirrored.strategy.experimental_local_results(
         mirrored.method.epsilon)]
+    assert (copies[0] > 0).any()  # something remembered to compare
     np.testing.assert_allclose(copies[0], single.method.epsilon.numpy(), atol=1e-5)
     np.testing.assert_array_equal(copies[0], copies[1])
 
@@ -382,6 +465,32 @@ def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
   assert chosen(training_loss='mma').params.num_steps == 40  # the configured k
   assert chosen(training_attack='yopo').params.step_size == 0.01  # the configured a
   assert chosen(training_attack='yopo', training_step_size=0.02).params.step_size == 0.02
+
+
+def test_each_methods_own_keys_reach_it():
+  params = MNIST.attack_params(MNIST.load_config())
+  chosen = lambda **changes: training_methods.build(
+      MNIST, MNIST.load_config(overrides=changes), params)
+  method = chosen(training_attack='yopo', yopo_outer_steps=3, yopo_inner_steps=1)
+  assert (method.outer_steps, method.inner_steps) == (3, 1)
+  assert chosen(training_loss='bilateral', bilateral_beta=4.0).beta == 4.0
+  method = chosen(training_loss='mma', mma_max_epsilon=0.4, mma_min_epsilon=0.05,
+                  mma_clean_weight=0.5, mma_search_steps=4)
+  assert (method.max_epsilon, method.min_epsilon, method.clean_weight,
+          method.search_steps) == (0.4, 0.05, 0.5, 4)
+
+
+def test_yopo_trains_the_small_cnn_through_its_dropout(tmp_path, mnist_dir):
+  # The Small CNN's last layer starts at zero, so the first step's co-state is zero and its
+  # first layer learns from the second step on; dropout draws a mask in each full pass.
+  config = method_config(tmp_path, mnist_dir, 'yopo', model='small_cnn',
+                         max_num_training_steps=2)
+  trainer = training.Trainer(MNIST, config, log=quiet)
+  first = trainer.model.get_layer('conv1').kernel
+  before = first.numpy().copy()
+  assert trainer.run() == 2
+  assert np.abs(first.numpy() - before).max() > 0
+  assert all(np.all(np.isfinite(w)) for w in weights(trainer.model))
 
 
 @pytest.mark.parametrize('changes, message', [
@@ -491,6 +600,25 @@ def test_train_py_runs_each_recipe_and_its_flags(tmp_path, mnist_dir, method):
     saved = json.load(f)
   assert all(str(saved[flag[2:]]) == value or float(saved[flag[2:]]) == float(value)
              for flag, value in zip(own[::2], own[1::2]))
+
+
+@pytest.mark.parametrize('method', sorted(METHODS))
+def test_cifar_train_py_runs_each_recipe(tmp_path, cifar_dir, method):
+  # The recipe file through the script, on the non-wide network so that a step is quick.
+  result = run_script(['cifar10_challenge/train.py', '--config',
+                       f'cifar10_challenge/configs/{method}.json'] + as_flags(dict(
+                           data_path=cifar_dir, model_dir=str(tmp_path / 'model'),
+                           filters=NON_WIDE, max_num_training_steps=2, training_batch_size=8,
+                           robustness_check_steps=0, num_output_steps=1)))
+  assert result.returncode == 0, result.stderr
+  assert 'training adv accuracy' in result.stdout
+  with open(tmp_path / 'model' / 'config.json') as f:
+    saved = json.load(f)
+  with open(os.path.join(CIFAR10.package_dir, 'configs', f'{method}.json')) as f:
+    recipe = json.load(f)
+  own = [key for key in recipe if key.startswith(('yopo_', 'bilateral_', 'mma_', 'training_'))
+         and key != 'training_batch_size']
+  assert own and all(saved[key] == recipe[key] for key in own)
 
 
 def test_train_py_refuses_a_combination_in_one_line(tmp_path, mnist_dir):
