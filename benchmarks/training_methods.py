@@ -145,6 +145,7 @@ def main():
     except guard.CatastrophicOverfitting as stopped:
       outcome = (f'stopped by the guard at step {stopped.step} of {steps}, '
                  f'step {stopped.best_step} put back')
+      steps = stopped.step  # the steps it trained
     seconds = time.time() - began
     if method == 'pgd3' and not budget:
       budget = seconds
