@@ -67,6 +67,26 @@ def yopo_batch(n=6, inputs=12):
   return tf.constant(x), tf.constant(RNG.integers(0, 10, n)), tf.constant(eta)
 
 
+def full_pass(model, x, y, scale=1.0):
+  """A small_model's full pass by hand: (the co-state ∂(scale · loss)/∂first's output, the
+  logits layer's gradients)."""
+  first, rest = model.get_layer('first'), model.get_layer('logits')
+  with tf.GradientTape() as tape:
+    hidden = first(x)
+    tape.watch(hidden)
+    loss = scale * tf.reduce_sum(losses.xent(y, rest(hidden)))
+  costate, *rest_gradients = tape.gradient(loss, [hidden] + rest.trainable_variables)
+  return costate, rest_gradients
+
+
+def hamiltonian_gradients(model, x, costate):
+  """The first layer's gradients of p · f0(x)."""
+  first = model.get_layer('first')
+  with tf.GradientTape() as tape:
+    hamiltonian = tf.reduce_sum(costate * first(x))
+  return tape.gradient(hamiltonian, first.trainable_variables)
+
+
 def test_yopo_without_inner_steps_is_the_full_gradient_at_x_plus_eta():
   # m = 1, n = 0: the rest's gradient from the pass, the first layer's from its Hamiltonian
   # p · f0(x + η): by the chain rule, the full loss's gradient at x + η, every layer.
@@ -105,15 +125,8 @@ def test_yopo_first_layer_learns_from_the_hamiltonian_at_the_updated_eta():
   x, y, eta = yopo_batch()
   params = pgd.PGDParams(0.1, 0, 0.03)
   result = yopo.YOPO(params, 1, 2).gradients(make_step(model), x, y, (eta,))
-  first, rest = model.get_layer('first'), model.get_layer('logits')
-  with tf.GradientTape() as tape:
-    hidden = first(x + eta)
-    tape.watch(hidden)
-    loss = tf.reduce_sum(losses.xent(y, rest(hidden)))
-  costate, *rest_gradients = tape.gradient(loss, [hidden] + rest.trainable_variables)
-  with tf.GradientTape() as tape:
-    hamiltonian = tf.reduce_sum(costate * first(result.x_adv))
-  first_gradients = tape.gradient(hamiltonian, first.trainable_variables)
+  costate, rest_gradients = full_pass(model, x + eta, y)
+  first_gradients = hamiltonian_gradients(model, result.x_adv, costate)
   for got, want in zip(result.gradients, first_gradients + rest_gradients):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   moved = np.abs(result.x_adv.numpy() - (x + eta).numpy()).max()
@@ -127,22 +140,16 @@ def test_yopo_carries_eta_from_one_full_pass_to_the_next():
   x, y, eta = yopo_batch()
   params = pgd.PGDParams(0.1, 0, 0.03)
   result = yopo.YOPO(params, 2, 2).gradients(make_step(model), x, y, (eta,))
-  first, rest = model.get_layer('first'), model.get_layer('logits')
+  first = model.get_layer('first')
   expected = [tf.zeros_like(v) for v in model.trainable_variables]
   for _ in range(2):
-    with tf.GradientTape() as tape:
-      hidden = first(x + eta)
-      tape.watch(hidden)
-      loss = tf.reduce_sum(losses.xent(y, rest(hidden))) / 2
-    costate, *rest_gradients = tape.gradient(loss, [hidden] + rest.trainable_variables)
+    costate, rest_gradients = full_pass(model, x + eta, y, scale=0.5)
     for _ in range(2):  # x + η stays inside [0.2, 0.8]: nothing for the pixel range to clip
       with tf.GradientTape() as tape:
         tape.watch(eta)
         hamiltonian = tf.reduce_sum(costate * first(x + eta))
       eta = tf.clip_by_value(eta + 0.03 * tf.sign(tape.gradient(hamiltonian, eta)), -0.1, 0.1)
-    with tf.GradientTape() as tape:
-      hamiltonian = tf.reduce_sum(costate * first(x + eta))
-    first_gradients = tape.gradient(hamiltonian, first.trainable_variables)
+    first_gradients = hamiltonian_gradients(model, x + eta, costate)
     expected = [e + g for e, g in zip(expected, first_gradients + rest_gradients)]
   np.testing.assert_allclose(result.x_adv, x + eta, atol=1e-6)
   for got, want in zip(result.gradients, expected):
