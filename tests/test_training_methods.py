@@ -60,7 +60,6 @@ def full_gradient(model, x, y):
 
 # --- YOPO ------------------------------------------------------------------------------
 
-
 def yopo_batch(n=6, inputs=12):
   x = RNG.uniform(0.3, 0.7, (n, inputs)).astype(np.float32)  # ε 0.1: nothing is clipped
   eta = RNG.uniform(-0.1, 0.1, (n, inputs)).astype(np.float32)
@@ -194,7 +193,6 @@ def tiny_cifar_config_like():
 
 # --- bilateral -------------------------------------------------------------------------
 
-
 def test_the_bilateral_label_is_the_papers_closed_form_and_sums_to_one():
   logits = RNG.normal(0, 3, (8, 10)).astype(np.float32)
   labels = RNG.integers(0, 10, 8)
@@ -276,7 +274,6 @@ def test_a_bilateral_step_descends_the_soft_label_loss_at_the_targeted_image():
 
 
 # --- MMA -------------------------------------------------------------------------------
-
 
 def test_the_soft_logit_margin():
   logits = RNG.normal(0, 2, (5, 10)).astype(np.float32)
@@ -360,7 +357,6 @@ def test_an_mma_step_trains_the_correct_at_their_margin_and_the_wrong_where_they
 
 
 # --- on the shared trainer -------------------------------------------------------------
-
 
 def method_config(tmp_path, mnist_dir, method, **changes):
   settings = dict(METHODS[method], max_num_training_steps=1)
@@ -455,6 +451,12 @@ def test_the_guard_watches_each_method(tmp_path, mnist_dir, method):
   assert sum('held-out' in line for line in lines) >= 2, lines
 
 
+def built_method(**changes):
+  """The method MNIST's default config with `changes` builds."""
+  config = MNIST.load_config(overrides=changes)
+  return training_methods.build(MNIST, config, MNIST.attack_params(config))
+
+
 def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
   mnist, cifar = MNIST.load_config(), CIFAR10.load_config()
   assert (mnist.bilateral_beta, mnist.mma_max_epsilon, mnist.mma_min_epsilon,
@@ -462,27 +464,21 @@ def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
   assert (cifar.mma_max_epsilon, cifar.mma_min_epsilon, cifar.yopo_inner_steps) == (
       12.0, pytest.approx(1.275), 3)
   assert mnist.mma_clean_weight == pytest.approx(1 / 3) and mnist.mma_search_steps == 10
-  params = MNIST.attack_params(mnist)
-  chosen = lambda **changes: training_methods.build(
-      MNIST, MNIST.load_config(overrides=changes), params)
-  assert type(chosen()) is training_methods.Madry
-  assert isinstance(chosen(training_loss='bilateral'), bilateral.Bilateral)
-  assert chosen(training_loss='bilateral').params.step_size == pytest.approx(0.3)
-  assert chosen(training_loss='mma', training_num_steps=10).params.num_steps == 10
-  assert chosen(training_loss='mma').params.num_steps == 40  # the configured k
-  assert chosen(training_attack='yopo').params.step_size == 0.01  # the configured a
-  assert chosen(training_attack='yopo', training_step_size=0.02).params.step_size == 0.02
+  assert type(built_method()) is training_methods.Madry
+  assert isinstance(built_method(training_loss='bilateral'), bilateral.Bilateral)
+  assert built_method(training_loss='bilateral').params.step_size == pytest.approx(0.3)
+  assert built_method(training_loss='mma', training_num_steps=10).params.num_steps == 10
+  assert built_method(training_loss='mma').params.num_steps == 40  # the configured k
+  assert built_method(training_attack='yopo').params.step_size == 0.01  # the configured a
+  assert built_method(training_attack='yopo', training_step_size=0.02).params.step_size == 0.02
 
 
 def test_each_methods_own_keys_reach_it():
-  params = MNIST.attack_params(MNIST.load_config())
-  chosen = lambda **changes: training_methods.build(
-      MNIST, MNIST.load_config(overrides=changes), params)
-  method = chosen(training_attack='yopo', yopo_outer_steps=3, yopo_inner_steps=1)
+  method = built_method(training_attack='yopo', yopo_outer_steps=3, yopo_inner_steps=1)
   assert (method.outer_steps, method.inner_steps) == (3, 1)
-  assert chosen(training_loss='bilateral', bilateral_beta=4.0).beta == 4.0
-  method = chosen(training_loss='mma', mma_max_epsilon=0.4, mma_min_epsilon=0.05,
-                  mma_clean_weight=0.5, mma_search_steps=4)
+  assert built_method(training_loss='bilateral', bilateral_beta=4.0).beta == 4.0
+  method = built_method(training_loss='mma', mma_max_epsilon=0.4, mma_min_epsilon=0.05,
+                        mma_clean_weight=0.5, mma_search_steps=4)
   assert (method.max_epsilon, method.min_epsilon, method.clean_weight,
           method.search_steps) == (0.4, 0.05, 0.5, 4)
 
