@@ -52,7 +52,9 @@ def speed(repeats, batch=200):
 
 
 def strength(model_dir, data_dir, num_examples, batch_size, seed):
-  config = MNIST.load_config(overrides={'model_dir': model_dir, 'data_dir': data_dir})
+  saved = os.path.join(model_dir, 'config.json')  # the network it was trained as, if it says
+  config = MNIST.load_config(saved if os.path.isfile(saved) else None,
+                             {'model_dir': model_dir, 'data_dir': data_dir})
   model = MNIST.build_model(config)
   path, _ = checkpoints.restore_newest_model(model, model_dir, MNIST.tf1_variables,
                                              lambda *a, **k: None)

@@ -4,7 +4,8 @@ this machine. Prints each attack's cumulative robust accuracy for both, how many
 end alike (robust or broken) after each attack, and both wall times with their ratio.
 
 Two models:
-* `shipped`: the model at --model_dir (the shipped MNIST model by default);
+* `shipped`: the model at --model_dir (by default the PGD-3 recipe's, checkpoints/mnist/fast:
+  the model shipped until 2026-12-05; the reference's network is Madry's CNN);
 * `masked`: the same weights behind a binarising input layer (pixels > 0.5 -> 1, else 0)
   whose input gradient is exactly zero: a model that masks its gradients, where APGD and FAB
   cannot move and Square decides (and where FAB's treatment of zero-gradient pixels shows).
@@ -29,7 +30,8 @@ import time
 import numpy as np
 
 # Beside this script (torch-free until a network is built).
-from torch_reference import keras_weights, madry_mnist, python_with_torch, skip
+from torch_reference import (keras_weights, madry_mnist, python_with_torch, require_madry_cnn,
+                             skip)
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,8 +104,8 @@ def main():
                       help='a local copy of github.com/fra31/auto-attack (its autoattack/ package)')
   parser.add_argument('--reference_python', default='',
                       help='a Python with torch for the reference (default: this one)')
-  parser.add_argument('--model_dir', default=os.path.join(REPO, 'checkpoints', 'mnist',
-                                                          'fast_robust'))
+  parser.add_argument('--model_dir', default=os.path.join(REPO, 'checkpoints', 'mnist', 'fast'),
+                      help='a Madry-CNN checkpoint (default: the one configs/fast.json trains)')
   parser.add_argument('--data_dir', default=os.path.join(REPO, '..', 'shared', 'data', 'mnist'))
   parser.add_argument('--num_examples', type=int, default=1000)
   parser.add_argument('--batch_size', type=int, default=500)
@@ -121,6 +123,7 @@ def main():
     skip(f'no copy of the reference at --reference "{options.reference}" (it needs '
          'autoattack/autoattack.py: git clone https://github.com/fra31/auto-attack)')
   python = python_with_torch(options.reference_python)
+  require_madry_cnn(options.model_dir)
   variants = options.variants.split(',')
   unknown = set(variants) - set(VARIANTS)
   if unknown:

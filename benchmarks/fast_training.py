@@ -1,12 +1,13 @@
 """The fast MNIST recipe (mnist_challenge/configs/fast.json) on the real data: trains it with
 each seed, times it, and evaluates the final model and the guard's best one (natural on all
 10,000 test images, PGD-40 on all 10,000, PGD-100 with 10 random restarts on the first
-1,000: ε 0.3, step 0.01, random starts, float32).
+1,000: ε 0.3, step 0.01, random starts, float32; with --autoattack, those AutoAttack attacks
+on the first 1,000 too).
 
   python benchmarks/fast_training.py --data_dir ../shared/data/mnist [--seeds 3]
   python benchmarks/fast_training.py ... --export /tmp/fast_robust
-  python benchmarks/fast_training.py ... --seeds 1 --recipe checkpoints/mnist/fast_robust/config.json \
-      --export /tmp/fast_robust   # remakes the shipped model from the recipe it records
+  python benchmarks/fast_training.py ... --recipe mnist_challenge/configs/fast_small_cnn.json \
+      --autoattack apgd-ce,apgd-t   # the shipped model's recipe (--seeds 1 --export: the model)
 
 --export writes the first seed's chosen model (the guard's best) as a weights-only checkpoint
 with its config.json and evaluation.json: what checkpoints/mnist/fast_robust holds.
@@ -24,6 +25,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from common import cli  # noqa: E402,F401  (TensorFlow starts quietly)
 from common import checkpoints, files, guard, runtime, training  # noqa: E402
+from common.attacks import autoattack  # noqa: E402
 from common.evaluation import Evaluator  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
 from timing import machine  # noqa: E402
@@ -33,17 +35,24 @@ RECIPE = os.path.join(REPO, 'mnist_challenge', 'configs', 'fast.json')
 SEEDS = (4557077, 1, 2)
 
 
-def evaluate(config, model_dir, test, restarts_examples=1000):
-  """{'natural', 'pgd40', 'pgd100x10'} (%) of the model in model_dir, and the seconds."""
+def evaluate(config, model_dir, test, attacks=(), first=1000):
+  """{'natural', 'pgd40', 'pgd100x10', and each AutoAttack attack in `attacks`} (%) of the
+  model in model_dir, and the seconds."""
   model = MNIST.build_model(config)
   step = checkpoints.restore_model(model, checkpoints.latest(model_dir))
   params = MNIST.attack_params(config)  # PGD-40, step 0.01, random start
   began = time.time()
   pgd40 = Evaluator(model, params, seed=0).attack(test, 500)
   pgd100 = Evaluator(model, dataclasses.replace(params, num_steps=100), restarts=10,
-                     seed=0).attack(test.head(restarts_examples), 500)
-  return {'step': step, 'natural': 100 * pgd40.nat_accuracy, 'pgd40': 100 * pgd40.adv_accuracy,
-          'pgd100x10': 100 * pgd100.adv_accuracy, 'seconds': time.time() - began}
+                     seed=0).attack(test.head(first), 500)
+  figures = {'step': step, 'natural': 100 * pgd40.nat_accuracy,
+             'pgd40': 100 * pgd40.adv_accuracy, 'pgd100x10': 100 * pgd100.adv_accuracy}
+  if attacks:
+    head = test.head(first)
+    report = autoattack.evaluate(model, head.images, head.labels, params.epsilon,
+                                 attacks=attacks, log=lambda *a, **k: None)
+    figures.update({o.attack: 100 * o.robust_accuracy for o in report.outcomes})
+  return {**figures, 'seconds': time.time() - began}
 
 
 def export(config, source_dir, figures, target):
@@ -76,7 +85,15 @@ def main():
   parser.add_argument('--work_dir', default='')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=JSON',
                       help='change a key of the recipe, e.g. --set training_step_size=0.3')
+  parser.add_argument('--autoattack', default='', metavar='ATTACKS',
+                      help='AutoAttack attacks to run on the first 1,000 too, e.g. apgd-ce,apgd-t '
+                      '(as autoattack.py runs them: each on what the ones before left)')
   options = parser.parse_args()
+  attacks = tuple(a for a in options.autoattack.split(',') if a)
+  unknown = [a for a in attacks if a not in autoattack.STANDARD]
+  if unknown:
+    parser.error(f'unknown AutoAttack attack(s) {", ".join(unknown)}; use: '
+                 + ', '.join(autoattack.STANDARD))
   runtime.start()
   print(machine())
   work = options.work_dir or tempfile.mkdtemp(prefix='fast-mnist-')
@@ -97,16 +114,18 @@ def main():
     test = MNIST.load_data(config).test
     with open(os.path.join(config.model_dir, guard.BEST_DIR, 'best.json')) as f:
       best = json.load(f)
-    final = evaluate(config, config.model_dir, test)
+    final = evaluate(config, config.model_dir, test, attacks)
     chosen = (final if best['step'] == final['step'] else
-              evaluate(config, os.path.join(config.model_dir, guard.BEST_DIR), test))
+              evaluate(config, os.path.join(config.model_dir, guard.BEST_DIR), test, attacks))
     rows.append((seed, seconds, outcome, best, final, chosen))
     print(f'\nseed {seed}: trained in {seconds:.0f} s ({outcome}); the guard\'s best: '
           f'{100 * best["accuracy"]:.2f}% held-out PGD-10 at step {best["step"]}')
     for name, figures in (('final', final), ('best', chosen)):
       print(f'  {name:<5} step {figures["step"]:>5}: natural {figures["natural"]:.2f}%, '
             f'PGD-40 {figures["pgd40"]:.2f}%, PGD-100 x 10 (first 1,000) '
-            f'{figures["pgd100x10"]:.2f}%   ({figures["seconds"]:.0f} s)')
+            f'{figures["pgd100x10"]:.2f}%' + ''.join(
+                f', {attack} {figures[attack]:.2f}%' for attack in attacks) +
+            f'   ({figures["seconds"]:.0f} s)')
     sys.stdout.flush()
     if options.export and seed == SEEDS[0]:
       export(config, os.path.join(config.model_dir, guard.BEST_DIR),

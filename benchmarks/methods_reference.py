@@ -51,7 +51,8 @@ import types
 import numpy as np
 
 # Beside this script (torch-free until a network is built).
-from torch_reference import keras_gradients, keras_weights, madry_mnist, python_with_torch, skip
+from torch_reference import (keras_gradients, keras_weights, madry_mnist, python_with_torch,
+                             require_madry_cnn, skip)
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -340,8 +341,8 @@ def main():
   parser.add_argument('--reference_python', default='',
                       help='a Python with torch for the references (default: this one)')
   parser.add_argument('--methods', default=','.join(METHODS))
-  parser.add_argument('--model_dir', default=os.path.join(REPO, 'checkpoints', 'mnist',
-                                                          'fast_robust'))
+  parser.add_argument('--model_dir', default=os.path.join(REPO, 'checkpoints', 'mnist', 'fast'),
+                      help='a Madry-CNN checkpoint (default: the one configs/fast.json trains)')
   parser.add_argument('--data_dir', default=os.path.join(REPO, '..', 'shared', 'data', 'mnist'))
   parser.add_argument('--num_examples', type=int, default=100)
   parser.add_argument('--yopo_steps', default='',
@@ -373,6 +374,7 @@ def main():
     skip(f'no copy of advertorch at --advertorch "{options.advertorch}" (MMA\'s code needs it:'
          ' git clone https://github.com/BorealisAI/advertorch)')
   python = python_with_torch(options.reference_python)
+  require_madry_cnn(options.model_dir)
 
   sys.path.insert(0, REPO)
   sys.path.insert(0, HERE)

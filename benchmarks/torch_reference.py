@@ -2,6 +2,8 @@
 checks that one can run (else they say why and exit 0), and Madry et al.'s MNIST network in
 PyTorch carrying our Keras model's weights. torch is imported only when a network is built,
 under the reference's Python; the project never depends on it."""
+import json
+import os
 import subprocess
 import sys
 from collections import OrderedDict
@@ -13,6 +15,22 @@ def skip(reason):
   """Ends the benchmark, saying why it cannot run (exit 0: nothing is wrong with ours)."""
   print(f'skipped: {reason}')
   sys.exit(0)
+
+
+def require_madry_cnn(model_dir):
+  """Skips unless model_dir holds a checkpoint; exits with an error unless its config.json
+  names Madry's network (the one network ported to PyTorch here)."""
+  config = os.path.join(model_dir, 'config.json')
+  if not os.path.isfile(config):
+    skip(f'no model at --model_dir "{model_dir}" (the default is the PGD-3 recipe\'s: python '
+         'mnist_challenge/train.py --config mnist_challenge/configs/fast.json --data_dir '
+         '../shared/data/mnist makes it, about 14 minutes on a 2-core CPU)')
+  with open(config) as f:
+    network = json.load(f).get('model', 'madry')
+  if network != 'madry':
+    sys.exit(f'error: {model_dir} holds the {network} network, and the PyTorch reference is '
+             'Madry\'s CNN: pass --model_dir of a Madry-CNN checkpoint (the default, '
+             'checkpoints/mnist/fast, is the one mnist_challenge/configs/fast.json trains)')
 
 
 def python_with_torch(reference_python):

@@ -625,3 +625,16 @@ def test_the_reference_benchmark_skips_saying_why_without_the_reference(tmp_path
                        '--reference_python', str(no_torch)])
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith(f'skipped: {no_torch} cannot import torch')
+  # Its torch network is Madry's: no model is a skip, another network an error.
+  torch = tmp_path / 'torch_python'  # a Python whose `import torch` succeeds
+  torch.write_text(f'#!/bin/sh\nexec {sys.executable} -c "import sys; sys.exit(0)"\n')
+  torch.chmod(0o755)
+  arguments = [script, '--reference', str(tmp_path / 'copy'), '--reference_python', str(torch)]
+  result = run_script(arguments + ['--model_dir', str(tmp_path / 'none')])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith(f'skipped: no model at --model_dir "{tmp_path / "none"}"')
+  (tmp_path / 'small').mkdir()
+  (tmp_path / 'small' / 'config.json').write_text('{"model": "small_cnn"}')
+  result = run_script(arguments + ['--model_dir', str(tmp_path / 'small')])
+  assert result.returncode == 1
+  assert 'holds the small_cnn network, and the PyTorch reference is Madry' in result.stderr

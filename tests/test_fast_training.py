@@ -216,6 +216,22 @@ def test_the_fast_recipes_load(challenge, directory):
 
 
 SHIPPED = os.path.join(REPO, 'checkpoints', 'mnist', 'fast_robust')
+SHIPPED_RECIPE = os.path.join(MNIST.package_dir, 'configs', 'fast_small_cnn.json')
+
+
+def test_the_shipped_model_records_the_recipe_file():
+  # docs/fast_training.md remakes the shipped model from configs/fast_small_cnn.json: every
+  # key the model was trained with, its seed included, is that file's (paths aside).
+  recipe = MNIST.load_config(SHIPPED_RECIPE)
+  shipped = MNIST.load_config(os.path.join(SHIPPED, 'config.json'))
+  assert (recipe.model, recipe.training_num_steps, recipe.training_step_size) == (
+      'small_cnn', 40, 0.01)
+  assert recipe.robustness_check_steps > 0 and recipe.lr_schedule == 'one_cycle'
+  paths = {'model_dir', 'data_dir', 'store_adv_path', 'pred_path'}
+  assert ({k: v for k, v in recipe.items() if k not in paths} ==
+          {k: v for k, v in shipped.items() if k not in paths})
+  model = MNIST.build_model(shipped)
+  checkpoints.restore_model(model, checkpoints.latest(SHIPPED))  # the recorded network's weights
 
 
 @pytest.mark.realdata

@@ -1,5 +1,8 @@
 """The MNIST networks: architecture, parameter count, initialisers; the Small CNN of TRADES
 and YOPO (config model small_cnn) trained and attacked."""
+import os
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -101,6 +104,11 @@ def test_the_small_cnn_trains_is_attacked_and_refuses_a_tf1_checkpoint(tmp_path,
   adversarial = np.load(config.store_adv_path)
   test = MNIST.load_data(config).test.head(config.num_eval_examples)
   assert np.abs(adversarial - test.images).max() <= config.epsilon + 1e-6
+  # Read as the default config's network, the error names the fix the model_dir holds.
+  saved = os.path.join(config.model_dir, 'config.json')
+  with pytest.raises(ChallengeError, match=re.escape(
+      f'{saved} says it was trained with "model": "small_cnn": pass --config {saved}')):
+    commands.pgd_attack(MNIST, config.replace(model='madry'), log=quiet)
   original = Original(mnist_network, (784,), 0)
   original.save(str(tmp_path / 'tf1'))
   with pytest.raises(ChallengeError, match='a TF1 checkpoint holds the challenge\'s own '
