@@ -22,7 +22,7 @@ from common import cli  # noqa: E402,F401  (TensorFlow starts quietly)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import checkpoints, losses, runtime  # noqa: E402
+from common import losses, model_files, runtime  # noqa: E402
 from common.attacks import apgd, autoattack, pgd  # noqa: E402
 from common.evaluation import Evaluator  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
@@ -52,12 +52,9 @@ def speed(repeats, batch=200):
 
 
 def strength(model_dir, data_dir, num_examples, batch_size, seed):
-  saved = os.path.join(model_dir, 'config.json')  # the network it was trained as, if it says
-  config = MNIST.load_config(saved if os.path.isfile(saved) else None,
-                             {'model_dir': model_dir, 'data_dir': data_dir})
-  model = MNIST.build_model(config)
-  path, _ = checkpoints.restore_newest_model(model, model_dir, MNIST.tf1_variables,
-                                             lambda *a, **k: None)
+  config = MNIST.load_config(overrides={'model_dir': model_dir, 'data_dir': data_dir})
+  # The network from the config.json training saved beside the checkpoint, as export reads it.
+  model, _, path, _ = model_files.restore(MNIST, config, model_dir, lambda *a, **k: None)
   test = MNIST.load_data(config).test.head(num_examples)
   params = MNIST.attack_params(config)
   print(f'\n{path}, first {num_examples} test images, ε {params.epsilon:g}')
