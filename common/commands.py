@@ -67,12 +67,13 @@ def _check_model_file_options(model_path, unsafe_model):
 
 def _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log):
   """(model, build) under `strategy`: the file at model_path, checked against the
-  challenge's contract (build None: no twin in another precision), or the config's
-  architecture for model_dir's checkpoints (not yet restored)."""
+  challenge's contract (build None: no twin in another precision), or model_dir's network
+  (model_files.architecture_config) for its checkpoints (not yet restored)."""
   with strategy.scope():
     if model_path:
       return model_files.load_checked(challenge, model_path, unsafe_model, log), None
-    return challenge.build_model(config), lambda: challenge.build_model(config)
+    network = model_files.architecture_config(challenge, config, config.model_dir)
+    return challenge.build_model(network), lambda: challenge.build_model(network)
 
 
 def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_path='',

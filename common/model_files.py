@@ -265,12 +265,19 @@ def twin(model, build: Optional[Callable[[], keras.Model]], attack_precision: st
   return precision.Twin(model, build, attack_precision)
 
 
+def architecture_config(challenge, config, model_dir: str):
+  """The config to build model_dir's network from: the config.json train.py saved there
+  (the network its checkpoints hold, e.g. the shipped Small CNN), else `config`. Every
+  command that reads model_dir's checkpoints builds from it, so that `--model_dir` alone
+  reads a model of another network than the config's."""
+  saved = os.path.join(model_dir, 'config.json')
+  return challenge.load_config(saved) if os.path.exists(saved) else config
+
+
 def restore(challenge, config, model_dir: str, log=print):
   """(model, its config, the checkpoint's path, its step) of model_dir's newest readable
-  checkpoint, ours or TF1; the architecture from the config.json train.py saved there,
-  else `config`'s."""
-  saved = os.path.join(model_dir, 'config.json')
-  model_config = challenge.load_config(saved) if os.path.exists(saved) else config
+  checkpoint, ours or TF1, in the network of `architecture_config`."""
+  model_config = architecture_config(challenge, config, model_dir)
   checkpoints.require_latest(model_dir)
   model = challenge.build_model(model_config)
   path, step = checkpoints.restore_newest_model(model, model_dir, challenge.tf1_variables, log)

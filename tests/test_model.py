@@ -104,11 +104,24 @@ def test_the_small_cnn_trains_is_attacked_and_refuses_a_tf1_checkpoint(tmp_path,
   adversarial = np.load(config.store_adv_path)
   test = MNIST.load_data(config).test.head(config.num_eval_examples)
   assert np.abs(adversarial - test.images).max() <= config.epsilon + 1e-6
-  # Read as the default config's network, the error names the fix the model_dir holds.
+  # Given the default config's network (--model_dir alone), every evaluation command reads
+  # the network model_dir's config.json names, and finds what the right config found.
+  as_default = config.replace(model='madry', store_adv_path=str(tmp_path / 'again.npy'))
+  again = commands.pgd_attack(MNIST, as_default, log=quiet)
+  np.testing.assert_array_equal(np.load(as_default.store_adv_path), adversarial)
+  assert commands.evaluate(MNIST, as_default, once=True, log=quiet).adv_accuracy == (
+      again.adv_accuracy)
+  assert commands.run_attack(MNIST, as_default.replace(pred_path=str(tmp_path / 'pred.npy')),
+                             log=quiet) == pytest.approx(again.adv_accuracy)
+  report = commands.run_autoattack(MNIST, as_default, attacks='apgd-ce', iterations=2,
+                                   log=quiet)
+  assert report.clean_accuracy == again.nat_accuracy
+  # Training on with another network stops before it writes, naming the fix.
   saved = os.path.join(config.model_dir, 'config.json')
   with pytest.raises(ChallengeError, match=re.escape(
       f'{saved} says it was trained with "model": "small_cnn": pass --config {saved}')):
-    commands.pgd_attack(MNIST, config.replace(model='madry'), log=quiet)
+    training.train(MNIST, config.replace(model='madry', max_num_training_steps=6), log=quiet)
+  assert MNIST.load_config(saved).model == 'small_cnn'
   original = Original(mnist_network, (784,), 0)
   original.save(str(tmp_path / 'tf1'))
   with pytest.raises(ChallengeError, match='a TF1 checkpoint holds the challenge\'s own '
