@@ -8,9 +8,10 @@ on the first 1,000 too).
   python benchmarks/fast_training.py ... --export /tmp/fast_robust
   python benchmarks/fast_training.py ... --recipe mnist_challenge/configs/fast_small_cnn.json \
       --autoattack apgd-ce,apgd-t   # the shipped model's recipe (--seeds 1 --export: the model)
+  python benchmarks/fast_training.py ... --seed 1 --set training_num_steps=20   # a screening run
 
---export writes the first seed's chosen model (the guard's best) as a weights-only checkpoint
-with its config.json and evaluation.json: what checkpoints/mnist/fast_robust holds.
+--export writes the first seed's chosen model (the guard's best) as a weights-only
+checkpoint with its config.json and evaluation.json: what checkpoints/mnist/fast_robust holds.
 """
 import argparse
 import dataclasses
@@ -78,7 +79,10 @@ def export(config, source_dir, figures, target):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_dir', required=True)
-  parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--seeds', type=int, default=3, help='the first SEEDS of '
+                      + ', '.join(map(str, SEEDS)))
+  parser.add_argument('--seed', type=int, action='append', default=[],
+                      help='run this seed (repeatable) instead of --seeds\'s')
   parser.add_argument('--recipe', default=RECIPE, help='the config file to train (default: '
                       'mnist_challenge/configs/fast.json); its seed is replaced by each seed\'s')
   parser.add_argument('--export', default='')
@@ -98,7 +102,8 @@ def main():
   print(machine())
   work = options.work_dir or tempfile.mkdtemp(prefix='fast-mnist-')
   rows = []
-  for seed in SEEDS[:options.seeds]:
+  seeds = options.seed or SEEDS[:options.seeds]
+  for seed in seeds:
     changes = {key: json.loads(value) for key, value in
                (item.split('=', 1) for item in options.set)}
     config = MNIST.load_config(options.recipe, {**changes, 'data_dir': options.data_dir,
@@ -127,7 +132,7 @@ def main():
                 f', {attack} {figures[attack]:.2f}%' for attack in attacks) +
             f'   ({figures["seconds"]:.0f} s)')
     sys.stdout.flush()
-    if options.export and seed == SEEDS[0]:
+    if options.export and seed == seeds[0]:
       export(config, os.path.join(config.model_dir, guard.BEST_DIR),
              {**chosen, 'training seconds': seconds, 'seed': seed,
               'held-out PGD-10 at the best step': best['accuracy']}, options.export)
