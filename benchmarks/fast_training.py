@@ -8,7 +8,8 @@ on the first 1,000 too).
   python benchmarks/fast_training.py ... --export /tmp/fast_robust
   python benchmarks/fast_training.py ... --recipe mnist_challenge/configs/fast_small_cnn.json \
       --autoattack apgd-ce,apgd-t   # the shipped model's recipe (--seeds 1 --export: the model)
-  python benchmarks/fast_training.py ... --seed 1 --set training_num_steps=20   # a screening run
+  python benchmarks/fast_training.py ... --seed 1 --set training_num_steps=20 \
+      --set training_step_size=0.02   # a screening run: one seed, keys changed
 
 --export writes the first seed's chosen model (the guard's best) as a weights-only
 checkpoint with its config.json and evaluation.json: what checkpoints/mnist/fast_robust holds.
