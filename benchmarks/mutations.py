@@ -262,6 +262,13 @@ MUTATIONS = (
              'common/training_methods.py',
              [('config.yopo_outer_steps,\n                     config.yopo_inner_steps)',
                'config.yopo_inner_steps,\n                     config.yopo_outer_steps)')]),
+    Mutation('resume_another_network', 'training on from a checkpoint of another network',
+             'common/training.py',
+             [('    self._require_same_network()\n', '')],
+             ['tests/test_model.py', 'tests/test_cifar_training.py']),
+    Mutation('filters_equal_at_a_stride', 'filters equal at a strided stage accepted',
+             'cifar10_challenge/model.py',
+             [('(b > a or (b == a and stride == 1))', 'b >= a')]),
 )
 
 

@@ -124,4 +124,5 @@ CIFAR10 = Challenge(
     tf1_variables=model.tf1_variables,
     tf1_slots=tf1_slots,
     paper_table=PAPER_TABLE,
+    architecture_keys=('filters',),
 )

@@ -63,16 +63,20 @@ class PadChannels(keras.layers.Layer):
 
 
 def check_filters(filters):
-  """Raises unless `filters` is four positive integers whose widenings are even."""
+  """Raises unless `filters` is four positive integers whose widenings are even, widening
+  at every strided stage: as the original, a unit pools its shortcut only when it widens."""
   ok = (isinstance(filters, (list, tuple)) and len(filters) == 4
         and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters))
   if ok:
-    ok = all((b - a) % 2 == 0 and b >= a for a, b in zip(filters, filters[1:]))
+    ok = all((b - a) % 2 == 0 and (b > a or (b == a and stride == 1))
+             for a, b, stride in zip(filters, filters[1:], STRIDES))
   if not ok:
     raise ChallengeError(
-        f'config key "filters" must be four positive integers, non-decreasing, each step '
-        f'even (the shortcut pads channels equally on both sides), e.g. '
-        f'{list(WIDE_FILTERS)} (wide) or [16, 16, 32, 64]; found {filters}')
+        f'config key "filters" must be four positive integers, each step even (the shortcut '
+        f'pads channels equally on both sides), the second equal to the first or larger, the '
+        f'third and fourth each larger than the one before (the stages that halve the image '
+        f'pool the shortcut only when they widen), e.g. {list(WIDE_FILTERS)} (wide) or '
+        f'[16, 16, 32, 64]; found {filters}')
   return tuple(filters)
 
 

@@ -145,6 +145,8 @@ class Challenge:
   # The paper's evaluation table for this challenge: common.paper_table.Row's.
   paper_table: Sequence = ()
   landscape_restarts: int = 100  # random starts per example in the paper's Figures 1, 2
+  # The config keys that choose the network: a checkpoint holds the weights of one choice.
+  architecture_keys: Sequence[str] = ()
 
   @property
   def default_config_path(self) -> str:

@@ -1,5 +1,4 @@
 """Checkpoint I/O: what a checkpoint holds and how scripts find and read one."""
-import json
 import os
 from typing import Callable, List, Optional
 
@@ -122,22 +121,6 @@ def restore_model(model, path: str, tf1_variables=None) -> int:
   return int(step.numpy())
 
 
-def _trained_with(path: str) -> str:
-  """The fix when the checkpoint's own config.json (training saves it) names its network:
-  another network is the usual cause of a mismatch (e.g. the shipped Small CNN read with
-  the default config's Madry CNN)."""
-  saved = os.path.join(os.path.dirname(path), 'config.json')
-  try:
-    with open(saved) as f:
-      network = json.load(f).get('model')
-  except (OSError, ValueError, AttributeError):
-    return ''
-  if not isinstance(network, str):
-    return ''
-  return (f'; {saved} says it was trained with "model": "{network}": pass --config {saved} '
-          f'(or --model {network})')
-
-
 def restore(checkpoint, path: str, what: str, partial: bool = False) -> None:
   """Restores `checkpoint` from `path`; a checkpoint of something else (variables missing
   or of other shapes) is a ChallengeError naming `what` it should hold. `partial`: the
@@ -148,8 +131,8 @@ def restore(checkpoint, path: str, what: str, partial: bool = False) -> None:
       status.expect_partial()
     status.assert_existing_objects_matched()
   except (AssertionError, ValueError) as e:  # missing variables; a shape mismatch
-    raise ChallengeError(f'checkpoint {path} does not hold a {what}: {str(e).rstrip(".")}'
-                         + _trained_with(path)) from None
+    raise ChallengeError(
+        f'checkpoint {path} does not hold a {what}: {str(e).rstrip(".")}') from None
   except tf.errors.NotFoundError:
     raise  # vanished (rotated out)
   except (tf.errors.OpError, IndexError) as e:  # a truncated data file: IndexError

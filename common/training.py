@@ -247,6 +247,20 @@ class Trainer:
                                   self.replica_batch)
     return iter(self.strategy.distribute_datasets_from_function(worker_share))
 
+  def _require_same_network(self):
+    """Training on from model_dir's checkpoints needs the network they hold, which the
+    config.json saved beside them names (else the restore fails on missing variables)."""
+    model_dir = self.config.model_dir
+    saved = os.path.join(model_dir, 'config.json')
+    if not (os.path.exists(saved) and checkpoints.latest(model_dir)):
+      return
+    trained = self.challenge.load_config(saved)
+    for key in self.challenge.architecture_keys:
+      theirs, ours = (json.dumps(getattr(c, key)) for c in (trained, self.config))
+      if theirs != ours:
+        raise ChallengeError(f'{saved} says it was trained with "{key}": {theirs}, not {ours}: '
+                             f'pass --config {saved}, or train into another --model_dir')
+
   def _check_workers_agree(self, num_train):
     """Every worker must resume from the same step with the same settings and data, or
     they would train different models while exchanging gradients."""
@@ -320,6 +334,7 @@ class Trainer:
     if method_state:
       self.checkpoint.method = tf.train.Checkpoint(**method_state)
     self.manager = checkpoints.manager(self.checkpoint, checkpoint_dir)
+    self._require_same_network()
     resumed = self.restore_latest()
     self._check_workers_agree(len(train))
     start = int(self.step.numpy())

@@ -114,4 +114,5 @@ MNIST = Challenge(
     tf1_slots=tf1_slots,
     paper_table=PAPER_TABLE,
     landscape_restarts=200,
+    architecture_keys=('model',),
 )

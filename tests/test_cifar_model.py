@@ -147,10 +147,19 @@ def test_training_loss_is_mean_xent_plus_weight_decay(non_wide, tmp_path, cifar_
 
 
 @pytest.mark.parametrize('filters', [[16, 160, 320], [16, 17, 32, 64], [16, 160, 320, 0],
-                                     [16, 8, 32, 64], 'wide'])
+                                     [16, 8, 32, 64], 'wide', [16, 32, 32, 64],
+                                     [16, 16, 32, 32]])
 def test_impossible_filters_are_an_error_naming_the_key(filters):
   with pytest.raises(ChallengeError, match='"filters"'):
     cifar_model.build_model(filters=filters)
+
+
+@pytest.mark.parametrize('filters', [[16, 18, 20, 22], [4, 4, 6, 8], [16, 160, 320, 640]])
+def test_every_accepted_filters_build_a_network(filters):
+  # The strided stages pool their shortcut only when they widen: equal widths there would
+  # add tensors of two sizes, so check_filters refuses them (above) and accepts these.
+  logits = cifar_model.build_model(filters=filters)(np.zeros((1, 32, 32, 3), np.float32))
+  assert logits.shape == (1, 10)
 
 
 def test_the_standardization_layer_matches_the_originals_map_fn():

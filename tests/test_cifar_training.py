@@ -2,6 +2,7 @@
 training-time attack, the TF1 momentum optimizer, and the attack pipeline on tiny data."""
 import dataclasses
 import os
+import re
 
 import keras
 import numpy as np
@@ -37,6 +38,19 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, cifar_dir):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5, err_msg=a.path)
   for a, b in zip(straight.optimizer.accumulators, resumed.optimizer.accumulators):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5)
+
+
+def test_training_on_with_other_filters_stops_naming_the_key(tmp_path, cifar_dir):
+  config = tiny_cifar_config(tmp_path, cifar_dir, max_num_training_steps=2)
+  training.train(CIFAR10, config, log=quiet)
+  saved = os.path.join(config.model_dir, 'config.json')
+  with pytest.raises(ChallengeError, match=re.escape(
+      f'{saved} says it was trained with "filters": [16, 16, 32, 64], not [16, 32, 64, 128]: '
+      f'pass --config {saved}')):
+    training.train(CIFAR10, config.replace(filters=[16, 32, 64, 128], max_num_training_steps=3),
+                   log=quiet)
+  assert CIFAR10.load_config(saved).filters == [16, 16, 32, 64]
+  assert os.path.basename(tf.train.latest_checkpoint(config.model_dir)) == 'checkpoint-2'
 
 
 @pytest.mark.versions

@@ -119,7 +119,8 @@ def test_the_small_cnn_trains_is_attacked_and_refuses_a_tf1_checkpoint(tmp_path,
   # Training on with another network stops before it writes, naming the fix.
   saved = os.path.join(config.model_dir, 'config.json')
   with pytest.raises(ChallengeError, match=re.escape(
-      f'{saved} says it was trained with "model": "small_cnn": pass --config {saved}')):
+      f'{saved} says it was trained with "model": "small_cnn", not "madry": '
+      f'pass --config {saved}')):
     training.train(MNIST, config.replace(model='madry', max_num_training_steps=6), log=quiet)
   assert MNIST.load_config(saved).model == 'small_cnn'
   original = Original(mnist_network, (784,), 0)
