@@ -39,8 +39,8 @@ import zlib
 import keras
 import tensorflow as tf
 
-from common import (checkpoints, data, distribute, files, guard, losses, precision, runtime,
-                    tf1_checkpoints, training_methods)
+from common import (checkpoints, data, distribute, files, guard, losses, model_files, precision,
+                    runtime, tf1_checkpoints, training_methods)
 from common.challenge import Challenge
 from common.config import Config
 from common.errors import ChallengeError
@@ -251,10 +251,10 @@ class Trainer:
     """Training on from model_dir's checkpoints needs the network they hold, which the
     config.json saved beside them names (else the restore fails on missing variables)."""
     model_dir = self.config.model_dir
-    saved = os.path.join(model_dir, 'config.json')
-    if not (os.path.exists(saved) and checkpoints.latest(model_dir)):
+    if not checkpoints.latest(model_dir):
       return
-    trained = self.challenge.load_config(saved)
+    trained = model_files.architecture_config(self.challenge, self.config, model_dir)
+    saved = os.path.join(model_dir, 'config.json')
     for key in self.challenge.architecture_keys:
       theirs, ours = (json.dumps(getattr(c, key)) for c in (trained, self.config))
       if theirs != ours:
