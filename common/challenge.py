@@ -35,6 +35,9 @@ FAST_TRAINING_KEYS = (
     Key('training_num_steps', int, 0, minimum=0,
         help='the training attack\'s steps (pgd, trades and mma; 0: the configured PGD\'s; '
              'bilateral: 0 is one); evaluation keeps the configured PGD either way; new'),
+    Key('training_epsilon', float, 0.0, minimum=0,
+        help='the training attack\'s ε (pixel units; 0: epsilon, the original\'s one ε for '
+             'both); evaluation, the guard and every attack command keep epsilon; new'),
     Key('noise_multiplier', float, 2.0, minimum=0,
         help='n_fgsm: the start\'s noise is uniform in [-kε, kε] for this k; new'),
     Key('lr_schedule', str, 'piecewise', choices=tuple(LR_SCHEDULES),

@@ -127,6 +127,10 @@ def check(config) -> None:
         f'training_num_steps is {config.training_num_steps}, but YOPO counts its steps with '
         'yopo_outer_steps (m full passes) and yopo_inner_steps (n first-layer updates); '
         'set training_num_steps to 0')
+  if config.training_loss == 'mma' and config.training_epsilon:
+    raise ChallengeError(
+        f'training_epsilon is {config.training_epsilon:g}, but MMA trains each example at its '
+        'own ε (up to mma_max_epsilon); set training_epsilon to 0 and choose mma_max_epsilon')
   if config.training_loss == 'mma' and config.training_step_size:
     raise ChallengeError(
         f'training_step_size is {config.training_step_size:g}, but MMA\'s AN-PGD steps by '
@@ -134,12 +138,14 @@ def check(config) -> None:
 
 
 def build(challenge, config, params: pgd.PGDParams) -> Method:
-  """The method `config` chooses, its attack at `params`' ε, pixel range and loss (the
-  configured PGD's), with the method's steps (`method.params`)."""
+  """The method `config` chooses, its attack at `params`' ε (or `training_epsilon`), pixel
+  range and loss (the configured PGD's), with the method's steps (`method.params`)."""
   # Imported here: each method's module imports this one (Step, Result, Method).
   from common import bilateral, mma, trades, yopo  # pylint: disable=import-outside-toplevel
   check(config)
   steps, step_size = config.training_num_steps, config.training_step_size
+  if config.training_epsilon:  # a training-only ε; the defaults scaled by ε follow it
+    params = dataclasses.replace(params, epsilon=config.training_epsilon)
   if config.training_attack == 'yopo':
     return yopo.YOPO(yopo.step_params(params, step_size), config.yopo_outer_steps,
                      config.yopo_inner_steps)

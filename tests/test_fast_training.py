@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import checkpoints, commands, guard, optimizers, training
+from common import checkpoints, commands, guard, optimizers, training, training_methods
 from common.attacks import pgd
 from common.attacks.pgd import PGDParams
 from common.errors import ChallengeError
@@ -93,6 +93,36 @@ def test_a_shorter_training_pgd_leaves_the_evaluation_attack_alone(tmp_path, mni
   moved = np.abs(x_adv.numpy() - x)
   distance_to_grid = np.min(np.abs(moved[..., None] - np.array([0, 0.2, 0.3])), axis=-1)
   assert distance_to_grid.max() < 1e-5 and moved.max() == pytest.approx(0.3, abs=1e-5)
+
+
+def test_a_training_epsilon_moves_the_training_attack_alone(tmp_path, mnist_dir):
+  config = tiny_config(tmp_path, mnist_dir, training_epsilon=0.4, training_num_steps=2,
+                       training_step_size=0.25, random_start=False)
+  trainer = training.Trainer(MNIST, config, log=quiet)
+  assert MNIST.attack_params(config).epsilon == config.epsilon == 0.3  # evaluation, guard
+  # Pixels in [0.4, 0.6]: no pixel clip. Two steps of 0.25 from x, projected to the 0.4-ball,
+  # move a pixel by 0, 0.25 or 0.4 (at ε 0.3: by 0.25 or 0.3).
+  x = RNG.uniform(0.4, 0.6, (8, 784)).astype(np.float32)
+  _, _, x_adv = trainer.train_step((tf.constant(x), tf.constant(np.arange(8) % 10)))
+  moved = np.abs(x_adv.numpy() - x)
+  distance_to_grid = np.min(np.abs(moved[..., None] - np.array([0, 0.25, 0.4])), axis=-1)
+  assert distance_to_grid.max() < 1e-5 and moved.max() == pytest.approx(0.4, abs=1e-5)
+
+
+def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
+  def built(**changes):
+    config = MNIST.load_config(overrides=changes)
+    return training_methods.build(MNIST, config, MNIST.attack_params(config))
+  assert built().params.epsilon == 0.3  # 0: the configured epsilon
+  assert built(training_epsilon=0.4).params.epsilon == 0.4
+  fgsm_rs = built(training_attack='fgsm_rs', training_epsilon=0.4).params
+  assert (fgsm_rs.epsilon, fgsm_rs.step_size) == (0.4, pytest.approx(1.25 * 0.4))
+  for changes in (dict(training_loss='trades'), dict(training_attack='yopo')):
+    assert built(training_epsilon=0.35, **changes).params.epsilon == 0.35
+  bilateral = built(training_loss='bilateral', training_epsilon=0.4).params
+  assert bilateral.epsilon == bilateral.step_size == 0.4
+  with pytest.raises(ChallengeError, match='training_epsilon is 0.4, but MMA'):
+    built(training_loss='mma', training_epsilon=0.4)
 
 
 def test_one_cycle_rises_to_its_peak_then_falls_to_zero():
