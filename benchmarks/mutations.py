@@ -269,6 +269,10 @@ MUTATIONS = (
     Mutation('filters_equal_at_a_stride', 'filters equal at a strided stage accepted',
              'cifar10_challenge/model.py',
              [('(b > a or (b == a and stride == 1))', 'b >= a')]),
+    Mutation('training_epsilon_ignored', 'the training attack keeps epsilon, not training_epsilon',
+             'common/training_methods.py',
+             [('    params = dataclasses.replace(params, epsilon=config.training_epsilon)\n',
+               '    pass\n')]),
 )
 
 

@@ -123,6 +123,9 @@ def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
   assert bilateral.epsilon == bilateral.step_size == 0.4
   with pytest.raises(ChallengeError, match='training_epsilon is 0.4, but MMA'):
     built(training_loss='mma', training_epsilon=0.4)
+  cifar = CIFAR10.load_config(overrides={'training_epsilon': 10.0})
+  assert training_methods.build(CIFAR10, cifar, CIFAR10.attack_params(cifar)).params.epsilon == 10
+  assert CIFAR10.attack_params(cifar).epsilon == 8.0
 
 
 def test_one_cycle_rises_to_its_peak_then_falls_to_zero():
