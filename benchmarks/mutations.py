@@ -273,6 +273,10 @@ MUTATIONS = (
              'common/training_methods.py',
              [('    params = dataclasses.replace(params, epsilon=config.training_epsilon)\n',
                '    pass\n')]),
+    Mutation('guard_at_training_epsilon', 'the guard attacks at the training attack\'s ε',
+             'common/training.py',
+             [('self.challenge.attack_params(config), checkpoint_dir)',
+               'self.attack_params, checkpoint_dir)')]),
 )
 
 

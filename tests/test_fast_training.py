@@ -109,6 +109,21 @@ def test_a_training_epsilon_moves_the_training_attack_alone(tmp_path, mnist_dir)
   assert distance_to_grid.max() < 1e-5 and moved.max() == pytest.approx(0.4, abs=1e-5)
 
 
+def test_the_guard_judges_at_epsilon_while_training_at_another(tmp_path, mnist_dir,
+                                                               monkeypatch):
+  seen = []
+  original = guard.RobustnessGuard.__init__
+
+  def recording(self, trainer, *args):
+    original(self, trainer, *args)
+    seen.append((self.params.epsilon, trainer.attack_params.epsilon))
+  monkeypatch.setattr(guard.RobustnessGuard, '__init__', recording)
+  config = tiny_config(tmp_path, mnist_dir, training_epsilon=0.4, max_num_training_steps=2,
+                       robustness_check_steps=1, robustness_check_examples=20)
+  training.train(MNIST, config, log=quiet)
+  assert seen == [(0.3, 0.4)]
+
+
 def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
   def built(**changes):
     config = MNIST.load_config(overrides=changes)
@@ -117,6 +132,8 @@ def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
   assert built(training_epsilon=0.4).params.epsilon == 0.4
   fgsm_rs = built(training_attack='fgsm_rs', training_epsilon=0.4).params
   assert (fgsm_rs.epsilon, fgsm_rs.step_size) == (0.4, pytest.approx(1.25 * 0.4))
+  n_fgsm = built(training_attack='n_fgsm', training_epsilon=0.4).params
+  assert (n_fgsm.step_size, n_fgsm.noise_radius) == (0.4, pytest.approx(0.8))
   for changes in (dict(training_loss='trades'), dict(training_attack='yopo')):
     assert built(training_epsilon=0.35, **changes).params.epsilon == 0.35
   bilateral = built(training_loss='bilateral', training_epsilon=0.4).params
