@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import checkpoints, commands, guard, optimizers, training, training_methods
+from common import checkpoints, commands, guard, optimizers, training
 from common.attacks import pgd
 from common.attacks.pgd import PGDParams
 from common.errors import ChallengeError
@@ -122,27 +122,6 @@ def test_the_guard_judges_at_epsilon_while_training_at_another(tmp_path, mnist_d
                        robustness_check_steps=1, robustness_check_examples=20)
   training.train(MNIST, config, log=quiet)
   assert seen == [(0.3, 0.4)]
-
-
-def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
-  def built(**changes):
-    config = MNIST.load_config(overrides=changes)
-    return training_methods.build(MNIST, config, MNIST.attack_params(config))
-  assert built().params.epsilon == 0.3  # 0: the configured epsilon
-  assert built(training_epsilon=0.4).params.epsilon == 0.4
-  fgsm_rs = built(training_attack='fgsm_rs', training_epsilon=0.4).params
-  assert (fgsm_rs.epsilon, fgsm_rs.step_size) == (0.4, pytest.approx(1.25 * 0.4))
-  n_fgsm = built(training_attack='n_fgsm', training_epsilon=0.4).params
-  assert (n_fgsm.step_size, n_fgsm.noise_radius) == (0.4, pytest.approx(0.8))
-  for changes in (dict(training_loss='trades'), dict(training_attack='yopo')):
-    assert built(training_epsilon=0.35, **changes).params.epsilon == 0.35
-  bilateral = built(training_loss='bilateral', training_epsilon=0.4).params
-  assert bilateral.epsilon == bilateral.step_size == 0.4
-  with pytest.raises(ChallengeError, match='training_epsilon is 0.4, but MMA'):
-    built(training_loss='mma', training_epsilon=0.4)
-  cifar = CIFAR10.load_config(overrides={'training_epsilon': 10.0})
-  assert training_methods.build(CIFAR10, cifar, CIFAR10.attack_params(cifar)).params.epsilon == 10
-  assert CIFAR10.attack_params(cifar).epsilon == 8.0
 
 
 def test_one_cycle_rises_to_its_peak_then_falls_to_zero():

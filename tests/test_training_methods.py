@@ -483,6 +483,24 @@ def test_each_methods_own_keys_reach_it():
           method.search_steps) == (0.4, 0.05, 0.5, 4)
 
 
+def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
+  assert built_method().params.epsilon == 0.3  # 0: the configured epsilon
+  assert built_method(training_epsilon=0.4).params.epsilon == 0.4
+  fgsm_rs = built_method(training_attack='fgsm_rs', training_epsilon=0.4).params
+  assert (fgsm_rs.epsilon, fgsm_rs.step_size) == (0.4, pytest.approx(1.25 * 0.4))
+  n_fgsm = built_method(training_attack='n_fgsm', training_epsilon=0.4).params
+  assert (n_fgsm.step_size, n_fgsm.noise_radius) == (0.4, pytest.approx(0.8))
+  for changes in (dict(training_loss='trades'), dict(training_attack='yopo')):
+    assert built_method(training_epsilon=0.35, **changes).params.epsilon == 0.35
+  bilateral_params = built_method(training_loss='bilateral', training_epsilon=0.4).params
+  assert bilateral_params.epsilon == bilateral_params.step_size == 0.4
+  with pytest.raises(ChallengeError, match='training_epsilon is 0.4, but MMA'):
+    built_method(training_loss='mma', training_epsilon=0.4)
+  cifar = CIFAR10.load_config(overrides={'training_epsilon': 10.0})
+  assert training_methods.build(CIFAR10, cifar, CIFAR10.attack_params(cifar)).params.epsilon == 10
+  assert CIFAR10.attack_params(cifar).epsilon == 8.0
+
+
 def test_yopo_trains_the_small_cnn_through_its_dropout(tmp_path, mnist_dir):
   # The Small CNN's last layer starts at zero, so the first step's co-state is zero and its
   # first layer learns from the second step on; dropout draws a mask in each full pass.
