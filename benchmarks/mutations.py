@@ -277,6 +277,10 @@ MUTATIONS = (
              'common/training.py',
              [('self.challenge.attack_params(config), checkpoint_dir)',
                'self.attack_params, checkpoint_dir)')]),
+    Mutation('masking_warning_at_0_2', 'the masking warning fires at exactly 0.2%',
+             'common/attacks/autoattack.py',
+             [('  if 1000 * broke > 2 * len(broken_by):',
+               '  if 1000 * broke >= 2 * len(broken_by):')]),
 )
 
 

@@ -516,6 +516,23 @@ def test_square_lowers_the_margin_without_gradients_and_breaks_a_masked_model():
   assert 'input gradient is zero' in messages and 'may mask its gradients' in messages
 
 
+@pytest.mark.parametrize('square_broke, warns', [(2, False), (3, True)])
+def test_the_masking_warning_counts_examples_so_that_exactly_0_2_percent_is_silent(
+    square_broke, warns):
+  # 903 robust after FAB-T, Square breaks 2 or 3: 0.903 - 0.901 > 0.002 in floats, which
+  # warned at exactly 0.2% before.
+  broken_by = np.array([''] * 903 + ['apgd-ce'] * 97, dtype=object)
+  broken_by[:square_broke] = 'square'
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    autoattack.warn_if_square_beats_gradients(autoattack.STANDARD, broken_by)
+    # Square first: no gradient attack before it, nothing to compare.
+    autoattack.warn_if_square_beats_gradients(['square', 'apgd-ce'], broken_by)
+  messages = [str(w.message) for w in caught]
+  assert len(messages) == int(warns)
+  assert not warns or f'broke {square_broke / 10:.2f}% more' in messages[0]
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, mnist_dir):
   tmp_path = tmp_path_factory.mktemp('autoattack')
