@@ -7,7 +7,7 @@ on the first 1,000 too).
   python benchmarks/fast_training.py --data_dir ../shared/data/mnist [--seeds 3]
   python benchmarks/fast_training.py ... --export /tmp/fast_robust
   python benchmarks/fast_training.py ... --recipe mnist_challenge/configs/fast_small_cnn.json \
-      --autoattack apgd-ce,apgd-t   # the shipped model's recipe (--seeds 1 --export: the model)
+      --autoattack apgd-ce,apgd-t,fab-t,square   # the shipped model's (--seeds 1 --export: it)
   python benchmarks/fast_training.py ... --seed 1 --set training_num_steps=20 \
       --set training_step_size=0.02   # a screening run: one seed, keys changed
 

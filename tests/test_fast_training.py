@@ -254,7 +254,7 @@ def test_the_shipped_model_records_the_recipe_file():
   recipe = MNIST.load_config(SHIPPED_RECIPE)
   shipped = MNIST.load_config(os.path.join(SHIPPED, 'config.json'))
   assert (recipe.model, recipe.training_num_steps, recipe.training_step_size) == (
-      'small_cnn', 20, 0.02)
+      'small_cnn', 20, 0.015)
   assert recipe.robustness_check_steps > 0 and recipe.lr_schedule == 'one_cycle'
   paths = {'model_dir', 'data_dir', 'store_adv_path', 'pred_path'}
   assert ({k: v for k, v in recipe.items() if k not in paths} ==
