@@ -281,6 +281,11 @@ MUTATIONS = (
              'common/attacks/autoattack.py',
              [('  if 1000 * broke > 2 * len(broken_by):',
                '  if 1000 * broke >= 2 * len(broken_by):')]),
+    Mutation('autoattack_logits_per_count', 'AutoAttack judges each batch at its own count '
+             '(the model traced anew for every count)',
+             'common/attacks/autoattack.py',
+             [('wrong = np.argmax(logits, 1) != labels[index]',
+               'wrong = np.argmax(self._logits(x_adv), 1) != labels[index]')]),
 )
 
 

@@ -304,6 +304,29 @@ def test_a_partial_batch_is_padded_to_the_next_sixteenth_of_the_batch():
   assert [two.padded_size(n) for n in (1, 15, 180, 199)] == [14, 28, 182, 200]
 
 
+def test_the_model_is_traced_for_the_padded_batch_shapes_only(monkeypatch):
+  # Judging a batch's adversarial examples at their own count traced the model anew for each
+  # count (TensorFlow's retracing warning in every long run); the padded sizes are few.
+  model_fn = mlp(seed=2, inputs=12, classes=10)
+  x = RNG.uniform(0, 1, (47, 12)).astype(np.float32)
+  y = np.argmax(model_fn(x).numpy(), 1)
+  counts = []
+  real = autoattack.AutoAttack._attack_batch
+
+  def spy(self, run, xs, ys, targets, examples, batch_index):
+    counts.append(len(set(examples.numpy().tolist())))
+    return real(self, run, xs, ys, targets, examples, batch_index)
+  monkeypatch.setattr(autoattack.AutoAttack, '_attack_batch', spy)
+  attacker = autoattack.AutoAttack(model_fn, 0.1, 0.0, 1.0, (2, 2, 3), ['apgd-ce', 'apgd-t'],
+                                   batch_size=20, apgd_iterations=5, log=quiet)
+  report = attacker.run(x, y)
+  assert 0 < report.robust.sum() < 47  # some broken, some left: the counts vary
+  padded = {attacker.padded_size(c) for c in counts}
+  assert set(counts) - padded - {20, 7}  # counts the old judging traced for
+  shapes = padded | {20, 7}  # and the clean pass's batches of 20, 20, 7
+  assert attacker._logits.experimental_get_tracing_count() == len(shapes)
+
+
 def test_apgd_halves_at_the_first_checkpoint_as_the_reference_counts_the_first_rise():
   # Targeted DLR of logits (0, v, -10, -10), label 0, target 1: v / (max(0, v) + 10), negative
   # while the example is robust. The start's loss is -0.9, the first iterate's -0.8: a rise

@@ -197,11 +197,14 @@ class AutoAttack:
                   run, xs, ys, ts, es, b),
               tf.constant(images[padded]), tf.constant(labels[padded]),
               tf.constant(targets[padded]), tf.constant(padded.astype(np.int64)))
+          # What counts is judged here again: misclassified by the model, inside the ball;
+          # the logits of the padded batch, so that they are traced for its few shapes, not
+          # for every count.
+          logits = self._logits(x_adv).numpy()[:count]
           x_adv, fooled = x_adv.numpy()[:count], fooled.numpy()[:count]
-          # What counts is judged here again: misclassified by the model, inside the ball.
           inside = (np.abs(x_adv - images[index]).reshape(count, -1).max(1)
                     <= self.epsilon + tolerance)
-          wrong = np.argmax(self._logits(x_adv), 1) != labels[index]
+          wrong = np.argmax(logits, 1) != labels[index]
           broke = index[fooled & wrong & inside]
           adversarial[broke] = x_adv[fooled & wrong & inside]
           broken_by[broke] = name
