@@ -5,6 +5,7 @@ catches is reported and makes the exit code 1.
   python benchmarks/mutations.py                  # each: the fast suite + the files that target it
   python benchmarks/mutations.py --suite          # each: the whole suite (about 15 min apiece)
   python benchmarks/mutations.py --only fgsm_step --only cw_plus_kappa
+  python benchmarks/mutations.py --quick          # each: only the files that target it
 
 The copy is made from the files git knows (tracked and untracked, not ignored), and its
 tests import the copy (PYTHONPATH, also for the scripts they start), never this checkout.
@@ -67,7 +68,7 @@ MUTATIONS = (
                'weight_decay * model.weight_decay_loss(keras_model)')]),
     Mutation('evaluation_unseeded', "eval.py's and pgd_attack.py's random starts unseeded",
              'common/commands.py',
-             [('seed=challenge.seed(config), jit_compile=jit)', 'jit_compile=jit)')],
+             [('seed=challenge.seed(config), jit_compile=jit,', 'jit_compile=jit,')],
              ['tests/test_determinism.py']),
     Mutation('max_pool_ties_shared', 'the deterministic max pool sends the gradient to every '
              'tied maximum', 'common/pooling.py',
@@ -157,17 +158,19 @@ MUTATIONS = (
     Mutation('portable_mnist_keeps_our_pooling', "the exported MNIST network keeps the "
              "project's max-pooling class (a .keras file that needs this project to load)",
              'mnist_challenge/model.py',
-             [('max_pooling = layers.MaxPooling2D if portable else pooling.MaxPooling2D',
-               'max_pooling = pooling.MaxPooling2D')],
+             [('  """The challenge\'s network."""\n  layers = keras.layers\n'
+               '  max_pooling = layers.MaxPooling2D if portable else pooling.MaxPooling2D',
+               '  """The challenge\'s network."""\n  layers = keras.layers\n'
+               '  max_pooling = pooling.MaxPooling2D')],
              ['tests/test_model_files.py']),
     Mutation('export_overwrites_silently', 'an existing export output replaced without '
              '--overwrite', 'common/model_files.py',
-             [('if os.path.lexists(output) and not overwrite:', 'if False:')],
+             [('  if not overwrite:\n    raise ChallengeError(f\'{output} exists;', '  if False:\n    raise ChallengeError(f\'{output} exists;')],
              ['tests/test_model_files.py']),
     Mutation('model_path_restores_the_checkpoint', "with --model_path, model_dir's checkpoint "
              'is restored into the loaded model anyway', 'common/commands.py',
-             [('  if not model_path:\n    checkpoints.restore_newest_model(model, config.',
-               '  if True:\n    checkpoints.restore_newest_model(model, config.')],
+             [('  if not model_path:\n    evaluator.name, _ = checkpoints.restore_newest_model(',
+               '  if True:\n    evaluator.name, _ = checkpoints.restore_newest_model(')],
              ['tests/test_model_files.py']),
     Mutation('model_input_shape_unchecked', "a model file's declared input shape not checked "
              'against the challenge\'s', 'common/model_files.py',
@@ -286,6 +289,77 @@ MUTATIONS = (
              'common/attacks/autoattack.py',
              [('wrong = np.argmax(logits, 1) != labels[index]',
                'wrong = np.argmax(self._logits(x_adv), 1) != labels[index]')]),
+    # Bad input (tests/test_bad_input.py, docs/robustness.md).
+    Mutation('open_input_blocks', 'a file a command reads is opened blocking (a FIFO hangs it)',
+             'common/files.py',
+             [("descriptor = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)\n"
+               "                         | getattr(os, 'O_CLOEXEC', 0))",
+               'descriptor = os.open(path, os.O_RDONLY)')], ['tests/test_bad_input.py']),
+    Mutation('open_input_any_kind', 'a file a command reads may be a directory, FIFO or device',
+             'common/files.py',
+             [('    if not stat.S_ISREG(status.st_mode):\n      raise error(f\'{what} {path} is '
+               '{kind(status.st_mode)}, not a regular file\')\n    if max_bytes',
+               '    if max_bytes')], ['tests/test_bad_input.py']),
+    Mutation('model_file_kind_unchecked', 'a --model_path of any kind handed to Keras (a FIFO '
+             'blocks it)', 'common/model_files.py',
+             [("    files.require_regular(path, 'model file')", '    pass')],
+             ['tests/test_bad_input.py']),
+    Mutation('float_not_finite', 'a float key of NaN or infinity accepted', 'common/config.py',
+             [('if key.type is float and not _finite(value):', 'if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('integer_unbounded', 'an integer key without a maximum of its own unbounded',
+             'common/config.py',
+             [('maximum = key.maximum if key.maximum is not None or key.type is float else '
+               'INT_MAXIMUM', 'maximum = key.maximum')], ['tests/test_bad_input.py']),
+    Mutation('output_may_be_an_input', 'an output may be one of the command\'s inputs',
+             'common/files.py', [('      if same or holds:', '      if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('output_kind_unchecked', 'an output file may be a directory, FIFO or device',
+             'common/files.py',
+             [('    if not directory and not stat.S_ISREG(mode):', '    if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('read_only_unchecked', 'a read-only place found only after the work',
+             'common/files.py',
+             [('  if not os.access(place, os.W_OK | os.X_OK):', '  if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('model_dir_unlocked', 'two train.py may write one model_dir', 'common/files.py',
+             [('    try:\n      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)\n'
+               '    except OSError:\n      holder',
+               '    try:\n      pass\n    except OSError:\n      holder')],
+             ['tests/test_bad_input.py']),
+    Mutation('failed_checkpoint_left', 'a checkpoint that failed to write (full disk) is left '
+             'half-written', 'common/checkpoints.py',
+             [('    remove_partial(manager.directory, step)\n', '')],
+             ['tests/test_bad_input.py']),
+    Mutation('stale_partials_kept', 'partial files and staging directories of killed writers '
+             'are never removed', 'common/files.py',
+             [('if pattern.match(entry) and not _locked_by_another(candidate):', 'if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('stale_checkpoint_staging_kept', 'checkpoint-N_temp of a killed train.py kept',
+             'common/training.py', [('        checkpoints.remove_partial(directory)', '        pass')],
+             ['tests/test_bad_input.py']),
+    Mutation('resume_history_lost', 'a resumed run with other settings forgets the earlier ones',
+             'common/training.py',
+             [("        history.append({'steps': [first, start], 'settings': changed})\n", '')],
+             ['tests/test_bad_input.py']),
+    Mutation('nan_logits_scored', 'NaN logits scored as predictions', 'common/evaluation.py',
+             [('    if totals[4]:', '    if False:'), ('    if not_finite:', '    if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('overwrite_deletes_any_directory', 'export --overwrite replaces whatever --output is',
+             'common/model_files.py',
+             [('  if not (is_keras_file(output) or is_saved_model(output)):', '  if False:')],
+             ['tests/test_bad_input.py']),
+    Mutation('partial_files_private', 'written files keep mkstemp\'s 0600, not the umask\'s mode',
+             'common/files.py',
+             [('    os.fchmod(descriptor, default_mode())', '    pass')],
+             ['tests/test_bad_input.py']),
+    Mutation('flag_errors_traceback', 'a flag that does not parse ends in absl\'s own output, '
+             'not one error line', 'common/cli.py',
+             [('app.run(main, flags_parser=_parse_flags)', 'app.run(main)')],
+             ['tests/test_bad_input.py']),
+    Mutation('keras_floor_unsafe', 'the Keras floor back at 3.6.0 (safe mode bypassable)',
+             'common/versions.py', [("'keras': ('3.14.0', '3.16')", "'keras': ('3.6.0', '3.16')")],
+             ['tests/test_versions.py']),
 )
 
 
@@ -333,6 +407,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--suite', action='store_true', help='run the whole suite per mutation')
   parser.add_argument('--only', action='append', choices=[m.name for m in MUTATIONS])
+  parser.add_argument('--quick', action='store_true',
+                      help='run only the files that target each mutation (its `tests`), not the '
+                           'fast suite beside them')
   options = parser.parse_args()
   chosen = [m for m in MUTATIONS if not options.only or m.name in options.only]
   missed = []
@@ -344,6 +421,8 @@ def main():
       apply(mutation, root)
       runs = [[]] if options.suite else [['-m', 'not slow']] + (
           [list(mutation.tests)] if mutation.tests else [])
+      if options.quick and mutation.tests:
+        runs = [list(mutation.tests)]
       failed, summary = [], []
       for args in runs:
         more, line = run_tests(root, args)

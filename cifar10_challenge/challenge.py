@@ -9,7 +9,7 @@ from common import losses, optimizers, training
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
                               training_method_keys)
-from common.config import Key
+from common.config import MAX_EVAL_BATCH, MAX_TRAINING_BATCH, SEED_MAXIMUM, Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
 from common.runtime import RUNTIME_KEYS
@@ -23,15 +23,15 @@ CONFIG_KEYS = (
     Key('data_path', str, 'cifar10_data', is_path=True,
         help='directory of the CIFAR-10 python pickles (data_batch_1..5, test_batch, '
              'batches.meta)'),
-    Key('tf_random_seed', int, 451760341,
+    Key('tf_random_seed', int, 451760341, minimum=0, maximum=SEED_MAXIMUM,
         help='seeds weight initialisation and the PGD random starts'),
-    Key('np_random_seed', int, 216105420,
+    Key('np_random_seed', int, 216105420, minimum=0, maximum=SEED_MAXIMUM,
         help='seeds the training data order and augmentation'),
     Key('max_num_training_steps', int, 80000, minimum=0),
     Key('num_output_steps', int, 100, minimum=1),
     Key('num_summary_steps', int, 100, minimum=1),
     Key('num_checkpoint_steps', int, 1000, minimum=1),
-    Key('training_batch_size', int, 128, minimum=1),
+    Key('training_batch_size', int, 128, minimum=1, maximum=MAX_TRAINING_BATCH),
     Key('step_size_schedule', list, [[0, 0.1], [40000, 0.01], [60000, 0.001]],
         help='learning rate: [[step, rate], ...], piecewise constant'),
     Key('learning_rate', float, 0.1, minimum=0,
@@ -43,7 +43,7 @@ CONFIG_KEYS = (
             f'"{name}": {what}' for name, what in training.ATTACK_BATCH_NORM.items())
         + '; new'),
     Key('num_eval_examples', int, 10000, minimum=1),
-    Key('eval_batch_size', int, 100, minimum=1),
+    Key('eval_batch_size', int, 100, minimum=1, maximum=MAX_EVAL_BATCH),
     Key('eval_on_cpu', bool, False),
     Key('epsilon', float, 8.0, minimum=0),
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
@@ -112,6 +112,7 @@ CIFAR10 = Challenge(
     build_portable_model=lambda config: model.build_model(config, portable=True),
     build_optimizer=build_optimizer,
     load_data=lambda config: data.load(config.data_path),
+    data_files=lambda config: data.data_files(config.data_path),
     make_training_loss=make_training_loss,
     attack_params=attack_params,
     seed=lambda config: config.tf_random_seed,

@@ -13,6 +13,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from common import files
 from common.data import Datasets, Split, check_reachable
 from common.errors import ChallengeError
 
@@ -41,12 +42,22 @@ class _DataUnpickler(pickle.Unpickler):
     return super().find_class(module, name)
 
 
+# The largest pickle accepted (a batch of 10,000 images is 31 MB).
+MAX_PICKLE_BYTES = 1 << 28
+
+
 def _unpickle(path):
+  # Opened through common.files: a regular file (never blocking on a FIFO) of bounded size.
+  with files.open_input(path, 'CIFAR-10 file', max_bytes=MAX_PICKLE_BYTES) as f:
+    return _unpickle_from(f, path)
+
+
+def _unpickle_from(f, path):
   try:
-    with open(path, 'rb') as f:
-      return _DataUnpickler(f, encoding='bytes').load()
+    return _DataUnpickler(f, encoding='bytes').load()
   except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
-          AttributeError, ImportError, IndexError) as e:
+          AttributeError, ImportError, IndexError, KeyError, MemoryError,
+          RecursionError) as e:
     raise ChallengeError(f'cannot read {path} ({type(e).__name__}: {e}); it should be a '
                          'CIFAR-10 python pickle: delete it and fetch it again') from None
 
@@ -81,7 +92,8 @@ def write_meta(path, label_names=LABEL_NAMES):
 
 
 def read_label_names(path):
-  names = _unpickle(path).get(b'label_names') if os.path.isfile(path) else None
+  meta = _unpickle(path) if os.path.lexists(path) else None
+  names = meta.get(b'label_names') if isinstance(meta, dict) else None
   if not isinstance(names, list) or len(names) != 10:
     raise ChallengeError(f'{path} does not hold the 10 CIFAR-10 label names '
                          '(b"label_names")')
@@ -135,8 +147,16 @@ def load_with_tfds(data_path):
   return _datasets(*arrays, label_names=LABEL_NAMES)
 
 
+def data_files(data_path):
+  """Every path load() reads from data_path (the tfds fallback's own files aside)."""
+  return [os.path.join(data_path, name) for name in FILES]
+
+
 def load(data_path) -> Datasets:
-  missing = [name for name in FILES if not os.path.isfile(os.path.join(data_path, name))]
+  files.require_directory(data_path, 'data_path')
+  # Whatever is there under a file's name counts: one that is not a regular file is
+  # reported when it is read, not taken for missing (which would start a download).
+  missing = [name for name in FILES if not os.path.lexists(os.path.join(data_path, name))]
   if not missing:
     return load_pickles(data_path)
   try:

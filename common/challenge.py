@@ -97,7 +97,7 @@ def training_method_keys(trades_beta: float, mma_max_epsilon: float, mma_min_eps
       Key('mma_min_epsilon', float, mma_min_epsilon, minimum=0,
           help=f'MMA: the smallest ε AN-PGD starts from (the authors\': {mma_min_epsilon:g}); '
                'new'),
-      Key('mma_clean_weight', float, 1.0 / 3.0, minimum=0,
+      Key('mma_clean_weight', float, 1.0 / 3.0, minimum=0, maximum=1,
           help='MMA: the natural cross-entropy\'s weight c, the margin loss\'s 1 - c (the '
                'authors\' 1/3); new'),
       Key('mma_search_steps', int, 10, minimum=0,
@@ -122,6 +122,8 @@ class Challenge:
   build_portable_model: Callable[[Config], keras.Model]
   build_optimizer: Callable[[Config], keras.optimizers.Optimizer]
   load_data: Callable[[Config], Datasets]
+  # config -> every path load_data may read (no command writes over one of them).
+  data_files: Callable[[Config], Sequence[str]]
   # config -> the training loss: (labels, logits, model, global_batch_size,
   # per_example=None) -> this replica's share of the loss that training minimises
   # (replicas' gradients are summed); `per_example` replaces the cross-entropy of the logits

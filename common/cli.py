@@ -71,8 +71,8 @@ from common import versions  # noqa: E402
 # versions, one line and exit 1.
 versions.require()
 
-from common import runtime  # noqa: E402
-from common.config import Config  # noqa: E402
+from common import files, runtime  # noqa: E402
+from common.config import Config, Key, check_value  # noqa: E402
 from common.errors import ChallengeError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -89,6 +89,46 @@ def define_config_flags(challenge) -> None:
     help_text = (key.help or key.name) + ' (overrides the config'
     help_text += '; JSON)' if key.type is list else ')'
     _DEFINE[key.type](key.name, None, help_text)
+
+
+def check_options(options, values):
+  """A command's own numeric flags under the rule of the config's numbers (finite, in range:
+  every one is a count, a size, a seed or a time, so at least 0); returns the values."""
+  for name, (default, _) in options.items():
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+      check_value(Key(name, type(default), default, minimum=0), values[name], what='flag')
+  return values
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag (--k forty, --eval_batch_size 1e20, an unknown
+  flag) as one `error:` line and exit code 1."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}; --helpfull lists the flags', file=sys.stderr)
+    sys.exit(1)
+
+
+# What a failed write of TensorFlow's own (checkpoints, summaries, SavedModels) says.
+_FILE_SYSTEM_TROUBLE = re.compile(r'No space left on device|Read-only file system|Disk quota '
+                                  r'exceeded|File too large|Permission denied|Is a directory|'
+                                  r'Not a directory', re.IGNORECASE)
+
+
+def file_system_error(error: BaseException) -> ChallengeError:
+  """An OSError, or a TensorFlow error caused by the file system, as one ChallengeError
+  (None for other errors: a bug, whose traceback is wanted)."""
+  if isinstance(error, OSError):
+    where = f' {error.filename}' if error.filename else ''
+    return files.os_error(error, f'cannot use{where}')
+  if isinstance(error, tensorflow.errors.OpError):
+    found = _FILE_SYSTEM_TROUBLE.search(error.message or '')
+    if found:
+      line = next(line for line in error.message.splitlines() if found.group(0) in line)
+      return ChallengeError(f'{line.strip()} ({type(error).__name__}); free space or write '
+                            'elsewhere')
+  return None
 
 
 def config_from_flags(challenge) -> Config:
@@ -141,7 +181,7 @@ def run(command, challenge, options=None) -> None:
       raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     try:
       command(challenge, config_from_flags(challenge),
-              **{name: FLAGS[name].value for name in options})
+              **check_options(options, {name: FLAGS[name].value for name in options}))
     except ChallengeError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(e.exit_code)
@@ -151,6 +191,12 @@ def run(command, challenge, options=None) -> None:
         raise
       print(f'error: {conflict}', file=sys.stderr)
       sys.exit(1)
+    except (OSError, tensorflow.errors.OpError) as e:  # the disk filled up, ... (not a bug)
+      problem = file_system_error(e)
+      if problem is None:
+        raise
+      print(f'error: {problem}', file=sys.stderr)
+      sys.exit(problem.exit_code)
     except KeyboardInterrupt:  # the usual way to stop eval.py; checkpoints stay intact
       print('\ninterrupted', file=sys.stderr)
       sys.exit(130)
@@ -160,4 +206,4 @@ def run(command, challenge, options=None) -> None:
 
   with _tensorflow_noise_filtered():  # TF looks for its devices here (or at app.run's start)
     runtime.start()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -22,6 +22,34 @@ from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
 
 
+# --- what a command reads and writes -----------------------------------------------------
+
+def _model_inputs(where: str):
+  """(what, path) of what reading a model takes: a model file, or a model_dir with the files
+  its checkpoints are read from (the index, config.json, checkpoint-<step>.*)."""
+  if model_files.is_model_file(where):
+    return [('the model file', where)]
+  found = [('the model_dir', where)]
+  if os.path.isdir(where):
+    found += [(f'model_dir\'s {name}', os.path.join(where, name))
+              for name in sorted(os.listdir(where))
+              if name in (checkpoints.CHECKPOINT_NAME, 'config.json')
+              or name.startswith(checkpoints.CHECKPOINT_NAME + '-')]
+  return found
+
+
+def _check_outputs(challenge, config, outputs, models=(), inputs=()):
+  """Before any work: each output (what, path, is_directory) can be written, and none is one
+  of the command's inputs (the config file, the data files, the models, `inputs`)."""
+  for what, path, is_directory in outputs:
+    files.check_output(path, what, directory=is_directory)
+  read = [('the config file', config.source)]
+  read += [('a data file', path) for path in challenge.data_files(config)]
+  for model in models:
+    read += _model_inputs(model)
+  files.check_distinct([(what, path) for what, path, _ in outputs], read + list(inputs))
+
+
 # Options of train.py beyond the config: how this machine (or cluster) trains, not what.
 TRAIN_OPTIONS = {
     'strategy': ('auto', 'how training is distributed: ' + '; '.join(
@@ -93,7 +121,8 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_pa
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
                        log if attack else None)  # run_attack's output stays the original's
   return model, Evaluator(model, challenge.attack_params(config), strategy, twin,
-                          seed=challenge.seed(config), jit_compile=jit)
+                          seed=challenge.seed(config), jit_compile=jit,
+                          name=model_path or f'the model of {config.model_dir}')
 
 
 # Options of eval.py beyond the config: {name: (default, help)}; cli.run makes them flags.
@@ -123,6 +152,9 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, model_path='',
                          'checkpoints, and a model file is evaluated once')
   strategy, device = _evaluation_setup(challenge, config)
   eval_dir = os.path.join(config.model_dir, 'eval')
+  if not model_path:  # its summaries: writable, before the first evaluation
+    files.require_directory(config.model_dir, 'model_dir')
+    _check_outputs(challenge, config, [('the summaries\' directory', eval_dir, True)])
   with device:
     model, evaluator = _model_and_evaluator(challenge, config, strategy, log,
                                             model_path=model_path, unsafe_model=unsafe_model)
@@ -132,8 +164,8 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, model_path='',
       results = evaluator.attack(test, config.eval_batch_size)
       _print_results(results, config, log)
       return results
-    if not once:
-      os.makedirs(eval_dir, exist_ok=True)  # as the original: eval may start before training
+    if not once:  # as the original: eval may start before training
+      files.make_directory(eval_dir, 'the summaries\' directory')
     writer = None
     last_path, waiting, polls = None, False, 0
     while True:
@@ -149,6 +181,7 @@ def evaluate(challenge, config, once=False, poll_seconds=10.0, model_path='',
             path, step = checkpoints.restore_newest_readable(config.model_dir, restore, log)
           else:
             step = restore(path)
+          evaluator.name = path
         except tf.errors.NotFoundError as e:
           log(f'Checkpoint {path} could not be read ({type(e).__name__}); it was probably '
               'rotated out by train.py. Skipping it.')
@@ -190,13 +223,16 @@ def _restored_evaluator(challenge, config, strategy, log, attack=True, model_pat
   model, evaluator = _model_and_evaluator(challenge, config, strategy, log, attack,
                                           model_path, unsafe_model)
   if not model_path:
-    checkpoints.restore_newest_model(model, config.model_dir, challenge.tf1_variables, log)
+    evaluator.name, _ = checkpoints.restore_newest_model(model, config.model_dir,
+                                                         challenge.tf1_variables, log)
   return evaluator
 
 
 def pgd_attack(challenge, config, model_path='', unsafe_model=False, log=print):
   """Attacks the latest checkpoint (or model_path) on the first num_eval_examples test
   images and saves them (float32, the model's input layout) to store_adv_path."""
+  _check_outputs(challenge, config, [('store_adv_path', config.store_adv_path, False)],
+                 [model_path or config.model_dir])
   if not model_path:
     checkpoints.require_latest(config.model_dir)
   evaluator = _restored_evaluator(challenge, config, distribute.local_strategy(), log,
@@ -207,7 +243,8 @@ def pgd_attack(challenge, config, model_path='', unsafe_model=False, log=print):
   results = evaluator.attack(test, batch_size, keep_adversarial=True, log=lambda i: log(
       'batch size: {}'.format(min(batch_size, len(test) - i * batch_size))))
   log('Storing examples')
-  files.save_npy(config.store_adv_path, results.adversarial.astype(np.float32))
+  files.save_npy(config.store_adv_path, results.adversarial.astype(np.float32),
+                 'store_adv_path')
   log('Examples stored in {}'.format(config.store_adv_path))
   log('natural accuracy {:.2f}%, adversarial accuracy {:.2f}% (attack in {})'.format(
       100 * results.nat_accuracy, 100 * results.adv_accuracy, config.eval_precision))
@@ -223,6 +260,10 @@ def run_attack(challenge, config, model_path='', unsafe_model=False, log=print):
                                attack=False,  # scoring: float32 always
                                model_path=model_path, unsafe_model=unsafe_model)
 
+  # Where the predictions go is checked first: never over the submission or another input.
+  _check_outputs(challenge, config, [('pred_path', config.pred_path, False)],
+                 [model_path or config.model_dir],
+                 [('the submission (store_adv_path)', config.store_adv_path)])
   # A missing checkpoint, or a missing or wrong model file, fails before the submission is
   # read (a checkpoint is restored after it, as the original did).
   evaluator = None
@@ -238,7 +279,7 @@ def run_attack(challenge, config, model_path='', unsafe_model=False, log=print):
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))
   log('Accuracy: {:.2f}%'.format(100.0 * accuracy))
-  files.save_npy(config.pred_path, predictions)
+  files.save_npy(config.pred_path, predictions, 'pred_path')
   log('Output saved at {}'.format(config.pred_path))
   return accuracy
 
@@ -256,11 +297,14 @@ def convert_checkpoint(challenge, config, output_dir='', log=print):
   if not tf1_checkpoints.is_tf1(path):
     raise ChallengeError(f'{path} is already a checkpoint of this project; nothing to convert')
   output_dir = output_dir or config.model_dir.rstrip(os.sep) + '_converted'
+  files.check_output(output_dir, '--output_dir', directory=True)
   if checkpoints.latest(output_dir):
     raise ChallengeError(f'{output_dir} already holds a checkpoint; choose another --output_dir')
   trainer = training.Trainer(challenge, config, log=log)
   step = trainer.restore_tf1(path)
-  saved = checkpoints.manager(trainer.checkpoint, output_dir).save(checkpoint_number=step)
+  files.make_directory(output_dir, '--output_dir')
+  with files.exclusive_lock(output_dir, '--output_dir', 'convert_checkpoint.py'):
+    saved = checkpoints.save(checkpoints.manager(trainer.checkpoint, output_dir), step)
   log(f'Converted {path} to {saved}')
   return saved
 
@@ -300,17 +344,21 @@ def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='ra
   prints each row (with the paper's figure and the wall time) and writes table.csv and
   table.md; `method`: only the rows of these methods are run (default: all)."""
   _check_model_file_options(model_path, unsafe_model)
+  sources = _parse_sources(source)
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path,
+                                                     'paper_table')
+  _check_outputs(challenge, config, [('--output_dir', output_dir, True)] + [
+      ('--output_dir\'s ' + name, os.path.join(output_dir, name), False)
+      for name in paper_table.OUTPUT_FILES], [model_path or config.model_dir, *sources.values()])
   num_examples = num_examples or config.num_eval_examples
   params = challenge.attack_params(config)
   evaluated = model_path or config.model_dir
   log(f'{challenge.name}: the paper\'s table on {evaluated}, first {num_examples} '
       f'test images, ε {params.epsilon:g}, step {params.step_size:g}, targeted PGD: '
       f'{target_rule}')
-  results = paper_table.run(challenge, config, challenge.paper_table, _parse_sources(source),
+  results = paper_table.run(challenge, config, challenge.paper_table, sources,
                             num_examples, target_rule, log, methods=method or None,
                             model_path=model_path, unsafe_model=unsafe_model)
-  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path,
-                                                     'paper_table')
   what = f'model {model_path}' if model_path else f'model_dir {config.model_dir}'
   paper_table.write(results, params.epsilon, output_dir,
                     f'{challenge.name}, {what}, first {num_examples} '
@@ -337,12 +385,17 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
   model_dir's model (or model_path) and optionally another: records the loss after every
   iteration of every restart; prints min/median/max of the final losses and outliers."""
   _check_model_file_options(model_path, unsafe_model)
-  restarts = restarts or challenge.landscape_restarts
-  params = challenge.attack_params(config)
-  test = challenge.load_data(config).test.head(num_examples)
   model_dirs = {'model': model_path or config.model_dir}
   if compare_model_dir:
     model_dirs['compared'] = compare_model_dir
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'landscape')
+  _check_outputs(challenge, config, [('--output_dir', output_dir, True), (
+      '--output_dir\'s landscape.npz', os.path.join(output_dir, landscape.OUTPUT_FILE), False)]
+      + [(f'--output_dir\'s {name}/', os.path.join(output_dir, name), True)
+         for name in model_dirs], list(model_dirs.values()))
+  restarts = restarts or challenge.landscape_restarts
+  params = challenge.attack_params(config)
+  test = challenge.load_data(config).test.head(num_examples)
   jit = runtime.set_up(tf.distribute.get_strategy(), 'float32', config.jit_compile,
                        config.deterministic, log)
   traces = {}
@@ -350,7 +403,8 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
     model, _ = paper_table.load_model(challenge, config, model_dir, log,
                                       unsafe_model=unsafe_model)
     traces[name] = landscape.trace_losses(model, test, params, restarts,
-                                          challenge.seed(config), config.eval_batch_size, jit)
+                                          challenge.seed(config), config.eval_batch_size, jit,
+                                          name=model_dir)
     log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}, '
         f'{restarts} random starts per example; final xent:')
     summary = landscape.summarise(traces[name][:, :, -1])
@@ -358,7 +412,6 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
       log(f'  example {i} (label {test.labels[i]}): min {summary["min"][i]:.4f}, median '
           f'{summary["median"][i]:.4f}, max {summary["max"][i]:.4f}, '
           f'{summary["outliers"][i]} outlier restart(s)')
-  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'landscape')
   landscape.write(traces, test.labels, output_dir)
   log(f'Written to {output_dir} (landscape.npz; tensorboard --logdir {output_dir})')
   return traces
@@ -395,6 +448,11 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
     raise ChallengeError(f'--iterations must be at least 1, found {iterations}')
   chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
       autoattack.STANDARD)
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'autoattack')
+  _check_outputs(challenge, config, [
+      ('store_adv_path', config.store_adv_path, False), ('--output_dir', output_dir, True),
+      ('--output_dir\'s autoattack.json', os.path.join(output_dir, 'autoattack.json'), False)],
+      [model_path or config.model_dir])
   if not model_path:
     checkpoints.require_latest(config.model_dir)
   strategy = distribute.local_strategy()
@@ -416,13 +474,12 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
       challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
-      **autoattack.budget(iterations), log=log)
+      **autoattack.budget(iterations), log=log, model_name=path)
   head = test.head(num_examples)
   report = attacker.run(head.images, head.labels)
   adversarial = test.images.copy()
   adversarial[:num_examples] = report.adversarial
-  files.save_npy(config.store_adv_path, adversarial.astype(np.float32))
-  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'autoattack')
+  files.save_npy(config.store_adv_path, adversarial.astype(np.float32), 'store_adv_path')
   summary = {
       'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
       'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
@@ -435,8 +492,8 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
       'broken by': [name or None for name in report.broken_by],
       'adversarial set': config.store_adv_path,
   }
-  os.makedirs(output_dir, exist_ok=True)
-  files.save_text(os.path.join(output_dir, 'autoattack.json'), json.dumps(summary, indent=1))
+  files.save_text(os.path.join(output_dir, 'autoattack.json'), json.dumps(summary, indent=1),
+                  '--output_dir\'s autoattack.json')
   log(f'robust accuracy: {100 * report.robust_accuracy:.2f}%')
   log(f'Adversarial set written to {config.store_adv_path}; figures to '
       f'{os.path.join(output_dir, "autoattack.json")}')
@@ -461,13 +518,13 @@ def export_model(challenge, config, output='', format='', overwrite=False, log=p
     raise ChallengeError('--output is required: NAME.keras (a Keras 3 file) or a directory '
                          '(a SavedModel)')
   fmt = model_files.output_format(output, format)
-  model_files.refuse_existing(output, overwrite)  # before the work
+  model_files.refuse_existing(output, overwrite, config.model_dir)  # before the work
   model, model_config, path, step = model_files.restore(challenge, config, config.model_dir,
                                                         log)
   portable = model_files.portable_copy(
       model, lambda: challenge.build_portable_model(model_config), challenge.input_shape,
       challenge.pixel_max)
-  model_files.export(portable, output, fmt, overwrite)
+  model_files.export(portable, output, fmt, overwrite, config.model_dir)
   shape = ', '.join(str(d) for d in challenge.input_shape)
   log(f'Exported {path} (step {step}) to {output} ({fmt}: inputs (N, {shape}) in '
       f'[0, {challenge.pixel_max:g}], logits out)')

@@ -4,13 +4,28 @@ A challenge declares its keys (name, type, default) as a tuple of `Key`s; `load_
 reads an original-style `config.json` against them. The original files repeat the key
 "_comment", so keys starting with "_" are comments and duplicates of them are allowed; any
 other duplicate, unknown key or wrongly typed value is an error naming the key.
+
+One rule for every number, whether it comes from a file or a flag: a float is finite (NaN
+and ±inf are refused: NaN compares false with everything, so an ε of NaN would switch the
+ε check off), and every number lies in its key's range, [minimum, maximum]; an integer
+without a maximum of its own is at most INT_MAXIMUM (counts and sizes become int32 tensor
+dimensions; seeds are at most SEED_MAXIMUM, numpy's limit).
 """
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+from common import files
 from common.errors import ChallengeError
+
+INT_MAXIMUM = 2**31 - 1
+SEED_MAXIMUM = 2**32 - 1  # numpy.random.seed's (Keras seeds numpy from the config's seed)
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB
+# Batches beyond these are no use on any device, and tensors of their size would not fit.
+MAX_EVAL_BATCH = 1 << 16
+MAX_TRAINING_BATCH = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +38,7 @@ class Key:
   # `cd mnist_challenge && python train.py` and `python mnist_challenge/train.py` agree.
   is_path: bool = False
   minimum: Optional[float] = None  # for numbers
+  maximum: Optional[float] = None  # for numbers; integers: INT_MAXIMUM where None
   # For strings: the values allowed. Where they include "true"/"false", a JSON boolean is
   # read as that string (`"jit_compile": true` and `--jit_compile true` agree).
   choices: Optional[Sequence[str]] = None
@@ -65,8 +81,30 @@ def _type_name(t) -> str:
           list: 'a list'}[t]
 
 
-def check_value(key: Key, value: Any) -> Any:
-  """Returns `value` as the key's type, or raises naming the key."""
+def _finite(number) -> bool:
+  try:
+    return math.isfinite(number)
+  except OverflowError:  # an integer too large for a float
+    return False
+
+
+def _number(bound) -> str:
+  return str(int(bound)) if float(bound).is_integer() else f'{bound:g}'
+
+
+def _numbers_in(value):
+  """The numbers anywhere in a (nested) list."""
+  if isinstance(value, (list, tuple)):
+    for item in value:
+      yield from _numbers_in(item)
+  elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    yield value
+
+
+def check_value(key: Key, value: Any, what: str = 'config key') -> Any:
+  """Returns `value` as the key's type, or raises naming the key (`what`: 'config key', or
+  'flag' for a command's own option)."""
+  name = f'config key "{key.name}"' if what == 'config key' else f'--{key.name}'
   if key.choices is not None and isinstance(value, bool) and 'true' in key.choices:
     value = 'true' if value else 'false'
   ok = (isinstance(value, bool) if key.type is bool else
@@ -76,14 +114,25 @@ def check_value(key: Key, value: Any) -> Any:
         else isinstance(value, key.type))
   if not ok:
     raise ChallengeError(
-        f'config key "{key.name}" must be {_type_name(key.type)}, '
+        f'{name} must be {_type_name(key.type)}, '
         f'found {json.dumps(value)} ({type(value).__name__})')
   if key.choices is not None and value not in key.choices:
-    raise ChallengeError(f'config key "{key.name}" must be one of {", ".join(key.choices)}, '
+    raise ChallengeError(f'{name} must be one of {", ".join(key.choices)}, '
                          f'found {json.dumps(value)}')
-  if key.minimum is not None and value < key.minimum:
-    raise ChallengeError(f'config key "{key.name}" must be at least {key.minimum:g}, '
-                         f'found {value}')
+  if key.type is list:
+    for number in _numbers_in(value):
+      if not _finite(number) or abs(number) > INT_MAXIMUM:
+        raise ChallengeError(f'{name} holds {number}; its numbers must be finite '
+                             f'and at most {INT_MAXIMUM} in size')
+  if key.type in (int, float):
+    if key.type is float and not _finite(value):
+      raise ChallengeError(f'{name} must be a finite number, found {value}')
+    maximum = key.maximum if key.maximum is not None or key.type is float else INT_MAXIMUM
+    if key.minimum is not None and value < key.minimum:
+      raise ChallengeError(f'{name} must be at least {_number(key.minimum)}, '
+                           f'found {value}')
+    if maximum is not None and value > maximum:
+      raise ChallengeError(f'{name} must be at most {_number(maximum)}, found {value}')
   return float(value) if key.type is float else value
 
 
@@ -107,14 +156,20 @@ def load_config(path: str, keys: Sequence[Key],
   from_file = {}
   base_dir = os.getcwd()
   if path is not None:
-    try:
-      with open(path) as f:
-        from_file = json.load(f, object_pairs_hook=_reject_duplicates)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
       raise ChallengeError(f'config file {path} does not exist; pass --config with the '
-                           'path of a config.json') from None
+                           'path of a config.json')
+    raw = files.read_input(path, 'config file', MAX_CONFIG_BYTES)
+    try:  # (NaN and Infinity are read as floats, and refused by check_value naming the key)
+      from_file = json.loads(raw.decode('utf-8'), object_pairs_hook=_reject_duplicates)
+    except UnicodeDecodeError as e:
+      raise ChallengeError(f'config file {path} is not UTF-8 text ({e.reason} at byte '
+                           f'{e.start}); a config.json is JSON text') from None
     except json.JSONDecodeError as e:
       raise ChallengeError(f'config file {path} is not valid JSON: {e}') from None
+    except RecursionError:
+      raise ChallengeError(f'config file {path} nests lists or objects too deeply to be a '
+                           'config') from None
     if not isinstance(from_file, dict):
       raise ChallengeError(f'config file {path} must hold a JSON object')
     base_dir = os.path.dirname(os.path.abspath(path))

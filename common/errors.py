@@ -10,6 +10,15 @@ class UnreadableCheckpoint(ChallengeError):
   """A checkpoint whose files are there but cannot be read (truncated, corrupt)."""
 
 
+class NonFiniteLogits(ChallengeError):
+  """A model returned NaN or infinite logits: its predictions cannot be scored."""
+
+  def __init__(self, model: str, count: int, total: int, of: str = 'examples'):
+    super().__init__(f'{model} returned logits that are not finite (NaN or infinite) for '
+                     f'{count} of {total} {of}; they cannot be scored as predictions: check '
+                     'the model (diverged weights, a division by zero)')
+
+
 class InvalidSubmission(ChallengeError):
   """A submitted .npy file that must not be scored."""
   exit_code = 2

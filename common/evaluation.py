@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from common import data, losses, precision
 from common.attacks import pgd
+from common.errors import NonFiniteLogits
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -39,6 +40,12 @@ class Results:
     return self.adv_xent / self.num_examples
 
 
+def _num_not_finite(logits):
+  """How many rows of logits hold a NaN or an infinity."""
+  finite = tf.reduce_all(tf.math.is_finite(tf.cast(logits, tf.float32)), axis=1)
+  return tf.reduce_sum(tf.cast(~finite, tf.int32))
+
+
 def _local_concat(strategy, per_replica):
   return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
 
@@ -62,13 +69,17 @@ class Evaluator:
   `jit_compile`: the attack and scoring of each replica's batch are compiled by XLA; what
   is random is drawn before, by TF's generators (XLA's give other numbers), so the results
   are those without XLA up to float rounding.
+
+  Logits that are not finite (NaN, ±inf) on a natural or an adversarial example cannot be
+  scored (argmax would call NaN class 0): `attack` and `predict` raise NonFiniteLogits
+  naming the model (`name`).
   """
 
   def __init__(self, model, params: pgd.PGDParams, strategy=None,
                attack_twin: Optional[precision.Twin] = None, restarts: int = 1,
                seed: Optional[int] = None, loss_fn=None, target_rule: Optional[str] = None,
-               jit_compile: bool = False):
-    self.model = model
+               jit_compile: bool = False, name: str = 'the model'):
+    self.model, self.name = model, name
     self.strategy = strategy or tf.distribute.get_strategy()
     self._model_fn = lambda x: model(x, training=False)
     self.attack_twin = attack_twin or precision.Twin(model, None, 'float32')
@@ -114,7 +125,7 @@ class Evaluator:
     nat_logits, adv_logits = self._model_fn(x), self._model_fn(x_adv)
     return (losses.num_correct(y, nat_logits), tf.reduce_sum(losses.xent(y, nat_logits)),
             losses.num_correct(y, adv_logits), tf.reduce_sum(losses.xent(y, adv_logits)),
-            x_adv)
+            _num_not_finite(nat_logits) + _num_not_finite(adv_logits), x_adv)
 
   @tf.function(reduce_retracing=True)
   def _attack_batch(self, batch):
@@ -123,8 +134,11 @@ class Evaluator:
 
   @tf.function(reduce_retracing=True)
   def _predict_batch(self, batch):
-    return self.strategy.run(
-        lambda x, y: tf.argmax(self._model_fn(x), axis=1), args=batch)
+    def predict(x, y):
+      logits = self._model_fn(x)
+      return tf.argmax(logits, axis=1), _num_not_finite(logits)
+    predictions, not_finite = self.strategy.run(predict, args=batch)
+    return predictions, self.strategy.reduce(SUM, not_finite, axis=None)
 
   def _batches(self, split, batch_size, with_index=False):
     return self.strategy.experimental_distribute_dataset(
@@ -132,7 +146,7 @@ class Evaluator:
 
   def attack(self, split: data.Split, batch_size: int, keep_adversarial=False,
              log=None) -> Results:
-    totals = np.zeros(4)
+    totals = np.zeros(5)
     adversarial = []
     for i, batch in enumerate(self._batches(split, batch_size, with_index=True)):
       stats, x_adv = self._attack_batch(batch)
@@ -141,13 +155,22 @@ class Evaluator:
         adversarial.append(_local_concat(self.strategy, x_adv))
       if log:
         log(i)
+    if totals[4]:
+      raise NonFiniteLogits(self.name, int(totals[4]), 2 * len(split),
+                            'natural and adversarial examples')
     return Results(len(split), int(totals[0]), int(totals[2]), totals[1], totals[3],
                    np.concatenate(adversarial) if keep_adversarial else None)
 
   def predict(self, split: data.Split, batch_size: int) -> np.ndarray:
     """int64 predicted labels for split.images, in order."""
-    return np.concatenate([_local_concat(self.strategy, self._predict_batch(batch))
-                           for batch in self._batches(split, batch_size)]).astype(np.int64)
+    predictions, not_finite = [], 0
+    for batch in self._batches(split, batch_size):
+      labels, count = self._predict_batch(batch)
+      predictions.append(_local_concat(self.strategy, labels))
+      not_finite += int(count)
+    if not_finite:
+      raise NonFiniteLogits(self.name, not_finite, len(split), 'examples')
+    return np.concatenate(predictions).astype(np.int64)
 
 
 class _Inference:

@@ -20,6 +20,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
+from common import files
 from common.errors import ChallengeError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,10 +145,12 @@ def fetch(challenge: str, name: str, url: Optional[str] = None,
     raise ChallengeError(f'unknown model "{name}"; use one of: ' + ', '.join(releases))
   release = releases[name]
   target = os.path.join(checkpoints_dir, challenge, name)
-  if os.path.exists(target):
+  if os.path.lexists(target):
     raise ChallengeError(f'{target} already exists; use it as --model_dir, or delete it to '
                          'fetch the model again')
-  os.makedirs(os.path.dirname(target), exist_ok=True)
+  # Before the download: a file, a FIFO or a read-only place where the model would go.
+  files.check_output(os.path.dirname(target), '--checkpoints_dir', directory=True)
+  files.make_directory(os.path.dirname(target), '--checkpoints_dir')
   url = url or release.url
   log(f'Downloading {url}')
   zip_path, sha256 = download(url, os.path.dirname(target), log)
@@ -155,8 +158,7 @@ def fetch(challenge: str, name: str, url: Optional[str] = None,
     log(f'SHA256 hash: {sha256}')
     if release.sha256 is None:
       record = f'{target}.sha256'
-      with open(record, 'w') as f:
-        f.write(f'{sha256}  {url}\n')
+      files.save_text(record, f'{sha256}  {url}\n', 'the digest record')
       log(f'No digest was published for {challenge} {name}: recorded this one in {record}')
     elif sha256 != release.sha256:
       raise ChallengeError(f'{url} has SHA-256 {sha256}, but the published digest of '
@@ -187,6 +189,10 @@ def main(challenge: str, argv=None) -> None:
   except ChallengeError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(e.exit_code)
+  except OSError as e:  # a full disk while downloading or unpacking, ...
+    print(f'error: {files.os_error(e, "cannot write " + (e.filename or args.checkpoints_dir))}',
+          file=sys.stderr)
+    sys.exit(1)
   except KeyboardInterrupt:
     print('\ninterrupted', file=sys.stderr)
     sys.exit(130)

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from common import checkpoints, files
 from common.data import Datasets, Split
-from common.errors import ChallengeError
+from common.errors import ChallengeError, NonFiniteLogits
 from common.evaluation import Evaluator
 
 BEST_DIR = 'best'  # in model_dir: the best checkpoint and best.json
@@ -62,7 +62,8 @@ class RobustnessGuard:
     self.params = check_params(params, config.robustness_check_k)
     # A fixed seed: the same random starts at every check, so checks compare the model alone.
     self.evaluator = Evaluator(trainer.model, self.params, trainer.strategy, seed=trainer.seed,
-                               jit_compile=trainer.jit_compile)
+                               jit_compile=trainer.jit_compile,
+                               name=f'the model trained in {config.model_dir}')
     self.directory = os.path.join(checkpoint_dir, BEST_DIR)
     self.manager = tf.train.CheckpointManager(trainer.checkpoint, self.directory, max_to_keep=1,
                                               checkpoint_name=checkpoints.CHECKPOINT_NAME)
@@ -72,17 +73,26 @@ class RobustnessGuard:
     return os.path.join(self.directory, 'best.json')
 
   def _read_best(self) -> Optional[Tuple[float, int]]:
+    if not os.path.lexists(self._record()):
+      return None
     try:
-      with open(self._record()) as f:
-        best = json.load(f)
-      return best['accuracy'], best['step']
-    except (OSError, ValueError, KeyError):
+      best = json.loads(files.read_input(self._record(), 'the best check\'s record', 1 << 16))
+      return float(best['accuracy']), int(best['step'])
+    except (ValueError, KeyError, TypeError):
       return None
 
   def check(self, step: int, writer) -> float:
     """Runs the check at `step` (the weights after `step` updates); raises
     CatastrophicOverfitting on a collapse. Returns the robust accuracy."""
-    accuracy = self.evaluator.attack(self.held_out, self.config.eval_batch_size).adv_accuracy
+    try:
+      accuracy = self.evaluator.attack(self.held_out,
+                                       self.config.eval_batch_size).adv_accuracy
+    except NonFiniteLogits:  # diverged: back to the best state, if there is one
+      if self.best is None:
+        raise
+      self.trainer.log('    robustness check: the model\'s logits are not finite (training '
+                       'diverged)')
+      self._restore_best(0.0, step)
     with writer.as_default(step=step):
       tf.summary.scalar('accuracy adv held-out', accuracy)
     best = self.best

@@ -12,14 +12,17 @@ import tensorflow as tf
 from common import files, losses
 from common.attacks import pgd
 from common.data import Split
+from common.errors import NonFiniteLogits
 
 # A final loss this many interquartile ranges beyond the quartiles is an outlier (Tukey's
 # "far out"): a restart that found a much better (or worse) maximum than the others.
 OUTLIER_IQRS = 3.0
+OUTPUT_FILE = 'landscape.npz'  # in output_dir
 
 
 def trace_losses(model, split: Split, params: pgd.PGDParams, restarts: int, seed: int,
-                 batch_size: int, jit_compile: bool = False) -> np.ndarray:
+                 batch_size: int, jit_compile: bool = False,
+                 name: str = 'the model') -> np.ndarray:
   """xent after each PGD iteration of each restart: [examples, restarts, steps + 1].
   jit_compile: the traced steps compiled by XLA (the random starts drawn before, by TF)."""
   params = dataclasses.replace(params, random_start=True)
@@ -38,7 +41,11 @@ def trace_losses(model, split: Split, params: pgd.PGDParams, restarts: int, seed
   traces = [run(x[i:i + batch_size], y[i:i + batch_size],
                 tf.constant(i, tf.int64)).numpy()
             for i in range(0, len(x), batch_size)]
-  return np.concatenate(traces, axis=1).T.reshape(len(split), restarts, -1)
+  traces = np.concatenate(traces, axis=1).T.reshape(len(split), restarts, -1)
+  not_finite = int(np.sum(~np.isfinite(traces).all(axis=(1, 2))))
+  if not_finite:  # the cross-entropy of finite logits is finite
+    raise NonFiniteLogits(name, not_finite, len(split), 'examples (their losses along PGD)')
+  return traces
 
 
 def summarise(final: np.ndarray) -> Dict[str, np.ndarray]:
@@ -70,4 +77,4 @@ def write(traces: Dict[str, np.ndarray], labels: np.ndarray, output_dir: str) ->
         tf.summary.histogram(f'example {example}/final loss (local maxima)',
                              per_restart[:, -1], step=0, buckets=50)
     writer.close()
-  files.save_npz(os.path.join(output_dir, 'landscape.npz'), **arrays)
+  files.save_npz(os.path.join(output_dir, OUTPUT_FILE), **arrays)

@@ -16,8 +16,6 @@ the challenge's shape (else an error naming both shapes), ten outputs per exampl
 that look like probabilities get AutoAttack's warning.
 """
 import os
-import shutil
-import tempfile
 import zipfile
 from typing import Callable, Optional
 
@@ -25,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import checkpoints, precision
+from common import checkpoints, files, precision
 from common.attacks import autoattack
 from common.errors import ChallengeError
 
@@ -60,9 +58,33 @@ def output_format(output: str, fmt: str = '') -> str:
   return fmt or ('keras' if named_keras else 'saved_model')
 
 
-def refuse_existing(output: str, overwrite: bool) -> None:
-  if os.path.lexists(output) and not overwrite:
+def is_keras_file(path: str) -> bool:
+  """A regular file named .keras that is a zip archive (what Keras writes)."""
+  return (path.endswith(KERAS_SUFFIX) and os.path.isfile(path) and not os.path.islink(path)
+          and zipfile.is_zipfile(path))
+
+
+def is_saved_model(path: str) -> bool:
+  return (os.path.isdir(path) and not os.path.islink(path)
+          and os.path.isfile(os.path.join(path, SAVED_MODEL_PB)))
+
+
+def refuse_existing(output: str, overwrite: bool, source: str = '') -> None:
+  """Raises unless `output` may be written: absent, or, with `overwrite`, a model file (a
+  .keras file or a SavedModel directory) that does not hold `source` (the model_dir being
+  exported); --overwrite never deletes anything else."""
+  files.check_distinct([('--output', output)], [('the model_dir', source)],
+                       replaced_whole=[output])
+  if not os.path.lexists(output):
+    files.check_output(output, '--output', directory=not output.endswith(KERAS_SUFFIX))
+    return
+  if not overwrite:
     raise ChallengeError(f'{output} exists; pass --overwrite to replace it, or another --output')
+  if not (is_keras_file(output) or is_saved_model(output)):
+    raise ChallengeError(f'--overwrite replaces a model file only (a .keras file or a SavedModel '
+                         f'directory, holding {SAVED_MODEL_PB}); {output} is neither, so it is '
+                         'kept: choose another --output')
+  files.check_output(output, '--output', directory=os.path.isdir(output))
 
 
 def portable_copy(model: keras.Model, build_portable: Callable[[], keras.Model],
@@ -100,26 +122,31 @@ class _Serving(tf.Module):
     self.serve = tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
-def export(model: keras.Model, output: str, fmt: str, overwrite: bool = False) -> None:
-  """Writes `model` to `output` in `fmt` (FORMATS): staged in a directory beside it, then
-  renamed into place, so that an interrupted export leaves no partial output."""
-  refuse_existing(output, overwrite)
-  parent = os.path.dirname(os.path.abspath(output))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(output) + '.')
-  try:
+def export(model: keras.Model, output: str, fmt: str, overwrite: bool = False,
+           source: str = '') -> None:
+  """Writes `model` to `output` in `fmt` (FORMATS): staged in a directory beside it (locked
+  while it is written; one left by a killed export is removed by the next export to that
+  output), then renamed into place, so that an interrupted export leaves no partial output.
+  A failed write (full disk, ...) removes the staging directory and raises one
+  ChallengeError; an existing output (--overwrite) is kept until the new one is whole."""
+  refuse_existing(output, overwrite, source)
+  with files.staging_directory(output, '--output') as staging:
     staged = os.path.join(staging, 'model' + (KERAS_SUFFIX if fmt == 'keras' else ''))
-    if fmt == 'keras':
-      model.save(staged)
-    else:
-      serving = _Serving(model)
-      tf.saved_model.save(serving, staged, signatures={'serving_default': serving.serve})
-    os.chmod(staged, 0o755 if fmt == 'saved_model' else 0o644)
-    if os.path.lexists(output):  # --overwrite: the old one goes only once the new one is whole
-      os.replace(output, os.path.join(staging, 'replaced'))
-    os.replace(staged, output)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+      if fmt == 'keras':
+        model.save(staged)
+      else:
+        serving = _Serving(model)
+        tf.saved_model.save(serving, staged, signatures={'serving_default': serving.serve})
+      # The umask's mode, as any file the user writes (the staging directory's is 0700).
+      os.chmod(staged, files.default_mode(directory=fmt == 'saved_model'))
+      if os.path.lexists(output):  # --overwrite: the old one goes once the new one is whole
+        os.replace(output, os.path.join(staging, 'replaced'))
+      os.replace(staged, output)
+    except OSError as e:
+      raise files.os_error(e, f'cannot write {output}') from None
+    except tf.errors.OpError as e:  # TensorFlow's own writes (a full disk, ...)
+      raise ChallengeError(f'cannot write {output}: {_first_line(e)}') from None
 
 
 # --- in ----------------------------------------------------------------------------------
@@ -170,13 +197,18 @@ class SavedModelFunction:
 
 
 def require_model_file(path: str) -> None:
-  """Raises unless `path` is a file or a SavedModel directory."""
+  """Raises unless `path` is a regular file or a SavedModel directory of regular files (the
+  loaders open what is there by name: a FIFO would hang them, /dev/zero flood them)."""
   if not os.path.exists(path):
     raise ChallengeError(f'no model at {path}: --model_path takes a .keras file or a '
                          'SavedModel directory')
-  if os.path.isdir(path) and not os.path.isfile(os.path.join(path, SAVED_MODEL_PB)):
-    raise ChallengeError(f'{path} is a directory without {SAVED_MODEL_PB}, not a SavedModel '
-                         '(a directory of checkpoints goes to --model_dir)')
+  if os.path.isdir(path):
+    if not os.path.lexists(os.path.join(path, SAVED_MODEL_PB)):
+      raise ChallengeError(f'{path} is a directory without {SAVED_MODEL_PB}, not a SavedModel '
+                           '(a directory of checkpoints goes to --model_dir)')
+    files.require_regular_tree(path, 'SavedModel')
+  else:
+    files.require_regular(path, 'model file')
 
 
 def load(path: str, unsafe: bool = False):
@@ -189,7 +221,7 @@ def load(path: str, unsafe: bool = False):
       raise ChallengeError(f'{path} could not be loaded as a SavedModel: '
                            f'{_first_line(e)}') from None
     return SavedModelFunction(loaded, path)
-  if not (zipfile.is_zipfile(path) or path.endswith('.h5')):
+  if not (zipfile.is_zipfile(path) or path.endswith(('.h5', '.hdf5'))):
     raise ChallengeError(f'{path} is not a model file: --model_path takes a Keras .keras file '
                          '(model.save) or a SavedModel directory')
   try:

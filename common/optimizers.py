@@ -1,4 +1,6 @@
 """Optimizers with the update rules of the original TF1 code."""
+import math
+
 import keras
 import tensorflow as tf
 
@@ -47,9 +49,9 @@ def piecewise_schedule(step_size_schedule, key='step_size_schedule'):
   steps, rates = [p[0] for p in pairs], [p[1] for p in pairs]
   if not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
     raise malformed('must have integer steps')
-  if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0
+  if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < math.inf
              for r in rates):
-    raise malformed('must have non-negative rates')
+    raise malformed('must have finite, non-negative rates')
   if steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
     raise malformed('must start at step 0 and have increasing steps')
   rates = [float(r) for r in rates]

@@ -49,7 +49,7 @@ class Result:
 
 
 def evaluator_for(row: Row, model, attacker, params: pgd.PGDParams, strategy, seed,
-                  target_rule, jit_compile=False) -> Evaluator:
+                  target_rule, jit_compile=False, name='the model') -> Evaluator:
   """The Evaluator of `row` against `model`, crafting with `attacker` (a Twin)."""
   if row.method == 'FGSM':
     row_params = pgd.fgsm_params(params.epsilon, params.clip_min, params.clip_max)
@@ -61,7 +61,7 @@ def evaluator_for(row: Row, model, attacker, params: pgd.PGDParams, strategy, se
   return Evaluator(model, row_params, strategy, attacker, restarts=row.restarts, seed=seed,
                    loss_fn=loss_fn,
                    target_rule=target_rule if row.method == 'targeted' else None,
-                   jit_compile=jit_compile)
+                   jit_compile=jit_compile, name=name)
 
 
 def load_model(challenge, config, where: str, log, attack_precision='float32',
@@ -69,8 +69,8 @@ def load_model(challenge, config, where: str, log, attack_precision='float32',
   """The model in `where` and its Twin in attack_precision: a model file (a .keras file or
   a SavedModel directory, float32 only), or a model_dir whose newest readable checkpoint is
   restored (its architecture from the config.json train.py saved there, else `config`'s)."""
-  if model_files.is_model_file(where):
-    model = model_files.load_checked(challenge, where, unsafe_model, log)
+  if model_files.is_model_file(where) or (os.path.lexists(where) and not os.path.isdir(where)):
+    model = model_files.load_checked(challenge, where, unsafe_model, log)  # (a FIFO: refused)
     return model, model_files.twin(model, None, attack_precision)
   model, model_config, _, _ = model_files.restore(challenge, config, where, log)
   return model, precision.Twin(model, lambda: challenge.build_model(model_config),
@@ -121,7 +121,7 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
     began = time.perf_counter()
     evaluator = evaluator_for(row, model, attackers[row.source], params, strategy,
                               seed=challenge.seed(config) + index, target_rule=target_rule,
-                              jit_compile=jit)
+                              jit_compile=jit, name=model_path or config.model_dir)
     if row.method == 'natural':
       predictions = evaluator.predict(test, config.eval_batch_size)
       accuracy = 100.0 * float((predictions == test.labels).mean())
@@ -130,7 +130,8 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
           lambda x: model(x, training=False), params.epsilon, params.clip_min,
           params.clip_max, challenge.image_shape, autoattack.STANDARD,
           config.eval_batch_size, challenge.seed(config) + index,
-          strategy, jit, **autoattack.budget(row.steps), log=lambda *a, **k: None)
+          strategy, jit, **autoattack.budget(row.steps), log=lambda *a, **k: None,
+          model_name=model_path or config.model_dir)
       accuracy = 100.0 * attacker.run(test.images, test.labels).robust_accuracy
     else:
       accuracy = 100.0 * evaluator.attack(test, config.eval_batch_size).adv_accuracy
@@ -141,6 +142,7 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
   return results
 
 
+OUTPUT_FILES = ('table.csv', 'table.md')  # in output_dir
 COLUMNS = ('method', 'epsilon', 'steps', 'restarts', 'source', 'accuracy %', 'paper %',
            'seconds', 'note')
 
@@ -165,5 +167,6 @@ def write(results: Sequence[Result], epsilon: float, output_dir: str, header: st
               '|' + '---|' * len(COLUMNS)]
   markdown += ['| ' + ' | '.join(_cells(r, epsilon)) + ' |' for r in results]
   os.makedirs(output_dir, exist_ok=True)
-  files.save_text(os.path.join(output_dir, 'table.csv'), buffer.getvalue())
-  files.save_text(os.path.join(output_dir, 'table.md'), '\n'.join(markdown) + '\n')
+  csv_file, markdown_file = OUTPUT_FILES
+  files.save_text(os.path.join(output_dir, csv_file), buffer.getvalue())
+  files.save_text(os.path.join(output_dir, markdown_file), '\n'.join(markdown) + '\n')

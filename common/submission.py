@@ -9,10 +9,10 @@ it is validated cannot change what is scored. Accepted dtypes: float16/32/64 and
 object, bool, complex, string, structured and other dtypes.
 """
 import os
-import stat
 
 import numpy as np
 
+from common import files
 from common.errors import (SubmissionDtypeError, SubmissionFormatError,
                            SubmissionPerturbationError, SubmissionRangeError,
                            SubmissionShapeError)
@@ -77,17 +77,11 @@ def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float) -> np.n
   """Returns the submission as float32 if it is valid against x_nat, else raises
   InvalidSubmission with the original's message where it had one. The array returned is
   the one validated, in memory of its own (no view of the file)."""
-  if not os.path.isfile(path):
+  if not os.path.lexists(path):
     raise SubmissionFormatError(f'submission {path} does not exist; set store_adv_path '
                                 '(or --store_adv_path) to the .npy file to score')
-  try:
-    # O_NONBLOCK: a FIFO swapped in after the isfile check must not block open().
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
-  except OSError as e:
-    raise SubmissionFormatError(f'submission {path} cannot be opened ({e.strerror})') from None
-  with os.fdopen(descriptor, 'rb') as f:
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-      raise SubmissionFormatError(f'submission {path} is not a regular file')
+  # Opened without blocking (a FIFO), checked on the descriptor: a regular file.
+  with files.open_input(path, 'submission', SubmissionFormatError) as f:
     shape, fortran, dtype = _read_header(f, path)
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in 'fiu' or (
         dtype.kind == 'f' and dtype.itemsize > 8):

@@ -4,11 +4,15 @@ A challenge declares how the original's variable names map onto its Keras model 
 where they map cleanly, onto its optimizer's slots); this module detects such a checkpoint
 and loads it, checking every name and shape before anything is assigned.
 """
+import glob
+import os
+import stat
 from typing import Dict, Mapping
 
 import numpy as np
 import tensorflow as tf
 
+from common import files
 from common.errors import ChallengeError, UnreadableCheckpoint
 
 # Object-based checkpoints (tf.train.Checkpoint, ours) hold their object graph under this key;
@@ -24,8 +28,25 @@ def unreadable(path, error) -> UnreadableCheckpoint:
                               'again')
 
 
+def require_regular_files(path: str) -> None:
+  """Raises UnreadableCheckpoint unless each file of the checkpoint `path` (its .index and
+  .data-* files) is a regular file."""
+  for part in glob.glob(glob.escape(path) + '.*'):
+    try:
+      mode = os.stat(part).st_mode
+    except FileNotFoundError:
+      if not os.path.lexists(part):
+        continue  # rotated away meanwhile: TensorFlow's NotFoundError says so
+      mode = None
+    if mode is None or not stat.S_ISREG(mode):
+      what = 'a dangling link' if mode is None else files.kind(mode)
+      raise UnreadableCheckpoint(f'checkpoint {path} cannot be read: {part} is {what}, not a '
+                                 'regular file')
+
+
 def _reader(path):
   """A reader of the checkpoint; NotFoundError if its files are gone (e.g. rotated out)."""
+  require_regular_files(path)
   try:
     return tf.train.load_checkpoint(path)
   except tf.errors.NotFoundError:

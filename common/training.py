@@ -28,6 +28,7 @@ chief writes the model_dir (checkpoints, config.json, summaries) and prints prog
 other workers save their checkpoints into a scratch directory they delete, and every worker
 resumes from the chief's model_dir, which must be the same storage on every host.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -290,7 +291,7 @@ class Trainer:
 
   def save(self, manager, step):
     """Saves through `manager` (every worker must take part); only the chief keeps it."""
-    manager.save(checkpoint_number=step)
+    checkpoints.save(manager, step)
     if not self.chief:  # saved only because every worker takes part; nothing is kept
       for name in os.listdir(manager.directory):
         path = os.path.join(manager.directory, name)
@@ -298,10 +299,17 @@ class Trainer:
           os.remove(path)
 
   def run(self) -> int:
-    """Trains until max_num_training_steps; returns the final step."""
+    """Trains until max_num_training_steps; returns the final step. The chief holds
+    model_dir's lock meanwhile: a second train.py on it is refused (files.exclusive_lock)."""
     config = self.config
+    held = contextlib.ExitStack()
     if self.chief:
-      os.makedirs(config.model_dir, exist_ok=True)
+      files.check_output(config.model_dir, 'model_dir', directory=True)
+      files.make_directory(config.model_dir, 'model_dir')
+      held.enter_context(files.exclusive_lock(config.model_dir, 'model_dir', 'train.py'))
+      # What killed runs left half-written (no other writer can be at work now).
+      for directory in (config.model_dir, os.path.join(config.model_dir, guard.BEST_DIR)):
+        checkpoints.remove_partial(directory)
       checkpoint_dir = config.model_dir
     else:
       checkpoint_dir = tempfile.mkdtemp(prefix='madry-tf2-' + distribute.task_name(
@@ -309,7 +317,8 @@ class Trainer:
       print(f'{distribute.task_name(self.strategy)}: training with the chief, which writes '
             f'{config.model_dir} and reports progress', flush=True)
     try:
-      return self._run(checkpoint_dir)
+      with held:
+        return self._run(checkpoint_dir)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
       if distribute.num_workers(self.strategy) == 1:
         raise
@@ -344,7 +353,7 @@ class Trainer:
                f'(max_num_training_steps {last}); nothing to do')
       return start
     if self.chief:
-      files.save_text(os.path.join(config.model_dir, 'config.json'), config.to_json())
+      record_config(self.challenge, config, start, self.log)
       writer = tf.summary.create_file_writer(config.model_dir)
     else:
       writer = tf.summary.create_noop_writer()
@@ -401,6 +410,48 @@ class Trainer:
     writer.close()
     self.log(f'Finished at step {last}; final checkpoint {self.manager.latest_checkpoint}')
     return last
+
+
+HISTORY_KEY = '_history'  # in model_dir's config.json; a comment to the config loader
+
+
+def record_config(challenge: Challenge, config: Config, start: int, log=print) -> None:
+  """Writes the effective config to model_dir/config.json before training from `start`.
+
+  Resuming with changed settings is allowed (a longer run, another rate, ...) but never
+  silent, and the record of how the earlier steps were trained is kept: the settings that
+  differ from the config.json written before (paths aside, which may differ between hosts)
+  are printed in one warning line, and config.json keeps their earlier values under
+  "_history": a list of {"steps": [first, last], "settings": {key: value}}, oldest first,
+  each entry naming the values its steps were trained with where they differ from the next
+  entry's (the newest: from the top-level keys). A key starting with "_" is a comment to the
+  config loader, so the file still loads as a config."""
+  path = os.path.join(config.model_dir, 'config.json')
+  history = []
+  if start > 0 and os.path.lexists(path):
+    try:
+      saved = json.loads(files.read_input(path, "model_dir's config.json", 1 << 20))
+    except ValueError:
+      saved = None  # not JSON: nothing to compare with (it is rewritten below)
+    if isinstance(saved, dict):
+      earlier = saved.get(HISTORY_KEY)
+      history = earlier if isinstance(earlier, list) else []
+      changed = {key.name: saved[key.name] for key in challenge.config_keys
+                 if not key.is_path and key.name in saved and saved[key.name] != config[key.name]}
+      if changed:
+        try:
+          first = int(history[-1]['steps'][1])
+        except (IndexError, KeyError, TypeError, ValueError):
+          first = 0
+        history.append({'steps': [first, start], 'settings': changed})
+        log(f'warning: resuming {config.model_dir} at step {start} with changed settings: '
+            + ', '.join(f'{name} {json.dumps(value)} -> {json.dumps(config[name])}'
+                        for name, value in changed.items())
+            + f'; {path} keeps the earlier ones under "{HISTORY_KEY}"')
+  text = config.to_json()
+  if history:
+    text = json.dumps({**config, HISTORY_KEY: history}, indent=2) + '\n'
+  files.save_text(path, text, "model_dir's config.json")
 
 
 def check_training_method(config: Config) -> None:

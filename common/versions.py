@@ -7,7 +7,10 @@ import sys
 from typing import Dict, Optional, Tuple
 
 # {distribution: (lowest tested release, first release not tested)}.
-SUPPORTED = {'tensorflow': ('2.18.1', '2.22'), 'keras': ('3.6.0', '3.16')}
+# Keras from 3.14.0: the first release with every published fix for loading model files
+# (safe mode bypasses, HDF5 weights exhausting memory, archive path traversal; docs/models.md),
+# which needs Python 3.11.
+SUPPORTED = {'tensorflow': ('2.18.1', '2.22'), 'keras': ('3.14.0', '3.16')}
 
 
 def release(version: str) -> Optional[Tuple[int, int, int]]:
@@ -24,7 +27,7 @@ def requirement(name: str) -> str:
 
 
 def oldest_pins() -> str:
-  """The oldest tested pair as pip arguments: 'tensorflow==2.18.1 keras==3.6.0' (.ci/run)."""
+  """The oldest tested pair as pip arguments: 'tensorflow==2.18.1 keras==3.14.0' (.ci/run)."""
   return ' '.join(f'{name}=={lowest}' for name, (lowest, _) in SUPPORTED.items())
 
 

@@ -8,7 +8,7 @@ from common import losses, optimizers
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
                               training_method_keys)
-from common.config import Key
+from common.config import MAX_EVAL_BATCH, MAX_TRAINING_BATCH, SEED_MAXIMUM, Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
 from common.runtime import RUNTIME_KEYS
@@ -23,16 +23,16 @@ CONFIG_KEYS = (
              '(the Small CNN of TRADES and YOPO); new'),
     Key('data_dir', str, 'MNIST_data', is_path=True,
         help='directory of the four MNIST IDX files (.gz or not); new in this project'),
-    Key('random_seed', int, 4557077),
+    Key('random_seed', int, 4557077, minimum=0, maximum=SEED_MAXIMUM),
     Key('max_num_training_steps', int, 100000, minimum=0),
     Key('num_output_steps', int, 100, minimum=1),
     Key('num_summary_steps', int, 100, minimum=1),
     Key('num_checkpoint_steps', int, 300, minimum=1),
-    Key('training_batch_size', int, 50, minimum=1),
+    Key('training_batch_size', int, 50, minimum=1, maximum=MAX_TRAINING_BATCH),
     Key('learning_rate', float, 1e-4, minimum=0,
         help="Adam's rate (the original's 1e-4); with lr_schedule one_cycle, its peak; new"),
     Key('num_eval_examples', int, 10000, minimum=1),
-    Key('eval_batch_size', int, 200, minimum=1),
+    Key('eval_batch_size', int, 200, minimum=1, maximum=MAX_EVAL_BATCH),
     Key('eval_on_cpu', bool, True),
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
@@ -104,6 +104,7 @@ MNIST = Challenge(
     build_portable_model=lambda config: model.build_model(config, portable=True),
     build_optimizer=build_optimizer,
     load_data=lambda config: data.load(config.data_dir),
+    data_files=lambda config: data.data_files(config.data_dir),
     make_training_loss=lambda config: summed_xent,
     attack_params=attack_params,
     seed=lambda config: config.random_seed,

@@ -8,9 +8,11 @@ import gzip
 import os
 import shutil
 import tempfile
+import zlib
 
 import numpy as np
 
+from common import files
 from common.data import Datasets, Split, check_reachable
 from common.errors import ChallengeError
 
@@ -26,29 +28,40 @@ VALIDATION_SIZE = 5000
 _IDX_DTYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
 
 
-def _open(path):
-  return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+# The largest IDX file accepted (MNIST's training images are 47 MB): a header may announce
+# any size, and nothing is allocated beyond what it may announce.
+MAX_IDX_BYTES = 1 << 30
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped); a malformed one is an error naming it."""
-  try:
-    with _open(path) as f:
-      raw = f.read()
-  except (OSError, EOFError) as e:
-    raise ChallengeError(f'cannot read {path}: {e}; delete it and fetch it again') from None
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-    raise ChallengeError(f'{path} is not an IDX file (bad magic number); '
-                         'delete it and fetch it again')
-  ndim = raw[3]
-  header = 4 + 4 * ndim
-  shape = tuple(int(d) for d in np.frombuffer(raw[4:header], '>u4'))
-  dtype = np.dtype(_IDX_DTYPES[raw[2]])
-  expected = header + int(np.prod(shape)) * dtype.itemsize
-  if len(shape) != ndim or len(raw) != expected:
-    raise ChallengeError(f'{path} is truncated or corrupt: {len(raw)} bytes, its header '
-                         f'announces {expected}; delete it and fetch it again')
-  return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder('='))
+  """Reads an IDX file (optionally gzipped); a malformed one is an error naming it. Opened
+  through common.files (a regular file, never blocking); only as many bytes as the header
+  announces are read (a .gz file is not inflated beyond them)."""
+  def corrupt(why):
+    return ChallengeError(f'{path} {why}; delete it and fetch it again')
+  with files.open_input(path, 'MNIST file') as raw:
+    try:
+      f = gzip.GzipFile(fileobj=raw, mode='rb') if path.endswith('.gz') else raw
+      magic = f.read(4)
+      if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise corrupt('is not an IDX file (bad magic number)')
+      ndim = magic[3]
+      dims = f.read(4 * ndim)
+      if len(dims) != 4 * ndim:
+        raise corrupt('is truncated or corrupt: its header is cut short')
+      shape = tuple(int(d) for d in np.frombuffer(dims, '>u4'))
+      dtype = np.dtype(_IDX_DTYPES[magic[2]])
+      size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+      if size > MAX_IDX_BYTES:
+        raise corrupt(f'announces {size:,} bytes of data; an MNIST file holds at most '
+                      f'{MAX_IDX_BYTES:,}')
+      data = f.read(size + 1)
+    except (OSError, EOFError, zlib.error) as e:
+      raise corrupt(f'cannot be read ({type(e).__name__}: {e})') from None
+  if len(data) != size:
+    raise corrupt(f'is truncated or corrupt: {4 + 4 * ndim + len(data)} bytes, its header '
+                  f'announces {4 + 4 * ndim + size}')
+  return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder('='))
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
@@ -61,11 +74,13 @@ def write_idx(path: str, array: np.ndarray) -> None:
 
 
 def _find(data_dir):
-  """{name: path} of the four files in data_dir (plain or .gz), or None if any is missing."""
+  """{name: path} of the four files in data_dir (plain or .gz), or None if any is missing.
+  Whatever is there under a file's name counts: one that is not a regular file is reported
+  when it is read (not taken for missing, which would start a download)."""
   found = {}
   for name, base in FILES.items():
     for candidate in (base, base + '.gz'):
-      if os.path.isfile(os.path.join(data_dir, candidate)):
+      if os.path.lexists(os.path.join(data_dir, candidate)):
         found[name] = os.path.join(data_dir, candidate)
         break
     else:
@@ -97,9 +112,16 @@ def download_with_tfds(data_dir: str) -> None:
       shutil.move(os.fspath(path), os.path.join(data_dir, FILES[name] + '.gz'))
 
 
+def data_files(data_dir: str):
+  """Every path load() may read (each file plain and .gz)."""
+  return [os.path.join(data_dir, base + suffix) for base in FILES.values()
+          for suffix in ('', '.gz')]
+
+
 def load(data_dir: str) -> Datasets:
-  files = _find(data_dir)
-  if files is None:
+  files.require_directory(data_dir, 'data_dir')
+  found = _find(data_dir)
+  if found is None:
     try:
       download_with_tfds(data_dir)
     except Exception as e:  # any failure here ends in the same advice
@@ -108,13 +130,13 @@ def load(data_dir: str) -> Datasets:
           + ', '.join(FILES.values()) + ' (each optionally .gz), and downloading them with '
           f'tensorflow_datasets failed ({type(e).__name__}: {e}). Put the four files there '
           'or pass --data_dir with a directory that holds them.') from None
-    files = _find(data_dir)
-  arrays = {name: read_idx(path) for name, path in files.items()}
+    found = _find(data_dir)
+  arrays = {name: read_idx(path) for name, path in found.items()}
   for part in ('train', 'test'):
     images, labels = arrays[part + '_images'], arrays[part + '_labels']
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
       raise ChallengeError(
-          f'{files[part + "_images"]} and {files[part + "_labels"]} do not hold MNIST: '
+          f'{found[part + "_images"]} and {found[part + "_labels"]} do not hold MNIST: '
           f'images {images.shape}, labels {labels.shape}')
 
   def split(images, labels):

@@ -179,3 +179,17 @@ def test_the_script_takes_a_file_url(tmp_path):
   assert (model_dir / 'checkpoint-24900.index').exists()
   wrong = run_script(['mnist_challenge/fetch_model.py', 'robust'])
   assert wrong.returncode == 2 and 'natural' in wrong.stderr
+
+
+def test_a_checkpoints_dir_of_the_wrong_kind_is_refused_before_the_download(tmp_path):
+  regular = tmp_path / 'file'
+  regular.write_text('kept')
+  fifo = tmp_path / 'fifo'
+  os.mkfifo(fifo)
+  never = 'http://127.0.0.1:9/never-asked.zip'  # a download would fail otherwise
+  for place, kind in ((regular, 'a regular file'), (fifo, r'a FIFO \(named pipe\)')):
+    with pytest.raises(ChallengeError, match=f'--checkpoints_dir {place}/mnist cannot be '
+                       f'created: {place} is {kind}, not a directory'):
+      fetch.fetch('mnist', 'natural', url=never, checkpoints_dir=str(place),
+                  log=lambda *a, **k: None)
+  assert regular.read_text() == 'kept'

@@ -244,6 +244,11 @@ def test_converter_writes_a_checkpoint_of_this_project(cifar_tf1, tmp_path, cifa
     commands.convert_checkpoint(CIFAR10, config, output_dir, log=quiet)
   with pytest.raises(ChallengeError, match='already a checkpoint of this project'):
     commands.convert_checkpoint(CIFAR10, config.replace(model_dir=output_dir), log=quiet)
+  # An output_dir of the wrong kind: refused before the work.
+  fifo = str(tmp_path / 'fifo')
+  os.mkfifo(fifo)
+  with pytest.raises(ChallengeError, match=f'--output_dir {fifo} is a FIFO'):
+    commands.convert_checkpoint(CIFAR10, config, fifo, log=quiet)
 
 
 def _restore(filters_or_mnist, model_dir):

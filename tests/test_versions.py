@@ -25,8 +25,9 @@ def test_the_installed_releases_are_in_range():
 
 
 @pytest.mark.parametrize('tensorflow, keras, inside', [
-    ('2.18.1', '3.6.0', True), ('2.21.0', '3.15.1', True), ('2.19.0', '3.9.2', True),
-    ('2.18.0', '3.6.0', False), ('2.16.2', '3.3.3', False), ('2.18.1', '3.5.0', False),
+    ('2.18.1', '3.14.0', True), ('2.21.0', '3.15.1', True), ('2.19.0', '3.14.1', True),
+    ('2.18.0', '3.14.0', False), ('2.16.2', '3.3.3', False), ('2.18.1', '3.13.2', False),
+    ('2.21.0', '3.6.0', False), ('2.20.0', '3.11.3', False),
     ('2.22.0', '3.15.1', False), ('2.22.0rc0', '3.15.1', False), ('2.21.0', '3.16.0', False),
     ('2.21.0', '(not installed)', False), ('2.15.1', '2.15.0', False)])
 def test_releases_inside_and_outside_the_ranges(tensorflow, keras, inside):
@@ -35,8 +36,8 @@ def test_releases_inside_and_outside_the_ranges(tensorflow, keras, inside):
   if not inside:
     assert reason == (
         f'tensorflow {tensorflow} and keras {keras} are installed; this project is tested with '
-        'tensorflow>=2.18.1,<2.22 and keras>=3.6.0,<3.16 only: pip install '
-        '"tensorflow>=2.18.1,<2.22" "keras>=3.6.0,<3.16"')
+        'tensorflow>=2.18.1,<2.22 and keras>=3.14.0,<3.16 only: pip install '
+        '"tensorflow>=2.18.1,<2.22" "keras>=3.14.0,<3.16"')
 
 
 @pytest.mark.slow

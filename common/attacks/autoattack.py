@@ -30,7 +30,8 @@ import tensorflow as tf
 
 from common import losses
 from common.attacks import apgd, fab, pgd, square
-from common.errors import ChallengeError
+from common.config import MAX_EVAL_BATCH
+from common.errors import ChallengeError, NonFiniteLogits
 
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
@@ -85,14 +86,19 @@ class AutoAttack:
   version: all, in that order). The attacks run on the examples still robust, in batches of
   `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
   `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
-  of their number).
+  of their number). Logits that are not finite, on a clean or an adversarial example, raise
+  NonFiniteLogits naming the model (`model_name`): NaN would be judged a misclassification.
   """
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
                attacks: Sequence[str] = STANDARD, batch_size=500, seed=0, strategy=None,
                jit_compile=False, apgd_iterations=STANDARD_ITERATIONS,
                fab_iterations=STANDARD_ITERATIONS,
-               square_queries=SQUARE_QUERIES_PER_ITERATION * STANDARD_ITERATIONS, log=print):
+               square_queries=SQUARE_QUERIES_PER_ITERATION * STANDARD_ITERATIONS, log=print,
+               model_name='the model'):
+    if not 1 <= batch_size <= MAX_EVAL_BATCH:  # a padded batch is up to 1/16 of it
+      raise ChallengeError(f'the batch size must be between 1 and {MAX_EVAL_BATCH}, found '
+                           f'{batch_size}')
     unknown = [a for a in attacks if a not in STANDARD]
     if unknown:
       raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))
@@ -102,7 +108,7 @@ class AutoAttack:
     replicas = self.strategy.num_replicas_in_sync
     self.attacks, self.seed = tuple(attacks), seed
     self.batch_size = -(-batch_size // replicas) * replicas  # each replica gets equal rows
-    self.jit_compile, self.log = jit_compile, log
+    self.jit_compile, self.log, self.model_name = jit_compile, log, model_name
     self.apgd_iterations, self.fab_iterations = apgd_iterations, fab_iterations
     self.square_queries = square_queries
     compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
@@ -174,6 +180,7 @@ class AutoAttack:
     n = len(labels)
     clean_logits = np.concatenate([self._logits(images[i:i + self.batch_size]).numpy()
                                    for i in range(0, n, self.batch_size)])
+    self._require_finite(clean_logits, 'clean examples')
     robust = np.argmax(clean_logits, 1) == labels
     clean = float(robust.mean())
     adversarial = images.copy()
@@ -201,6 +208,7 @@ class AutoAttack:
           # the logits of the padded batch, so that they are traced for its few shapes, not
           # for every count.
           logits = self._logits(x_adv).numpy()[:count]
+          self._require_finite(logits, f'adversarial examples of {name.upper()}')
           x_adv, fooled = x_adv.numpy()[:count], fooled.numpy()[:count]
           inside = (np.abs(x_adv - images[index]).reshape(count, -1).max(1)
                     <= self.epsilon + tolerance)
@@ -215,6 +223,11 @@ class AutoAttack:
                f'({seconds:.1f} s)')
     warn_if_square_beats_gradients(self.attacks, broken_by)
     return Report(clean, outcomes, broken_by, adversarial, robust)
+
+  def _require_finite(self, logits, of):
+    not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))
+    if not_finite:
+      raise NonFiniteLogits(self.model_name, not_finite, len(logits), of)
 
   # --- checks, as the reference's --------------------------------------------------------
 
