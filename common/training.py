@@ -43,7 +43,7 @@ import tensorflow as tf
 from common import (checkpoints, data, distribute, files, guard, losses, model_files, precision,
                     runtime, tf1_checkpoints, training_methods)
 from common.challenge import Challenge
-from common.config import Config
+from common.config import Config, check_value
 from common.errors import ChallengeError
 
 # How the training-time attack treats batch norm: {name: what it does}.
@@ -415,6 +415,14 @@ class Trainer:
 HISTORY_KEY = '_history'  # in model_dir's config.json; a comment to the config loader
 
 
+def _as_config_value(key, value):
+  """A value read from a config.json as the config holds it (`true` -> "true", 1 -> 1.0)."""
+  try:
+    return check_value(key, value)
+  except ChallengeError:
+    return value
+
+
 def record_config(challenge: Challenge, config: Config, start: int, log=print) -> None:
   """Writes the effective config to model_dir/config.json before training from `start`.
 
@@ -431,13 +439,14 @@ def record_config(challenge: Challenge, config: Config, start: int, log=print) -
   if start > 0 and os.path.lexists(path):
     try:
       saved = json.loads(files.read_input(path, "model_dir's config.json", 1 << 20))
-    except ValueError:
+    except (ValueError, RecursionError):
       saved = None  # not JSON: nothing to compare with (it is rewritten below)
     if isinstance(saved, dict):
       earlier = saved.get(HISTORY_KEY)
       history = earlier if isinstance(earlier, list) else []
       changed = {key.name: saved[key.name] for key in challenge.config_keys
-                 if not key.is_path and key.name in saved and saved[key.name] != config[key.name]}
+                 if not key.is_path and key.name in saved
+                 and _as_config_value(key, saved[key.name]) != config[key.name]}
       if changed:
         try:
           first = int(history[-1]['steps'][1])

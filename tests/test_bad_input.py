@@ -175,8 +175,6 @@ def test_a_commands_own_numeric_flags_follow_the_same_rule():
 def test_the_scripts_report_bad_numbers_and_config_files_in_one_line(tmp_path, mnist_dir):
   zeros = tmp_path / 'zeros.npy'
   np.save(zeros, np.zeros((TINY_TEST, 784), np.float32))
-  not_utf8 = tmp_path / 'latin1.json'
-  not_utf8.write_bytes('{"_comment": "caf\xe9"}'.encode('latin-1'))
   pred = tmp_path / 'pred.npy'
   cases = [
       (['mnist_challenge/run_attack.py', '--epsilon', 'nan', '--store_adv_path', str(zeros),
@@ -185,13 +183,8 @@ def test_the_scripts_report_bad_numbers_and_config_files_in_one_line(tmp_path, m
       (['mnist_challenge/pgd_attack.py', '--eval_batch_size', '1e20'],
        "error: flag --eval_batch_size=1e20: invalid literal for int() with base 10: '1e20'; "
        '--helpfull lists the flags'),
-      (['mnist_challenge/pgd_attack.py', '--random_seed', '99999999999999999999999'],
-       'error: config key "random_seed" must be at most 4294967295, found '
-       '99999999999999999999999'),
       (['cifar10_challenge/eval.py', '--config', str(tmp_path)],
        f'error: config file {tmp_path} is a directory, not a regular file'),
-      (['mnist_challenge/train.py', '--config', str(not_utf8)],
-       f'error: config file {not_utf8} is not UTF-8 text'),
   ]
   for args, line in cases:
     data = ['--data_path' if args[0].startswith('cifar10') else '--data_dir', mnist_dir]
@@ -207,6 +200,9 @@ def test_a_config_file_must_be_a_small_regular_utf8_json_file(tmp_path):
   for kind, path in bad_paths(tmp_path).items():
     refused(lambda: MNIST.load_config(path), f'config file {path} is {KIND_WORDS[kind]}')
   refused(lambda: MNIST.load_config(str(tmp_path / 'absent' / 'config.json')), 'does not exist')
+  not_utf8 = tmp_path / 'latin1.json'
+  not_utf8.write_bytes('{"_comment": "caf\xe9"}'.encode('latin-1'))
+  refused(lambda: MNIST.load_config(str(not_utf8)), 'is not UTF-8 text')
   big = tmp_path / 'big.json'
   big.write_text('{"_comment": "' + 'x' * (1 << 20) + '"}')
   refused(lambda: MNIST.load_config(str(big)), 'bytes; at most 1,048,576 are expected')
