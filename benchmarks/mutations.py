@@ -324,8 +324,8 @@ MUTATIONS = (
              ['tests/test_bad_input.py']),
     Mutation('model_dir_unlocked', 'two train.py may write one model_dir', 'common/files.py',
              [('    try:\n      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)\n'
-               '    except OSError:\n      holder',
-               '    try:\n      pass\n    except OSError:\n      holder')],
+               '    except BlockingIOError:',
+               '    try:\n      pass\n    except BlockingIOError:')],
              ['tests/test_bad_input.py']),
     Mutation('failed_checkpoint_left', 'a checkpoint that failed to write (full disk) is left '
              'half-written', 'common/checkpoints.py',

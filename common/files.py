@@ -256,7 +256,7 @@ def _locked_by_another(path: str) -> bool:
   try:
     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return False
-  except OSError:
+  except OSError:  # held; or a file system without locks, where nothing is taken for stale
     return True
   finally:
     os.close(descriptor)
@@ -281,6 +281,13 @@ def remove_stale_partials(path: str) -> None:
           os.unlink(candidate)
 
 
+def _lock_if_possible(descriptor: int) -> None:
+  """Marks what `descriptor` is open on as being written (not stale). A file system without
+  locks (some network or FUSE ones) marks nothing: what is left there is never removed."""
+  with contextlib.suppress(OSError):
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 @contextlib.contextmanager
 def staging_directory(path: str, what: str):
   """A new directory beside `path`, locked while it exists, for building an output that is
@@ -294,7 +301,7 @@ def staging_directory(path: str, what: str):
     raise os_error(e, f'cannot write {what} {path}') from None
   descriptor = os.open(staging, os.O_RDONLY)
   try:
-    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    _lock_if_possible(descriptor)
     yield staging
   finally:
     shutil.rmtree(staging, ignore_errors=True)
@@ -314,7 +321,7 @@ def atomic_write(path: str, write, mode: str = 'wb', what: str = 'output') -> No
   except OSError as e:
     raise os_error(e, doing) from None
   try:
-    fcntl.flock(descriptor, fcntl.LOCK_EX)  # a live writer: not stale
+    _lock_if_possible(descriptor)  # a live writer: not stale
     os.fchmod(descriptor, default_mode())  # mkstemp's 0600 would hide it from the group
     with os.fdopen(descriptor, mode) as f:
       write(f)
@@ -366,11 +373,13 @@ def exclusive_lock(directory: str, what: str, command: str):
   try:
     try:
       fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by another process
       holder = os.pread(descriptor, 4096, 0).decode(errors='replace').strip() or 'another process'
       raise ChallengeError(f'{what} {directory} is in use by {holder}; only one {command} '
                            'may write it at a time: wait for that one to finish (or stop it), '
                            f'or choose another {what}') from None
+    except OSError:  # a file system without locks: nothing to hold (docs/robustness.md)
+      pass
     note = (f'{command} (pid {os.getpid()} on {socket.gethostname()}, since '
             f'{time.strftime("%Y-%m-%d %H:%M:%S")})').encode()
     with contextlib.suppress(OSError):  # the note is for the message above only
