@@ -232,7 +232,12 @@ _umask_lock = threading.Lock()
 
 
 def umask() -> int:
-  with _umask_lock:  # reading the umask means setting it: no other thread in between
+  """The process's umask: from /proc on Linux (reading it changes nothing); elsewhere by
+  setting and restoring it (which a thread creating a file meanwhile could notice)."""
+  with contextlib.suppress(OSError, ValueError, StopIteration):
+    with open('/proc/self/status') as status:
+      return int(next(line for line in status if line.startswith('Umask:')).split()[1], 8)
+  with _umask_lock:
     mask = os.umask(0o022)
     os.umask(mask)
   return mask
