@@ -18,7 +18,8 @@ X_NAT = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3)).astype(np.float3
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
-# The judge's rules, written from the README's spec and not from the implementation:
+# The judge's rules, written from the spec (docs/commands.md, run_attack.py) and not from the
+# implementation:
 # "a numeric dtype (float16/32/64 and integers are cast to float32; object, bool, complex,
 # string and structured arrays are rejected)", in either byte order; "finite values in
 # [0, 1] (CIFAR-10: [0, 255]; tolerance 1e-4) and ℓ∞ distance to the test set ≤ ε + 1e-4";
