@@ -183,12 +183,9 @@ def test_the_scripts_report_bad_numbers_and_config_files_in_one_line(tmp_path, m
       (['mnist_challenge/pgd_attack.py', '--eval_batch_size', '1e20'],
        "error: flag --eval_batch_size=1e20: invalid literal for int() with base 10: '1e20'; "
        '--helpfull lists the flags'),
-      (['cifar10_challenge/eval.py', '--config', str(tmp_path)],
-       f'error: config file {tmp_path} is a directory, not a regular file'),
   ]
   for args, line in cases:
-    data = ['--data_path' if args[0].startswith('cifar10') else '--data_dir', mnist_dir]
-    result = run_script(args + data, timeout=120)
+    result = run_script(args + ['--data_dir', mnist_dir], timeout=120)
     assert result.returncode == 1, (args, result.stderr)
     assert result.stderr.startswith(line) and result.stderr.count('\n') == 1, result.stderr
   assert not pred.exists()
@@ -561,7 +558,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_model_dir(tmp_path
 
 
 @pytest.mark.slow
-def test_two_train_scripts_on_one_model_dir_and_a_killed_one_leaves_no_stale_lock(
+def test_a_running_train_script_holds_its_model_dir_and_a_killed_one_leaves_no_stale_lock(
     tmp_path, mnist_dir):
   config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=100000, k=1,
                        num_checkpoint_steps=1000, num_output_steps=1)
@@ -576,11 +573,9 @@ def test_two_train_scripts_on_one_model_dir_and_a_killed_one_leaves_no_stale_loc
       for line in first.stdout:
         if line.startswith('Step 1:'):
           break
-    second = run_script(['mnist_challenge/train.py'] + flags, timeout=120)
-    assert second.returncode == 1
-    assert second.stderr.startswith(f'error: model_dir {config.model_dir} is in use by train.py '
-                                    f'(pid {first.pid} on '), second.stderr
-    assert second.stderr.count('\n') == 1
+    # (In this process: the lock is the other process's; cli.run prints the error in one line.)
+    refused(lambda: training.train(MNIST, config, log=quiet),
+            f'model_dir {config.model_dir} is in use by train.py \\(pid {first.pid} on ')
   finally:
     first.kill()
     first.wait()

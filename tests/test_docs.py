@@ -98,13 +98,13 @@ def test_every_quick_start_command_runs(tmp_path):
   exported = str(tmp_path / 'fast_robust.keras')
   # Appended to the line: cheaper settings, and outputs in tmp_path (the last value wins).
   cheaper = {
-      'train.py': ['--model_dir', model_dir, '--max_num_training_steps', '2',
-                   '--robustness_check_examples', '50'],
-      'eval.py': ['--once', '--model_dir', model_dir, '--num_eval_examples', '20', '--k', '2'],
-      'pgd_attack.py': ['--store_adv_path', str(tmp_path / 'attack.npy'), '--k', '1'],
+      'train.py': ['--model_dir', model_dir, '--max_num_training_steps', '1',
+                   '--robustness_check_examples', '20'],
+      'eval.py': ['--once', '--model_dir', model_dir, '--num_eval_examples', '20', '--k', '1'],
+      'pgd_attack.py': ['--store_adv_path', str(tmp_path / 'attack.npy'), '--k', '0'],
       'run_attack.py': ['--store_adv_path', str(tmp_path / 'attack.npy'),
                         '--pred_path', str(tmp_path / 'pred.npy')],
-      'autoattack.py': ['--num_examples', '10', '--iterations', '2', '--store_adv_path',
+      'autoattack.py': ['--num_examples', '10', '--iterations', '1', '--store_adv_path',
                         str(tmp_path / 'aa.npy'), '--output_dir', str(tmp_path / 'aa')],
       'export_model.py': ['--output', exported],
   }
@@ -112,11 +112,11 @@ def test_every_quick_start_command_runs(tmp_path):
     script = os.path.basename(argv[1])
     extra = list(cheaper[script])
     if '--model_path' in argv:  # eval.py on the exported file
-      extra = ['--model_path', exported, '--num_eval_examples', '20', '--k', '2']
+      extra = ['--model_path', exported, '--num_eval_examples', '20', '--k', '1']
     result = run_script(argv[1:] + extra, timeout=600)
     assert result.returncode == 0, (argv, result.stderr[-2000:])
   assert np.load(tmp_path / 'attack.npy').shape == (10000, 784)
   assert np.load(tmp_path / 'pred.npy').shape == (10000,)
   assert np.load(tmp_path / 'aa.npy').shape == (10000, 784)
-  assert os.path.exists(os.path.join(model_dir, 'checkpoint-2.index')) and os.path.isfile(exported)
+  assert os.path.exists(os.path.join(model_dir, 'checkpoint-1.index')) and os.path.isfile(exported)
   assert not os.path.exists(os.path.join(REPO, 'my_model'))  # nothing written in the checkout
