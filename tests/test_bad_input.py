@@ -22,9 +22,8 @@ import pytest
 from common import checkpoints, cli, commands, files, model_files, training
 from common import config as config_module
 from common.attacks import autoattack
-from common.errors import ChallengeError, InvalidSubmission, NonFiniteLogits
-from conftest import (REPO, TINY_TEST, quiet, run_script, tiny_cifar_config, tiny_config,
-                      write_mnist)
+from common.errors import ChallengeError, InvalidSubmission
+from conftest import REPO, TINY_TEST, quiet, run_script, tiny_config, write_mnist
 from cifar10_challenge import data as cifar_data
 from cifar10_challenge.challenge import CIFAR10
 from mnist_challenge import data as mnist_data
