@@ -360,6 +360,37 @@ MUTATIONS = (
     Mutation('keras_floor_unsafe', 'the Keras floor back at 3.6.0 (safe mode bypassable)',
              'common/versions.py', [("'keras': ('3.14.0', '3.16')", "'keras': ('3.6.0', '3.16')")],
              ['tests/test_versions.py']),
+    # The threat model (tests/test_threat.py).
+    Mutation('l2_projection_onto_the_sphere', 'the ℓ2 projection moves points inside the ball '
+             'onto its sphere', 'common/attacks/threat.py',
+             [('scale = tf.minimum(tf.ones_like(norm), epsilon / tf.maximum(norm, _TINY))',
+               'scale = epsilon / tf.maximum(norm, _TINY)')], ['tests/test_threat.py']),
+    Mutation('l2_step_is_a_sign_step', 'the ℓ2 step is the ℓ∞ one (sign of the gradient)',
+             'common/attacks/threat.py',
+             [('return x + step_size * grad / (_per_example_norm(grad) + _TINY)',
+               'return x + step_size * tf.sign(grad)')], ['tests/test_threat.py']),
+    Mutation('l2_start_in_a_box', 'the ℓ2 random start drawn in a box, not on the sphere',
+             'common/attacks/threat.py',
+             [('return radius * gaussian / (_per_example_norm(gaussian, batched) + _TINY)',
+               'return tf.clip_by_value(gaussian, -radius, radius)')], ['tests/test_threat.py']),
+    Mutation('l2_distance_is_linf', 'the ℓ2 distance measured as the ℓ∞ one',
+             'common/attacks/threat.py',
+             [("return np.sqrt(np.einsum('ij,ij->i', flat, flat))",
+               'return np.abs(flat).max(axis=1)')], ['tests/test_threat.py']),
+    Mutation('pgd_ignores_the_norm', 'PGD attacks in ℓ∞ whatever the norm',
+             'common/attacks/pgd.py',
+             [('  threat = params.threat\n', "  threat = dataclasses.replace(params, "
+               "norm='linf').threat\n")], ['tests/test_threat.py']),
+    Mutation('submission_ignores_the_norm', 'a submission checked in ℓ∞ whatever the norm',
+             'common/submission.py',
+             [('threat = ThreatModel(norm, epsilon, 0.0, pixel_max)',
+               "threat = ThreatModel('linf', epsilon, 0.0, pixel_max)")],
+             ['tests/test_threat.py']),
+    Mutation('autoattack_runs_l2_as_linf', 'AutoAttack runs its ℓ∞ attacks under norm l2',
+             'common/attacks/autoattack.py',
+             [("  if norm != 'linf':\n    raise ChallengeError(f'AutoAttack is built",
+               "  if False:\n    raise ChallengeError(f'AutoAttack is built")],
+             ['tests/test_threat.py']),
 )
 
 

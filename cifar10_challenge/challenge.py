@@ -7,8 +7,8 @@ import tensorflow as tf
 from cifar10_challenge import data, model
 from common import losses, optimizers, training
 from common.attacks.pgd import PGDParams
-from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
-                              training_method_keys)
+from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge, norm_keys,
+                              threat_radius_and_step, training_method_keys)
 from common.config import MAX_EVAL_BATCH, MAX_TRAINING_BATCH, SEED_MAXIMUM, Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -49,14 +49,17 @@ CONFIG_KEYS = (
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
 ) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
-    trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3)
+    trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3
+) + norm_keys(l2_epsilon=0.5 * 255)  # ε 0.5 on [0, 1] images, as RobustBench's ℓ2 track
 
 PIXEL_MAX = 255.0
 
 
 def attack_params(config) -> PGDParams:
-  return PGDParams(config.epsilon, config.num_steps, config.step_size, config.random_start,
-                   config.loss_func, clip_min=0.0, clip_max=PIXEL_MAX)
+  epsilon, step_size = threat_radius_and_step(config, config.epsilon, config.step_size,
+                                              config.num_steps)
+  return PGDParams(epsilon, config.num_steps, step_size, config.random_start,
+                   config.loss_func, clip_min=0.0, clip_max=PIXEL_MAX, norm=config.norm)
 
 
 def build_optimizer(config):

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from common.attacks.pgd import PGDParams
+from common.attacks.threat import NORMS
 from common.config import Config, Key, load_config
 from common.data import Datasets
 from common.optimizers import LR_SCHEDULES
@@ -75,6 +76,28 @@ TRAINING_LOSSES = {
            'remembered ε, then a bisection), the cross-entropy at the margin (up to '
            'mma_max_epsilon) mixed with the natural one (mma_clean_weight)',
 }
+
+
+def norm_keys(l2_epsilon: float):
+  """The threat model's norm, and the ℓ2 radius and step (the challenge's pixel units): the
+  original keys (epsilon, the PGD step) stay the ℓ∞ ones."""
+  return (
+      Key('norm', str, 'linf', choices=tuple(NORMS),
+          help='the threat model of every attack, check and training attack: "linf" (the '
+               'original\'s; epsilon and the PGD step) or "l2" (l2_epsilon, l2_step_size); new'),
+      Key('l2_epsilon', float, l2_epsilon, minimum=0,
+          help=f'with norm l2: ε, the ℓ2 radius in pixel units (default {l2_epsilon:g}); new'),
+      Key('l2_step_size', float, 0.0, minimum=0,
+          help='with norm l2: the PGD step, an ℓ2 length; 0: 2.5 l2_epsilon / steps (the '
+               'rule of MadryLab\'s robustness library); new'),
+  )
+
+
+def threat_radius_and_step(config, epsilon: float, step_size: float, num_steps: int):
+  """(ε, PGD step) of the config's norm: the original ℓ∞ keys' values, or the ℓ2 keys'."""
+  if config.norm == 'linf':
+    return epsilon, step_size
+  return config.l2_epsilon, config.l2_step_size or 2.5 * config.l2_epsilon / max(num_steps, 1)
 
 
 def training_method_keys(trades_beta: float, mma_max_epsilon: float, mma_min_epsilon: float,

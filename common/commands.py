@@ -22,6 +22,11 @@ from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
 
 
+def _norm_note(params) -> str:
+  """' (ℓ2)' after an ε of another norm than the original's ℓ∞ (whose lines stay as they were)."""
+  return '' if params.norm == 'linf' else ' (ℓ2)'
+
+
 # --- what a command reads and writes -----------------------------------------------------
 
 def _model_inputs(where: str):
@@ -274,7 +279,7 @@ def run_attack(challenge, config, model_path='', unsafe_model=False, log=print):
   test = challenge.load_data(config).test
   params = challenge.attack_params(config)
   x_adv = submission.load(config.store_adv_path, test.images, params.epsilon,
-                          challenge.pixel_max)
+                          challenge.pixel_max, params.norm)
   evaluator = evaluator or scorer()
   predictions = evaluator.predict(Split(x_adv, test.labels), config.eval_batch_size)
   accuracy = float(np.mean(predictions == test.labels))
@@ -354,8 +359,8 @@ def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='ra
   params = challenge.attack_params(config)
   evaluated = model_path or config.model_dir
   log(f'{challenge.name}: the paper\'s table on {evaluated}, first {num_examples} '
-      f'test images, ε {params.epsilon:g}, step {params.step_size:g}, targeted PGD: '
-      f'{target_rule}')
+      f'test images, ε {params.epsilon:g}{_norm_note(params)}, step {params.step_size:g}, '
+      f'targeted PGD: {target_rule}')
   results = paper_table.run(challenge, config, challenge.paper_table, sources,
                             num_examples, target_rule, log, methods=method or None,
                             model_path=model_path, unsafe_model=unsafe_model)
@@ -405,8 +410,8 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
     traces[name] = landscape.trace_losses(model, test, params, restarts,
                                           challenge.seed(config), config.eval_batch_size, jit,
                                           name=model_dir)
-    log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}, '
-        f'{restarts} random starts per example; final xent:')
+    log(f'{name} ({model_dir}): PGD-{params.num_steps}, ε {params.epsilon:g}'
+        f'{_norm_note(params)}, {restarts} random starts per example; final xent:')
     summary = landscape.summarise(traces[name][:, :, -1])
     for i in range(len(test)):
       log(f'  example {i} (label {test.labels[i]}): min {summary["min"][i]:.4f}, median '
@@ -446,6 +451,7 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
     raise ChallengeError(f'unknown version "{version}"; use standard, or --attacks')
   if iterations < 1:
     raise ChallengeError(f'--iterations must be at least 1, found {iterations}')
+  autoattack.require_linf(challenge.attack_params(config).norm)
   chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
       autoattack.STANDARD)
   output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'autoattack')

@@ -52,7 +52,8 @@ def evaluator_for(row: Row, model, attacker, params: pgd.PGDParams, strategy, se
                   target_rule, jit_compile=False, name='the model') -> Evaluator:
   """The Evaluator of `row` against `model`, crafting with `attacker` (a Twin)."""
   if row.method == 'FGSM':
-    row_params = pgd.fgsm_params(params.epsilon, params.clip_min, params.clip_max)
+    row_params = pgd.fgsm_params(params.epsilon, params.clip_min, params.clip_max,
+                                 norm=params.norm)
   else:
     row_params = dataclasses.replace(params, num_steps=row.steps, random_start=True,
                                      loss_func='xent')
@@ -113,6 +114,11 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
     if methods is not None and row.method not in methods:
       results.append(Result(row, None, note='skipped: method not asked for (--method)'))
       log(f'{row.label:<28} skipped (not asked for: --method)')
+      continue
+    if row.method == 'AutoAttack' and params.norm != 'linf':
+      results.append(Result(row, None,
+                            note=f'skipped: AutoAttack is ℓ∞ only (norm {params.norm})'))
+      log(f'{row.label:<28} skipped (AutoAttack is ℓ∞ only; norm {params.norm})')
       continue
     if row.source not in attackers:
       results.append(Result(row, None, note=f'skipped: no model given for source {row.source}'))

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from common import files
+from common.attacks.threat import ThreatModel
 from common.errors import (SubmissionDtypeError, SubmissionFormatError,
                            SubmissionPerturbationError, SubmissionRangeError,
                            SubmissionShapeError)
@@ -73,10 +74,13 @@ def _read_data(f, path, shape, fortran, dtype):
   return flat.reshape(shape)
 
 
-def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float) -> np.ndarray:
+def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float,
+         norm: str = 'linf') -> np.ndarray:
   """Returns the submission as float32 if it is valid against x_nat, else raises
   InvalidSubmission with the original's message where it had one. The array returned is
-  the one validated, in memory of its own (no view of the file)."""
+  the one validated, in memory of its own (no view of the file). The distance is the
+  threat model's `norm` (ℓ∞, the original's, or ℓ2), each example's within ε + TOLERANCE."""
+  threat = ThreatModel(norm, epsilon, 0.0, pixel_max)
   if not os.path.lexists(path):
     raise SubmissionFormatError(f'submission {path} does not exist; set store_adv_path '
                                 '(or --store_adv_path) to the .npy file to score')
@@ -97,7 +101,7 @@ def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float) -> np.n
     except OSError as e:
       raise SubmissionFormatError(f'submission {path} could not be read ({e})') from None
 
-  low, high, l_inf, finite = np.inf, -np.inf, 0.0, True
+  low, high, farthest, finite = np.inf, -np.inf, 0.0, True
   # Hostile bytes may hold signalling NaNs or huge values: they are reported, not warned about.
   with np.errstate(invalid='ignore', over='ignore'):
     for start in range(0, len(array), _CHUNK):
@@ -105,16 +109,16 @@ def load(path: str, x_nat: np.ndarray, epsilon: float, pixel_max: float) -> np.n
       finite &= bool(np.isfinite(chunk).all())
       low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
       chunk -= x_nat[start:start + _CHUNK]  # in place: one float64 chunk at a time
-      np.abs(chunk, out=chunk)
       # (NaN/inf need no care here: they fail the range check, which comes first.)
-      l_inf = max(l_inf, float(chunk.max()))
+      farthest = max(farthest, float(threat.distance(chunk).max()))
       del chunk  # before the next one is made: one float64 chunk alive at a time
   if not finite or low < -TOLERANCE or high > pixel_max + TOLERANCE:
     raise SubmissionRangeError(
         f'Invalid pixel range. Expected [0, {pixel_max:g}], found [{low}, {high}]'
         + ('' if finite else ' (the submission holds NaN or infinite values)'))
-  if l_inf > epsilon + TOLERANCE:
-    raise SubmissionPerturbationError(f'maximum perturbation found: {l_inf}\n'
-                                      f'maximum perturbation allowed: {epsilon}')
+  if farthest > epsilon + TOLERANCE:
+    raise SubmissionPerturbationError(
+        f'maximum perturbation found: {farthest}\nmaximum perturbation allowed: {epsilon}'
+        + ('' if norm == 'linf' else ' (ℓ2 distance)'))
   # float32 in native byte order is returned as is (the buffer read above); others are cast.
   return np.asarray(array, dtype=np.float32)

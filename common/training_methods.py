@@ -122,6 +122,12 @@ def check(config) -> None:
         f'({own_search[config.training_loss]}), so training_attack '
         f'"{config.training_attack}" would be ignored; set training_attack to "pgd" (the '
         'default)')
+  linf_only = ('yopo' if config.training_attack == 'yopo' else
+               config.training_loss if config.training_loss in ('bilateral', 'mma') else None)
+  if linf_only and config.norm != 'linf':
+    raise ChallengeError(f'{linf_only} is built for the ℓ∞ threat model only; norm is '
+                         f'"{config.norm}": set norm to linf, or train with training_loss madry '
+                         'or trades, which take either norm')
   if config.training_attack == 'yopo' and config.training_num_steps:
     raise ChallengeError(
         f'training_num_steps is {config.training_num_steps}, but YOPO counts its steps with '

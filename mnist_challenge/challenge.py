@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from common import losses, optimizers
 from common.attacks.pgd import PGDParams
-from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge,
-                              training_method_keys)
+from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge, norm_keys,
+                              threat_radius_and_step, training_method_keys)
 from common.config import MAX_EVAL_BATCH, MAX_TRAINING_BATCH, SEED_MAXIMUM, Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -38,12 +38,14 @@ CONFIG_KEYS = (
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
 ) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
-    trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10)
+    trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10
+) + norm_keys(l2_epsilon=2.0)
 
 
 def attack_params(config) -> PGDParams:
-  return PGDParams(config.epsilon, config.k, config.a, config.random_start,
-                   config.loss_func, clip_min=0.0, clip_max=1.0)
+  epsilon, step_size = threat_radius_and_step(config, config.epsilon, config.a, config.k)
+  return PGDParams(epsilon, config.k, step_size, config.random_start,
+                   config.loss_func, clip_min=0.0, clip_max=1.0, norm=config.norm)
 
 
 def build_optimizer(config):

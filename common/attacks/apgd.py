@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.attacks import pgd
+from common.attacks.threat import ThreatModel
 
 MOMENTUM = 0.75
 RHO = 0.75  # η halves if the loss rose in at most this fraction of the steps
@@ -131,8 +132,7 @@ def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_
     is_mark[mark], window[mark], previous = True, mark - previous, mark
   is_mark, window = tf.constant(is_mark), tf.constant(window)
 
-  def project(z):
-    return tf.clip_by_value(tf.clip_by_value(z, x - epsilon, x + epsilon), clip_min, clip_max)
+  project = lambda z: ThreatModel('linf', epsilon, clip_min, clip_max).project(z, x)
 
   logits, loss, grad = _loss_and_gradient(model_fn, start, labels, loss_fn)
   fooled = tf.not_equal(tf.argmax(logits, axis=1), labels)

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from common import losses
 from common.attacks import apgd, fab, pgd, square
+from common.attacks.threat import ThreatModel
 from common.config import MAX_EVAL_BATCH
 from common.errors import ChallengeError, NonFiniteLogits
 
@@ -103,6 +104,7 @@ class AutoAttack:
     if unknown:
       raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))
     self.model_fn, self.epsilon = model_fn, float(epsilon)
+    self.threat = ThreatModel('linf', self.epsilon, clip_min, clip_max)  # (ℓ2: to be built)
     self.clip_min, self.clip_max, self.image_shape = clip_min, clip_max, tuple(image_shape)
     self.strategy = strategy or tf.distribute.get_strategy()
     replicas = self.strategy.num_replicas_in_sync
@@ -210,8 +212,7 @@ class AutoAttack:
           logits = self._logits(x_adv).numpy()[:count]
           self._require_finite(logits, f'adversarial examples of {name.upper()}')
           x_adv, fooled = x_adv.numpy()[:count], fooled.numpy()[:count]
-          inside = (np.abs(x_adv - images[index]).reshape(count, -1).max(1)
-                    <= self.epsilon + tolerance)
+          inside = self.threat.contains(x_adv, images[index], tolerance)
           wrong = np.argmax(logits, 1) != labels[index]
           broke = index[fooled & wrong & inside]
           adversarial[broke] = x_adv[fooled & wrong & inside]
@@ -266,6 +267,14 @@ def warn_if_square_beats_gradients(attacks, broken_by):
     warnings.warn(f'Square, which uses no gradients, broke {100 * broke / len(broken_by):.2f}% '
                   'more of the examples after the gradient attacks: the model may mask its '
                   'gradients', stacklevel=3)
+
+
+def require_linf(norm: str) -> None:
+  """AutoAttack here is the ℓ∞ version; any other norm is refused, never run as ℓ∞."""
+  if norm != 'linf':
+    raise ChallengeError(f'AutoAttack is built for the ℓ∞ threat model only (its ℓ2 APGD, FAB '
+                         f'and Square are not yet); norm is "{norm}": set norm to linf, or '
+                         'attack with PGD in this norm (pgd_attack.py, evaluate.py)')
 
 
 # --- one call ----------------------------------------------------------------------------

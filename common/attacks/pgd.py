@@ -1,11 +1,14 @@
-"""ℓ∞ projected gradient descent (PGD), written once for both challenges.
+"""Projected gradient descent (PGD), written once for both challenges and every norm.
 
-The threat model is three small operations, each usable on its own:
-  random_start -> (sign_step -> project) x num_steps.
+PGD chains the threat model's operations (common/attacks/threat.py; ℓ∞, the original's, or
+ℓ2, chosen by PGDParams.norm):
+  random start -> (steepest-ascent step -> project) x num_steps.
 `pgd` chains them for any callable mapping inputs to logits. It is plain TF code meant to
 run inside a `tf.function` (the training step calls it there); `make_pgd` compiles it on
 its own. The step order is the original's: random start (then clip to the pixel range),
-then each step: x += step_size * sign(grad), clip to the ε-ball, clip to the pixel range.
+then each step: x += step_size * sign(grad) (ℓ2: step_size * grad / ‖grad‖₂), project to the
+ε-ball, clip to the pixel range. `random_start`, `sign_step` and `project` are the ℓ∞
+operations on their own (the original's, for users' scripts).
 
 The k steps are unrolled with a Python loop inside one compiled function. On our CPU this
 was ~1.35x faster than a `tf.range`/`tf.while_loop` loop (same outputs, bit for bit) and as
@@ -21,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import losses
+from common.attacks.threat import ThreatModel
 from common.errors import ChallengeError
 
 
@@ -50,10 +54,15 @@ class PGDParams:
   # Each step is projected back to the ε-ball (then clipped to the pixel range); N-FGSM's is
   # not: its perturbation may exceed ε.
   project_to_ball: bool = True
+  norm: str = 'linf'  # the threat model's (common/attacks/threat.py NORMS)
 
   @property
   def noise_radius(self) -> float:
     return self.epsilon if self.start_radius is None else self.start_radius
+
+  @property
+  def threat(self) -> ThreatModel:
+    return ThreatModel(self.norm, self.epsilon, self.clip_min, self.clip_max)
 
 
 def per_example(seed, examples, draw, dtype=tf.float32):
@@ -64,8 +73,10 @@ def per_example(seed, examples, draw, dtype=tf.float32):
                    tf.cast(examples, tf.int64), fn_output_signature=dtype)
 
 
-def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examples=None):
-  """x_nat + U(-ε, ε), clipped to the pixel range. `seed`: optional shape-[2] int tensor
+def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examples=None,
+                 norm='linf'):
+  """x_nat + U(-ε, ε) (for `norm` ℓ2: a point of the sphere of radius ε), clipped to the
+  pixel range. `seed`: optional shape-[2] int tensor
   for a stateless (reproducible, resumable) draw; with it, either
   `rows`: (first, total) when x_nat is rows first.. of a batch of `total` split over
   replicas: the noise is those rows of the whole batch's draw, so each example starts where
@@ -74,21 +85,23 @@ def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examp
   alone (evaluation: independent of the batch size and of the replicas).
   Draw outside XLA-compiled code: XLA's stateless generators give other numbers than TF's."""
   shape = tf.shape(x_nat)
+  threat = ThreatModel(norm, epsilon, clip_min, clip_max)
   if seed is None:
-    noise = tf.random.uniform(shape, -epsilon, epsilon, dtype=x_nat.dtype)
+    noise = threat.noise(shape, None, epsilon, x_nat.dtype)
   elif examples is not None:
-    noise = per_example(seed, examples, lambda example_seed: tf.random.stateless_uniform(
-        shape[1:], example_seed, -epsilon, epsilon, dtype=x_nat.dtype), x_nat.dtype)
+    noise = per_example(seed, examples, lambda example_seed: threat.noise(
+        shape[1:], example_seed, epsilon, x_nat.dtype, batched=False), x_nat.dtype)
   else:
-    noise = uniform_noise(x_nat, epsilon, seed, rows or (0, shape[0]))
+    noise = rows_of_whole_batch(lambda whole: threat.noise(whole, seed, epsilon, x_nat.dtype),
+                                x_nat, rows or (0, shape[0]))
   return tf.clip_by_value(x_nat + noise, clip_min, clip_max)
 
 
 def uniform_noise(x, radius, seed, rows):
   """U(-radius, radius) in x's shape, stateless from `seed`: rows (first, total) of the whole
   batch's draw (see `random_start`). Draw outside XLA."""
-  return rows_of_whole_batch(lambda whole: tf.random.stateless_uniform(
-      whole, seed, -radius, radius, dtype=x.dtype), x, rows)
+  return rows_of_whole_batch(lambda whole: ThreatModel('linf', radius).noise(
+      whole, seed, radius, x.dtype), x, rows)
 
 
 def rows_of_whole_batch(draw, x, rows):
@@ -100,13 +113,13 @@ def rows_of_whole_batch(draw, x, rows):
 
 
 def sign_step(x, grad, step_size):
-  return x + step_size * tf.sign(grad)
+  """The ℓ∞ step: x + step_size·sign(grad)."""
+  return ThreatModel('linf', 0.0).ascent_step(x, grad, step_size)
 
 
 def project(x, x_nat, epsilon, clip_min, clip_max):
-  """Clip to the ε-ball around x_nat, then to the pixel range (in that order)."""
-  x = tf.clip_by_value(x, x_nat - epsilon, x_nat + epsilon)
-  return tf.clip_by_value(x, clip_min, clip_max)
+  """Clip to the ℓ∞ ε-ball around x_nat, then to the pixel range (in that order)."""
+  return ThreatModel('linf', 0.0, clip_min, clip_max).project(x, x_nat, epsilon)
 
 
 def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None):
@@ -131,18 +144,20 @@ def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_sc
               rows=None, start=None):
   """x after the start and after each of the k steps, in the original's order: the one
   place the steps are chained (`pgd` keeps the last, `pgd_trace` looks at each)."""
+  threat = params.threat
   if start is not None:
     x = start
   elif params.random_start:
-    x = random_start(x_nat, params.noise_radius, params.clip_min, params.clip_max, seed, rows)
+    x = random_start(x_nat, params.noise_radius, params.clip_min, params.clip_max, seed, rows,
+                     norm=params.norm)
   else:
     x = tf.identity(x_nat)
   yield x
   for _ in range(params.num_steps):
     grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale)
-    x = sign_step(x, grad, params.step_size)
+    x = threat.ascent_step(x, grad, params.step_size)
     if params.project_to_ball:
-      x = project(x, x_nat, params.epsilon, params.clip_min, params.clip_max)
+      x = threat.project(x, x_nat)
     else:
       x = tf.clip_by_value(x, params.clip_min, params.clip_max)
     yield x
@@ -150,7 +165,8 @@ def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_sc
 
 def pgd(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=None,
         loss_scale=None, rows=None, start=None):
-  """Returns adversarial examples within params.epsilon of x_nat (ℓ∞), in the pixel range.
+  """Returns adversarial examples within params.epsilon of x_nat (in params.norm), in the
+  pixel range.
 
   model_fn: callable x -> logits (e.g. `lambda x: model(x, training=False)`); x stays in
   x_nat's dtype (float32) whatever precision model_fn computes in.
@@ -179,7 +195,8 @@ def starting_points(x_nat, params: PGDParams, seed, restarts=1, rows=None, examp
   seeds = [seed] + [tf.random.experimental.stateless_fold_in(seed, r)
                     for r in range(1, restarts)]
   return tf.stack([random_start(x_nat, params.noise_radius, params.clip_min, params.clip_max,
-                                restart_seed, rows, examples) for restart_seed in seeds])
+                                restart_seed, rows, examples, params.norm)
+                   for restart_seed in seeds])
 
 
 def pgd_restarts(model_fn, x_nat, labels, params: PGDParams, restarts: int, seed=None,
@@ -232,9 +249,10 @@ def pgd_trace(model_fn, x_nat, labels, params: PGDParams, seed=None, loss_fn=Non
   return tf.stop_gradient(x), tf.stack(trace)
 
 
-def fgsm_params(epsilon, clip_min, clip_max, loss_func='xent') -> PGDParams:
-  """FGSM, x + ε·sign(∇): PGD's one step of size ε from x itself (no random start)."""
-  return PGDParams(epsilon, 1, epsilon, False, loss_func, clip_min, clip_max)
+def fgsm_params(epsilon, clip_min, clip_max, loss_func='xent', norm='linf') -> PGDParams:
+  """FGSM, x + ε·sign(∇): PGD's one step of size ε from x itself (no random start); for ℓ2,
+  its ℓ2 counterpart (the fast gradient method), x + ε·∇/‖∇‖₂."""
+  return PGDParams(epsilon, 1, epsilon, False, loss_func, clip_min, clip_max, norm=norm)
 
 
 # The attacks adversarial training can use: {name: what it is}.
