@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import commands, submission, training, training_methods
+from common import commands, guard, submission, training, training_methods
 from common.attacks import pgd
 from common.attacks.threat import NORMS, ThreatModel, check_norm
 from common.errors import ChallengeError, SubmissionPerturbationError
@@ -192,6 +192,8 @@ def test_eval_evaluate_and_the_guard_attack_in_l2_and_autoattack_refuses_it(l2_m
   assert by_method['AutoAttack'].note == 'skipped: AutoAttack is ℓ∞ only (norm l2)'
   with pytest.raises(ChallengeError, match='AutoAttack is built for the ℓ∞ threat model only'):
     commands.run_autoattack(MNIST, config, log=quiet)
+  held_out = guard.check_params(MNIST.attack_params(config), 10)  # the guard's PGD-10
+  assert (held_out.norm, held_out.epsilon, held_out.step_size) == ('l2', 2.0, 0.5)
 
 
 def test_training_methods_take_the_norm_or_refuse_it(tmp_path, mnist_dir):
