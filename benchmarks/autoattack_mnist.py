@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import losses, model_files, runtime  # noqa: E402
 from common.attacks import apgd, autoattack, pgd  # noqa: E402
+from common.attacks.threat import ThreatModel  # noqa: E402
 from common.evaluation import Evaluator  # noqa: E402
 from mnist_challenge.challenge import MNIST  # noqa: E402
 from timing import interleaved, machine  # noqa: E402
@@ -38,10 +39,10 @@ def speed(repeats, batch=200):
   y = tf.constant(rng.integers(0, 10, batch))
   params = pgd.PGDParams(0.3, 100, 0.01, random_start=False)
   pgd_100 = pgd.make_pgd(model_fn, params)
-  start = apgd.boundary_start(x, 0.3, 0.0, 1.0, tf.constant([0, 0], tf.int64),
+  start = apgd.boundary_start(x, ThreatModel('linf', 0.3), tf.constant([0, 0], tf.int64),
                               tf.range(batch, dtype=tf.int64))
-  apgd_100 = tf.function(lambda x, y, start: apgd.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100,
-                                                       losses.xent, start))
+  apgd_100 = tf.function(lambda x, y, start: apgd.apgd(
+      model_fn, x, y, ThreatModel('linf', 0.3), 100, losses.xent, start))
   medians = interleaved({'PGD-100': lambda: pgd_100(x, y), 'APGD-CE, 100 iterations':
                          lambda: apgd_100(x, y, start)}, repeats)
   print(f'\nMNIST network, batch {batch} (medians of {repeats} interleaved runs)')

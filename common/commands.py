@@ -451,7 +451,6 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
     raise ChallengeError(f'unknown version "{version}"; use standard, or --attacks')
   if iterations < 1:
     raise ChallengeError(f'--iterations must be at least 1, found {iterations}')
-  autoattack.require_linf(challenge.attack_params(config).norm)
   chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
       autoattack.STANDARD)
   output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'autoattack')
@@ -476,18 +475,20 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   shortened = ('' if iterations == standard else
                f', {iterations} iterations (the standard: {standard})')
   log(f'{challenge.name}: AutoAttack ({", ".join(chain)}) on {path}, first {num_examples} '
-      f'test images, ε {params.epsilon:g}, seed {seed}{shortened}')
+      f'test images, {"" if params.norm == "linf" else "ℓ2 "}ε {params.epsilon:g}, seed '
+      f'{seed}{shortened}')
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
       challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
-      **autoattack.budget(iterations), log=log, model_name=path)
+      **autoattack.budget(iterations), log=log, model_name=path, norm=params.norm)
   head = test.head(num_examples)
   report = attacker.run(head.images, head.labels)
   adversarial = test.images.copy()
   adversarial[:num_examples] = report.adversarial
   files.save_npy(config.store_adv_path, adversarial.astype(np.float32), 'store_adv_path')
   summary = {
-      'model': path, 'step': step, 'epsilon': params.epsilon, 'num_examples': num_examples,
+      'model': path, 'step': step, 'norm': params.norm, 'epsilon': params.epsilon,
+      'num_examples': num_examples,
       'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
       'iterations': iterations, 'square queries': attacker.square_queries,
       'clean accuracy %': 100 * report.clean_accuracy,

@@ -115,11 +115,6 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
       results.append(Result(row, None, note='skipped: method not asked for (--method)'))
       log(f'{row.label:<28} skipped (not asked for: --method)')
       continue
-    if row.method == 'AutoAttack' and params.norm != 'linf':
-      results.append(Result(row, None,
-                            note=f'skipped: AutoAttack is ℓ∞ only (norm {params.norm})'))
-      log(f'{row.label:<28} skipped (AutoAttack is ℓ∞ only; norm {params.norm})')
-      continue
     if row.source not in attackers:
       results.append(Result(row, None, note=f'skipped: no model given for source {row.source}'))
       log(f'{row.label:<28} skipped (no --source {row.source}=<model_dir>)')
@@ -137,7 +132,7 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
           params.clip_max, challenge.image_shape, autoattack.STANDARD,
           config.eval_batch_size, challenge.seed(config) + index,
           strategy, jit, **autoattack.budget(row.steps), log=lambda *a, **k: None,
-          model_name=model_path or config.model_dir)
+          model_name=model_path or config.model_dir, norm=params.norm)
       accuracy = 100.0 * attacker.run(test.images, test.labels).robust_accuracy
     else:
       accuracy = 100.0 * evaluator.attack(test, config.eval_batch_size).adv_accuracy

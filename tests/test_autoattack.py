@@ -14,12 +14,17 @@ import tensorflow as tf
 
 from common import checkpoints, commands, losses, training
 from common.attacks import apgd, autoattack, fab, square
+from common.attacks.threat import ThreatModel
 from common.evaluation import Evaluator
 from conftest import REPO, TINY_TEST, quiet, run_script, tiny_config
 from mnist_challenge.challenge import MNIST
 
 RNG_SEED = 4  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
+
+
+def linf(epsilon):
+  return ThreatModel('linf', epsilon)
 
 
 def test_dlr_and_targeted_dlr_on_hand_computed_logits():
@@ -122,7 +127,7 @@ def test_apgd_computes_what_the_reference_loop_computes(loss):
   targets = apgd.ranked_targets(model_fn(x), 2)
   loss_fn = losses.xent if loss == 'ce' else apgd.targeted_dlr(targets)
   epsilon, iterations = 0.1, 30
-  start = apgd.boundary_start(tf.constant(x), epsilon, 0.0, 1.0, tf.constant([1, 2], tf.int64),
+  start = apgd.boundary_start(tf.constant(x), linf(epsilon), tf.constant([1, 2], tf.int64),
                               tf.range(64, dtype=tf.int64))
 
   def loss_and_gradient(z):
@@ -136,7 +141,7 @@ def test_apgd_computes_what_the_reference_loop_computes(loss):
 
   x_best, robust, x_best_adv, steps = reference_apgd(loss_and_gradient, x, labels, epsilon,
                                                      iterations, start.numpy())
-  x_adv, fooled, our_steps = apgd.apgd(model_fn, tf.constant(x), labels, epsilon, 0.0, 1.0,
+  x_adv, fooled, our_steps = apgd.apgd(model_fn, tf.constant(x), labels, linf(epsilon),
                                        iterations, loss_fn, start, trace=True)
   x_adv, fooled = x_adv.numpy(), fooled.numpy()
   # Every path is taken: examples fooled and not, steps halved (restarting from the best
@@ -176,7 +181,7 @@ def test_apgd_returns_the_last_misclassified_iterate():
   inputs = []
   model_fn = crafted_model(sequence, slope=1e-3, record=inputs)
   x = tf.constant(RNG.uniform(0.2, 0.8, (1, 8)).astype(np.float32))
-  x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 10,
+  x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), linf(0.1), 10,
                             losses.xent, x)
   assert fooled.numpy()[0] and len(inputs) == 11
   assert not np.array_equal(inputs[7], inputs[2])
@@ -200,15 +205,15 @@ def test_apgd_and_fab_stop_where_no_example_can_move_and_return_the_same():
   x = tf.constant(RNG.uniform(0, 1, (16, 784)).astype(np.float32))
   y = tf.argmax(model_fn(x), axis=1)
   targets = apgd.ranked_targets(model_fn(x), 2)
-  start = apgd.boundary_start(x, 0.3, 0.0, 1.0, tf.constant([1, 2], tf.int64),
+  start = apgd.boundary_start(x, linf(0.3), tf.constant([1, 2], tf.int64),
                               tf.range(16, dtype=tf.int64))
   runs = {
-      'apgd-ce': lambda stop: apgd.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100, losses.xent, start,
+      'apgd-ce': lambda stop: apgd.apgd(model_fn, x, y, linf(0.3), 100, losses.xent, start,
                                         stop_when_stationary=stop),
-      'apgd-t': lambda stop: apgd.apgd(model_fn, x, y, 0.3, 0.0, 1.0, 100,
+      'apgd-t': lambda stop: apgd.apgd(model_fn, x, y, linf(0.3), 100,
                                        apgd.targeted_dlr(targets), start,
                                        stop_when_stationary=stop),
-      'fab-t': lambda stop: fab.fab_targeted(model_fn, x, y, targets, 0.3, 0.0, 1.0, 100,
+      'fab-t': lambda stop: fab.fab_targeted(model_fn, x, y, targets, linf(0.3), 100,
                                              stop_when_stationary=stop)}
   for name, run in runs.items():
     counts, results = [], []
@@ -233,7 +238,7 @@ def apgd_stopping_and_not(**crafted):
     inputs = []
     model_fn = crafted_model(record=inputs, rng=np.random.default_rng(0), **crafted)
     x = tf.constant(np.full((1, 8), 0.5, np.float32))
-    x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100,
+    x_adv, fooled = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), linf(0.1), 100,
                               losses.xent, x, stop_when_stationary=stop)
     results.append((x_adv.numpy(), fooled.numpy(), inputs))
   return results
@@ -274,7 +279,7 @@ def test_square_stops_once_every_example_is_fooled():
                                                 tf.reduce_sum(v, 1)], axis=1))
   x = tf.constant(RNG.uniform(0.1, 1, (4, 784)).astype(np.float32))  # class 1 already
   x_adv, fooled = tf.function(lambda: square.square(
-      model_fn, x, tf.zeros(4, tf.int64), 0.1, 0.0, 1.0, (28, 28, 1), 5000,
+      model_fn, x, tf.zeros(4, tf.int64), linf(0.1), (28, 28, 1), 5000,
       tf.constant([3, 0], tf.int64)))()
   assert fooled.numpy().all() and int(calls.numpy()) == 1
 
@@ -286,9 +291,9 @@ def test_each_attack_compiles_for_a_batch_of_any_size(rows):
   x = tf.constant(RNG.uniform(0, 1, (rows, 12)).astype(np.float32))
   y = tf.argmax(model_fn(x), axis=1)
   targets = apgd.ranked_targets(model_fn(x), 2)
-  for run in (lambda: apgd.apgd(model_fn, x, y, 0.1, 0.0, 1.0, 5, losses.xent, x),
-              lambda: fab.fab_targeted(model_fn, x, y, targets, 0.1, 0.0, 1.0, 5),
-              lambda: square.square(model_fn, x, y, 0.1, 0.0, 1.0, (2, 2, 3), 5,
+  for run in (lambda: apgd.apgd(model_fn, x, y, linf(0.1), 5, losses.xent, x),
+              lambda: fab.fab_targeted(model_fn, x, y, targets, linf(0.1), 5),
+              lambda: square.square(model_fn, x, y, linf(0.1), (2, 2, 3), 5,
                                     tf.constant([1, 1], tf.int64))):
     x_adv, fooled = tf.function(run)()
     assert x_adv.shape == x.shape and fooled.shape == (rows,)
@@ -340,7 +345,7 @@ def test_apgd_halves_at_the_first_checkpoint_as_the_reference_counts_the_first_r
   model_fn = crafted_model(sequence, classes=4)
   x = tf.constant(RNG.uniform(0.2, 0.8, (1, 8)).astype(np.float32))
   loss_fn = apgd.targeted_dlr(tf.constant([1]))
-  _, _, steps = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), 0.1, 0.0, 1.0, 100, loss_fn, x,
+  _, _, steps = apgd.apgd(model_fn, x, tf.zeros(1, tf.int64), linf(0.1), 100, loss_fn, x,
                           trace=True)
   steps = steps.numpy()[:, 0]
   np.testing.assert_allclose(steps[:21], 0.2)
@@ -368,8 +373,8 @@ def test_apgd_halves_its_step_as_specified_on_a_crafted_loss_sequence():
       + [22.0 + k for k in range(1, 17)] + [38.0] * 43
   assert len(sequence) == 101
   x = tf.constant(RNG.uniform(0.2, 0.8, (3, 8)).astype(np.float32))
-  _, _, steps = apgd.apgd(crafted_sequence_model(sequence), x, tf.zeros(3, tf.int64), 0.1, 0.0,
-                          1.0, 100, losses.xent, x, trace=True)
+  _, _, steps = apgd.apgd(crafted_sequence_model(sequence), x, tf.zeros(3, tf.int64),
+                          linf(0.1), 100, losses.xent, x, trace=True)
   expected = np.empty(100)
   for first, last, value in ((0, 40, 0.2), (40, 69, 0.1), (69, 79, 0.05), (79, 86, 0.025),
                              (86, 92, 0.0125), (92, 98, 0.00625), (98, 100, 0.003125)):
@@ -437,8 +442,8 @@ def test_fab_t_finds_the_minimal_linf_distance_where_the_box_binds_and_dead_pixe
   minimal = np.abs(reference_projection(x, boundary, np.zeros(len(x)))).max(1)
   unboxed = np.abs(np.sum(boundary * x, 1)) / np.abs(boundary).sum(1)
   assert np.sum(minimal > unboxed * 1.05) >= 5  # the box binds on several
-  x_adv, fooled = fab.fab_targeted(lambda v: tf.matmul(v, w), tf.constant(x), y, 1 - y, 0.6,
-                                   0.0, 1.0)
+  x_adv, fooled = fab.fab_targeted(lambda v: tf.matmul(v, w), tf.constant(x), y, 1 - y,
+                                   linf(0.6))
   x_adv = x_adv.numpy()
   found = np.abs(x_adv - x).max(1)
   assert fooled.numpy().all()
@@ -448,7 +453,7 @@ def test_fab_t_finds_the_minimal_linf_distance_where_the_box_binds_and_dead_pixe
   np.testing.assert_allclose(x_adv[:, :6], x[:, :6], atol=1e-6)
   # Success counts only within ε.
   _, within = fab.fab_targeted(lambda v: tf.matmul(v, w), tf.constant(x), y, 1 - y,
-                               float(np.median(minimal)), 0.0, 1.0)
+                               linf(float(np.median(minimal))))
   assert 0 < within.numpy().sum() < len(y)
 
 
@@ -495,7 +500,7 @@ def test_square_queries_the_model_once_more_than_its_iterations_and_spares_the_l
     return tf.stack([margin[None], tf.zeros([1])], axis=1)
 
   x = tf.fill([1, 784], 0.5)
-  run = tf.function(lambda: square.square(model_fn, x, tf.zeros([1], tf.int64), 0.1, 0.0, 1.0,
+  run = tf.function(lambda: square.square(model_fn, x, tf.zeros([1], tf.int64), linf(0.1),
                                           (28, 28, 1), 5000, tf.constant([3, 0], tf.int64)))
   run()
   assert int(calls.numpy()) == 5001  # the stripes, then 5,000 iterations
@@ -518,7 +523,7 @@ def test_square_lowers_the_margin_without_gradients_and_breaks_a_masked_model():
   model_fn = masked_model()
   x = tf.constant(RNG.uniform(0, 1, (20, 784)).astype(np.float32))
   y = tf.argmax(model_fn(x), axis=1)
-  x_adv, fooled = square.square(model_fn, x, y, 0.3, 0.0, 1.0, (28, 28, 1), 300,
+  x_adv, fooled = square.square(model_fn, x, y, linf(0.3), (28, 28, 1), 300,
                                 tf.constant([1, 1], tf.int64))
   assert np.all(np.abs(x_adv.numpy() - x.numpy()) <= 0.3 + 1e-6)
   before = square.margin(y, model_fn(x)).numpy()

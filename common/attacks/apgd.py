@@ -1,13 +1,16 @@
-"""APGD (Croce & Hein, ICML 2020), ℓ∞, and its losses, as fra31/auto-attack's
+"""APGD (Croce & Hein, ICML 2020), ℓ∞ and ℓ2, and its losses, as fra31/auto-attack's
 `autopgd_base.py` computes them (the reference's behaviour is the specification; written anew
-from it, not copied).
+from it, not copied). The threat model (`common.attacks.threat`) supplies the norm's
+operations.
 
-* Start: x + ε·t/max|t|, t ~ U[-1, 1] per example (on the ε-box's boundary), clipped to the
-  pixel range (`boundary_start`: drawn from (seed, the example's index), outside XLA).
+* Start: x + ε·t/(‖t‖ + 1e-12) per example, on the ball's boundary (ℓ∞: t ~ U[-1, 1];
+  ℓ2: t ~ N(0, 1)), clipped to the pixel range (`boundary_start`: drawn from (seed, the
+  example's index), outside XLA).
 * Step η = 2ε per example; momentum 0.75 (none at the first iteration):
-  z = P(x_k + η·sign(∇)), x_{k+1} = P(x_k + 0.75(z - x_k) + 0.25(x_k - x_{k-1})), P the
-  projection onto the ε-ball, then the pixel range. One forward and backward pass per
-  iteration; the loss and the prediction come from the same pass.
+  z = P(x_k + η·s(∇)), x_{k+1} = P(x_k + 0.75(z - x_k) + 0.25(x_k - x_{k-1})), s the norm's
+  steepest-ascent direction (ℓ∞ sign(∇), ℓ2 ∇/‖∇‖₂), P the projection onto the ε-ball,
+  then the pixel range. One forward and backward pass per iteration; the loss and the
+  prediction come from the same pass.
 * Checkpoints (`checkpoints`: for 100 iterations after iterations 22, 41, 57, 70, 80, 87, 93,
   99): η halves for an example whose loss rose in at most 75% of the steps since the last
   checkpoint, or which was not halved at the last checkpoint and whose best loss has not
@@ -80,14 +83,18 @@ def checkpoints(num_iterations: int) -> List[int]:
   return marks
 
 
-def boundary_start(x, epsilon, clip_min, clip_max, seed, examples):
-  """APGD's start: x + ε·t / max|t|, t ~ U[-1, 1] per example (drawn from (seed, the
-  example's index)), clipped to the pixel range. Draw it outside XLA-compiled code."""
-  t = pgd.per_example(seed, examples, lambda s: tf.random.stateless_uniform(
-      tf.shape(x)[1:], s, -1.0, 1.0))
-  scale = tf.reduce_max(tf.abs(tf.reshape(t, [tf.shape(t)[0], -1])), axis=1)
-  scale = tf.reshape(scale, [-1] + [1] * (len(x.shape) - 1))
-  return tf.clip_by_value(x + epsilon * t / (scale + 1e-12), clip_min, clip_max)
+def boundary_start(x, threat: ThreatModel, seed, examples):
+  """APGD's start: x + ε·t / (‖t‖ + 1e-12) per example (ℓ∞: t ~ U[-1, 1]; ℓ2: t ~ N(0, 1);
+  drawn from (seed, the example's index)), clipped to the pixel range. Draw it outside
+  XLA-compiled code."""
+  if threat.norm == 'linf':
+    draw = lambda s: tf.random.stateless_uniform(tf.shape(x)[1:], s, -1.0, 1.0)
+  else:
+    draw = lambda s: tf.random.stateless_normal(tf.shape(x)[1:], s)
+  t = pgd.per_example(seed, examples, draw)
+  # ε·t first, then divided: the order the ℓ∞ start was always computed in (bit for bit).
+  return tf.clip_by_value(x + threat.epsilon * t / (threat.norms(t) + 1e-12), threat.clip_min,
+                          threat.clip_max)
 
 
 def _loss_and_gradient(model_fn, x, labels, loss_fn):
@@ -114,10 +121,10 @@ def _expand(mask, like):
   return tf.reshape(mask, [-1] + [1] * (len(like.shape) - 1))
 
 
-def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_fn, start,
+def apgd(model_fn, x, labels, threat: ThreatModel, num_iterations, loss_fn, start,
          trace=False, stop_when_stationary=True):
-  """APGD from `start`: (x_adv, fooled); with `trace`, also the step sizes after every
-  iteration [num_iterations, batch] (for tests; it runs every iteration).
+  """APGD from `start` in the ball of `threat`: (x_adv, fooled); with `trace`, also the step
+  sizes after every iteration [num_iterations, batch] (for tests; it runs every iteration).
   `loss_fn(labels, logits)` per example. `stop_when_stationary`: stop once no example can
   move again (the result is the same; see `_stationary`)."""
   x = tf.convert_to_tensor(x)
@@ -132,11 +139,11 @@ def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_
     is_mark[mark], window[mark], previous = True, mark - previous, mark
   is_mark, window = tf.constant(is_mark), tf.constant(window)
 
-  project = lambda z: ThreatModel('linf', epsilon, clip_min, clip_max).project(z, x)
+  project = lambda z: threat.project(z, x)
 
   logits, loss, grad = _loss_and_gradient(model_fn, start, labels, loss_fn)
   fooled = tf.not_equal(tf.argmax(logits, axis=1), labels)
-  step = tf.fill([batch], tf.constant(2.0 * epsilon, tf.float32))
+  step = tf.fill([batch], tf.constant(2.0 * threat.epsilon, tf.float32))
   # The reference's loss history starts as zeros and its first rise is counted against its
   # last entry: 0, or with a single iteration the first iterate's own loss.
   history_start = tf.zeros_like(loss)
@@ -152,7 +159,7 @@ def apgd(model_fn, x, labels, epsilon, clip_min, clip_max, num_iterations, loss_
     i = s['i']
     momentum = tf.where(i > 0, MOMENTUM, 1.0)
     eta = _expand(s['step'], x)
-    z = project(s['x'] + eta * tf.sign(s['grad']))
+    z = project(threat.ascent_step(s['x'], s['grad'], eta))
     x_new = project(s['x'] + momentum * (z - s['x']) + (1.0 - momentum) * (s['x'] - s['x_prev']))
     logits, loss, grad = _loss_and_gradient(model_fn, x_new, labels, loss_fn)
     now = tf.not_equal(tf.argmax(logits, axis=1), labels)

@@ -1,8 +1,8 @@
-"""AutoAttack's standard version (Croce & Hein, ICML 2020), ℓ∞, as fra31/auto-attack's
-`autoattack.py` runs it (`version='standard'`; the reference's behaviour is the
-specification): APGD-CE, APGD-T, FAB-T and Square (`common.attacks.apgd`, `.fab`, `.square`),
-each on the points no earlier attack broke, for any `model_fn` x -> logits and either pixel
-scale.
+"""AutoAttack's standard version (Croce & Hein, ICML 2020), ℓ∞ and ℓ2, as fra31/auto-attack's
+`autoattack.py` runs it (`version='standard'`, `norm='Linf'` or `'L2'`; the reference's
+behaviour is the specification): APGD-CE, APGD-T, FAB-T and Square (`common.attacks.apgd`,
+`.fab`, `.square`, each in the norm), each on the points no earlier attack broke, for any
+`model_fn` x -> logits and either pixel scale.
 
 * Budget (`budget`): APGD's and FAB's 100 iterations, Square's 5,000; one restart each;
   APGD-T and FAB-T towards the 2nd ... 10th most likely clean classes (9 runs, each on the
@@ -12,13 +12,14 @@ scale.
   batch's rows split over its replicas), seeded: the starts and the squares are stateless
   draws from (seed, the example's index) and (seed, the batch, the iteration).
 * A success counts when the model misclassifies the returned point and it lies in the ε-ball
-  (the reference checks the prediction only).
+  (the reference checks the prediction only; the ball's slack for float32 rounding:
+  `ThreatModel.rounding_tolerance`).
 * Checks, as the reference's `checks.py`, are warnings: outputs that look like
   probabilities, logits that change between calls, a zero input gradient at the clean
   points, Square breaking more than 0.2% after the gradient attacks, fewer than 4 classes.
 * One call (`evaluate`), as the reference's `run_standard_evaluation`: any Keras model or
-  callable, a batch of inputs and labels, ε and the pixel range; Square's image shape from
-  the inputs' shape.
+  callable, a batch of inputs and labels, ε, the norm and the pixel range; Square's image
+  shape from the inputs' shape.
 """
 import dataclasses
 import time
@@ -83,8 +84,8 @@ class Report:
 class AutoAttack:
   """The chain of attacks on a model.
 
-  model_fn: x -> logits (inference mode). attacks: names from STANDARD (the standard
-  version: all, in that order). The attacks run on the examples still robust, in batches of
+  model_fn: x -> logits (inference mode). The threat model: `norm` ('linf' or 'l2'), ε and
+  the pixel range. attacks: names from STANDARD (the standard version: all, in that order). The attacks run on the examples still robust, in batches of
   `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
   `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
   of their number). Logits that are not finite, on a clean or an adversarial example, raise
@@ -96,7 +97,7 @@ class AutoAttack:
                jit_compile=False, apgd_iterations=STANDARD_ITERATIONS,
                fab_iterations=STANDARD_ITERATIONS,
                square_queries=SQUARE_QUERIES_PER_ITERATION * STANDARD_ITERATIONS, log=print,
-               model_name='the model'):
+               model_name='the model', norm='linf'):
     if not 1 <= batch_size <= MAX_EVAL_BATCH:  # a padded batch is up to 1/16 of it
       raise ChallengeError(f'the batch size must be between 1 and {MAX_EVAL_BATCH}, found '
                            f'{batch_size}')
@@ -104,7 +105,7 @@ class AutoAttack:
     if unknown:
       raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))
     self.model_fn, self.epsilon = model_fn, float(epsilon)
-    self.threat = ThreatModel('linf', self.epsilon, clip_min, clip_max)  # (ℓ2: to be built)
+    self.threat = ThreatModel(norm, self.epsilon, clip_min, clip_max)
     self.clip_min, self.clip_max, self.image_shape = clip_min, clip_max, tuple(image_shape)
     self.strategy = strategy or tf.distribute.get_strategy()
     replicas = self.strategy.num_replicas_in_sync
@@ -115,18 +116,15 @@ class AutoAttack:
     self.square_queries = square_queries
     compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
     self._apgd_ce = compile_(lambda x, y, start: apgd.apgd(
-        self.model_fn, x, y, self.epsilon, clip_min, clip_max, apgd_iterations, losses.xent,
-        start))
+        self.model_fn, x, y, self.threat, apgd_iterations, losses.xent, start))
     self._apgd_t = compile_(lambda x, y, start, targets: apgd.apgd(
-        self.model_fn, x, y, self.epsilon, clip_min, clip_max, apgd_iterations,
-        apgd.targeted_dlr(targets), start))
+        self.model_fn, x, y, self.threat, apgd_iterations, apgd.targeted_dlr(targets), start))
     self._fab = compile_(lambda x, y, targets: fab.fab_targeted(
-        self.model_fn, x, y, targets, self.epsilon, clip_min, clip_max, fab_iterations))
+        self.model_fn, x, y, targets, self.threat, fab_iterations))
     # Square's loop of thousands of single forward passes: compiled, not by XLA (its loops
     # per square size would each be compiled anew).
     self._square = tf.function(lambda x, y, seed: square.square(
-        self.model_fn, x, y, self.epsilon, clip_min, clip_max, self.image_shape,
-        square_queries, seed))
+        self.model_fn, x, y, self.threat, self.image_shape, square_queries, seed))
     self._logits = tf.function(lambda x: tf.cast(self.model_fn(x), tf.float32))
 
   def padded_size(self, count: int) -> int:
@@ -144,11 +142,10 @@ class AutoAttack:
     name, rank = run
     seed = tf.constant([self.seed, 0], tf.int64)
     if name == 'apgd-ce':
-      start = apgd.boundary_start(x, self.epsilon, self.clip_min, self.clip_max, seed,
-                                  examples)
+      start = apgd.boundary_start(x, self.threat, seed, examples)
       return self._apgd_ce(x, y, start)
     if name == 'apgd-t':
-      start = apgd.boundary_start(x, self.epsilon, self.clip_min, self.clip_max,
+      start = apgd.boundary_start(x, self.threat,
                                   tf.random.experimental.stateless_fold_in(seed, rank),
                                   examples)
       return self._apgd_t(x, y, start, targets)
@@ -189,7 +186,7 @@ class AutoAttack:
     broken_by = np.array([''] * n, dtype=object)
     self._check(images[:self.batch_size], labels[:self.batch_size])
     self.log(f'clean accuracy: {100 * clean:.2f}%')
-    tolerance = 1e-6 * max(1.0, abs(self.clip_max))  # float32 rounding of the ball's bounds
+    tolerance = self.threat.rounding_tolerance(int(np.prod(images.shape[1:])))
     outcomes = []
     for name in self.attacks:
       began = time.perf_counter()
@@ -269,14 +266,6 @@ def warn_if_square_beats_gradients(attacks, broken_by):
                   'gradients', stacklevel=3)
 
 
-def require_linf(norm: str) -> None:
-  """AutoAttack here is the ℓ∞ version; any other norm is refused, never run as ℓ∞."""
-  if norm != 'linf':
-    raise ChallengeError(f'AutoAttack is built for the ℓ∞ threat model only (its ℓ2 APGD, FAB '
-                         f'and Square are not yet); norm is "{norm}": set norm to linf, or '
-                         'attack with PGD in this norm (pgd_attack.py, evaluate.py)')
-
-
 # --- one call ----------------------------------------------------------------------------
 
 def image_shape_of(x: np.ndarray) -> tuple:
@@ -296,13 +285,13 @@ def image_shape_of(x: np.ndarray) -> tuple:
 def evaluate(model, x, y, epsilon: float, clip=(0.0, 1.0), attacks: Sequence[str] = STANDARD,
              image_shape=None, batch_size: int = 500, seed: int = 0,
              iterations: int = STANDARD_ITERATIONS, jit_compile: bool = False,
-             log=print) -> Report:
+             log=print, norm: str = 'linf') -> Report:
   """AutoAttack on any Keras model or callable x -> logits (in inference mode), as the
   reference's `run_standard_evaluation`: x a batch of inputs as the model takes them, pixels
-  in `clip`; y integer labels. `image_shape` (H, W, C) for Square, if x is not NHWC, NHW or
+  in `clip`; y integer labels; `norm` 'linf' or 'l2' (ε its radius). `image_shape` (H, W, C) for Square, if x is not NHWC, NHW or
   flat square images. Prints each attack's robust accuracy; returns the Report."""
   x = np.asarray(x, np.float32)
   attacker = AutoAttack(pgd.inference_fn(model), epsilon, clip[0], clip[1],
                         image_shape or image_shape_of(x), attacks, batch_size, seed,
-                        jit_compile=jit_compile, **budget(iterations), log=log)
+                        jit_compile=jit_compile, **budget(iterations), log=log, norm=norm)
   return attacker.run(x, np.asarray(y, np.int64))

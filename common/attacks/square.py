@@ -1,26 +1,39 @@
-"""The Square attack (Andriushchenko et al., ECCV 2020), ℓ∞, as fra31/auto-attack's `square.py`
-computes it in AutoAttack's standard version (`resc_schedule=False`; the reference's
-behaviour is the specification; written anew from it, not copied). Score-based: no gradients.
+"""The Square attack (Andriushchenko et al., ECCV 2020), ℓ∞ and ℓ2, as fra31/auto-attack's
+`square.py` computes it in AutoAttack's standard version (`resc_schedule=False`, the margin
+loss; the reference's behaviour is the specification; written anew from it, not copied).
+Score-based: no gradients. The threat model (`common.attacks.threat`) names the norm.
 
-* Start: x + ε·s clipped to the pixel range, s = ±1 per example, channel and column (vertical
-  stripes); one query.
-* Then `num_queries` iterations i = 0, 1, ...: the fraction p of the pixels a square covers
-  is p_init = 0.8 for i ≤ 10, halved for 10 < i ≤ 50, and halved again after 200, 500,
-  1,000, 2,000, 4,000, 6,000 and 8,000 (`square_fraction`, on the raw iteration number);
-  its side is max(round(√(p·H·W)), 1), at most min(H, W) (`square_side`); its corner is
-  uniform in 0 ... H - side - 1 and 0 ... W - side - 1 (0 where the side is the image's:
-  the reference's squares never touch the last row or column otherwise). The window of the
-  best point so far is moved by 2ε times a sign per channel, projected onto the ε-ball and
-  the pixel range, and the candidate kept where the margin z_y - max_{i≠y} z_i falls (or
-  turns negative); examples already fooled are not changed.
-* Result: the best point; fooled where its margin is ≤ 0. The loop stops once every example
+* Schedule (both norms): `num_queries` iterations i = 0, 1, ...; the fraction p of the
+  pixels a square covers is p_init = 0.8 for i ≤ 10, halved for 10 < i ≤ 50, and halved
+  again after 200, 500, 1,000, 2,000, 4,000, 6,000 and 8,000 (`square_fraction`, on the raw
+  iteration number); its side is round(√(p·H·W)), at least 1 (ℓ∞) or at least 3 and odd
+  (ℓ2), at most min(H, W) (`square_side`); a corner is uniform in 0 ... H - side - 1 and
+  0 ... W - side - 1 (0 where the side is the image's: the reference's squares never touch
+  the last row or column otherwise). A candidate is kept where the margin
+  z_y - max_{i≠y} z_i falls (or turns negative); examples already fooled are not changed.
+  Result: the best point; fooled where its margin is ≤ 0. The loop stops once every example
   of the batch is fooled.
+* ℓ∞: start x + ε·s clipped to the pixel range, s = ±1 per example, channel and column
+  (vertical stripes); one query. Each iteration moves the best point's window by 2ε times
+  a sign per channel, projected onto the ε-ball and the pixel range.
+* ℓ2: the perturbations are built of `l2_pattern(s)`: an s x s square whose upper half is
+  +, lower half - nested rectangles weighted 1/(k+1)² from the centre out, unit ℓ2 norm,
+  transposed with probability ½. Start: the image tiled by a grid of such patterns of side
+  ⌊H/5⌋ from offset ⌊(H - 5⌊H/5⌋)/2⌋, each times a sign per example and channel, the whole
+  scaled to ℓ2 norm ε, clipped to the pixel range. Each iteration draws two windows of the
+  side: the perturbation δ of the best point loses the second window's content, and the
+  first's becomes (its content normalised per channel + a new signed pattern), rescaled per
+  channel to √(max(ε² - ‖δ‖², 0)/C + ‖δ on both windows‖²); the candidate is x + ε·δ'/‖δ'‖₂,
+  clipped to the pixel range.
 
-Ours draws the square's signs per example (the reference: one per channel for the batch)
-and every draw statelessly from (seed, the batch, the iteration).
+Ours draws the ℓ∞ squares' signs per example (the reference: one per channel for the batch)
+and every draw statelessly from (seed, the batch, the iteration); the windows and the
+patterns' transpositions are shared by the batch, as the reference's.
 """
 import numpy as np
 import tensorflow as tf
+
+from common.attacks.threat import ThreatModel
 
 P_INIT = 0.8
 # The iterations after which p halves (the reference's schedule, not rescaled).
@@ -32,9 +45,15 @@ def square_fraction(iteration: int, p_init: float = P_INIT) -> float:
   return p_init / 2 ** sum(iteration > mark for mark in HALVINGS)
 
 
-def square_side(iteration: int, height: int, width: int, p_init: float = P_INIT) -> int:
-  """The square's side at `iteration` on an H x W image."""
-  side = max(int(round(np.sqrt(square_fraction(iteration, p_init) * height * width))), 1)
+def square_side(iteration: int, height: int, width: int, p_init: float = P_INIT,
+                norm: str = 'linf') -> int:
+  """The square's side at `iteration` on an H x W image (ℓ2: at least 3, and odd)."""
+  side = int(round(np.sqrt(square_fraction(iteration, p_init) * height * width)))
+  if norm == 'linf':
+    side = max(side, 1)
+  else:
+    side = max(side, 3)
+    side += 1 - side % 2
   return min(side, height, width)
 
 
@@ -50,11 +69,11 @@ def corner(side, size, seed):
   return tf.random.stateless_uniform([], seed, 0, tf.maximum(size - side, 1), dtype=tf.int32)
 
 
-def side_runs(num_queries: int, height: int, width: int):
+def side_runs(num_queries: int, height: int, width: int, norm: str = 'linf'):
   """[(side, iterations)]: runs of consecutive iterations with the same square side."""
   runs = []
   for iteration in range(num_queries):
-    side = square_side(iteration, height, width)
+    side = square_side(iteration, height, width, norm=norm)
     if runs and runs[-1][0] == side:
       runs[-1][1] += 1
     else:
@@ -62,9 +81,33 @@ def side_runs(num_queries: int, height: int, width: int):
   return [tuple(run) for run in runs]
 
 
-def square(model_fn, x, labels, epsilon, clip_min, clip_max, image_shape, num_queries, seed):
-  """Square attack (ℓ∞): (x_adv, fooled). `image_shape` (H, W, C) of x's rows. Iterations
-  whose square side is the same share one compiled loop."""
+def _nested_rectangles(rows: int, cols: int) -> np.ndarray:
+  """rows x cols: rectangles nested about the centre, the k-th (from 0) adding 1/(k+1)² on
+  its (2k+1)-square clipped to the array, normalised to unit ℓ2 norm (the reference's
+  `eta_rectangles`)."""
+  pattern = np.zeros([rows, cols], np.float64)
+  top, left = rows // 2, cols // 2
+  for k in range(max(top, left) + 1):
+    pattern[max(top - k, 0):min(top + k + 1, rows), max(left - k, 0):min(left + k + 1, cols)] \
+        += 1.0 / (k + 1) ** 2
+  norm = np.sqrt(np.sum(pattern ** 2))
+  return pattern / norm if norm else pattern
+
+
+def l2_pattern(side: int) -> np.ndarray:
+  """The ℓ2 attack's s x s perturbation: nested rectangles, + on the upper ⌊s/2⌋ rows and -
+  on the others, unit ℓ2 norm (the reference's `eta` before its random transposition)."""
+  pattern = np.concatenate([_nested_rectangles(side // 2, side),
+                            -_nested_rectangles(side - side // 2, side)])
+  return (pattern / np.sqrt(np.sum(pattern ** 2))).astype(np.float32)
+
+
+def square(model_fn, x, labels, threat: ThreatModel, image_shape, num_queries, seed):
+  """Square attack in the threat model's norm: (x_adv, fooled). `image_shape` (H, W, C) of
+  x's rows. Iterations whose square side is the same share one compiled loop."""
+  if threat.norm == 'l2':
+    return _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed)
+  epsilon, clip_min, clip_max = threat.epsilon, threat.clip_min, threat.clip_max
   x = tf.convert_to_tensor(x)
   labels = tf.cast(labels, tf.int64)
   height, width, channels = image_shape
@@ -106,5 +149,94 @@ def square(model_fn, x, labels, epsilon, clip_min, clip_max, image_shape, num_qu
     _, _, best, best_margin = tf.while_loop(
         lambda i, _, __, margins: (i < first + count) & tf.reduce_any(margins > 0), body,
         (tf.constant(first), tf.constant(side), best, best_margin))
+    first += count
+  return as_input(best), best_margin <= 0
+
+
+def _placed(pattern, top, left, height, width):
+  """An s x s pattern [s, s] at (top, left) of an H x W zero image, shaped [1, H, W, 1]."""
+  side = pattern.shape[0]
+  full = tf.pad(pattern, [[top, height - side - top], [left, width - side - left]])
+  return full[None, :, :, None]
+
+
+def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
+  """The ℓ2 Square attack (see the module's docstring)."""
+  x = tf.convert_to_tensor(x)
+  labels = tf.cast(labels, tf.int64)
+  height, width, channels = image_shape
+  batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]  # static where known
+  images = tf.reshape(x, [batch, height, width, channels])
+  fold = tf.random.experimental.stateless_fold_in
+  epsilon = threat.epsilon
+  # ‖·‖₂ per example, and per example and channel (over the image's rows and columns).
+  per_example = lambda t: tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True))
+  per_channel = lambda t: tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2], keepdims=True))
+
+  def as_input(z):
+    return tf.reshape(z, tf.shape(x))
+
+  def signs(draw_seed):
+    return tf.sign(tf.random.stateless_uniform([batch, 1, 1, channels], draw_seed, -1.0, 1.0))
+
+  def oriented(pattern, draw_seed):
+    """The pattern, transposed with probability ½ (one draw for the batch)."""
+    flip = tf.random.stateless_uniform([], draw_seed) > 0.5
+    return tf.where(flip, tf.transpose(pattern), pattern)
+
+  def candidate_of(delta):
+    return tf.clip_by_value(images + delta / (per_example(delta) + 1e-12) * epsilon,
+                            threat.clip_min, threat.clip_max)
+
+  # The start: a grid of patterns of side ⌊H/5⌋ (at least 1), each with its own signs.
+  tile = max(height // 5, 1)
+  offset = (height - 5 * tile) // 2 if height >= 5 else 0
+  pattern = tf.constant(l2_pattern(tile))
+  start = tf.zeros_like(images)
+  for row_tile in range(height // tile):
+    for col_tile in range(width // tile):
+      top, left = offset + row_tile * tile, offset + col_tile * tile
+      if top + tile > height or left + tile > width:
+        continue  # the reference's grid may run past a small image's edge
+      tile_seed = fold(fold(seed, -1), row_tile * width + col_tile)
+      start += _placed(oriented(pattern, fold(tile_seed, 0)), top, left, height,
+                       width) * signs(fold(tile_seed, 1))
+  best = candidate_of(start)
+  best_margin = margin(labels, model_fn(as_input(best)))
+  rows = tf.range(height)[:, None]
+  cols = tf.range(width)[None, :]
+
+  def window(top, left, side):
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    return tf.cast(inside, tf.float32)[None, :, :, None]
+
+  def body(iteration, side_pattern, best, best_margin):
+    side = tf.shape(side_pattern)[0]
+    iteration_seed = fold(seed, iteration)
+    draw = lambda k: fold(iteration_seed, k)
+    top, left = corner(side, height, draw(1)), corner(side, width, draw(2))
+    top2, left2 = corner(side, height, draw(3)), corner(side, width, draw(4))
+    first, second = window(top, left, side), window(top2, left2, side)
+    delta = best - images
+    old = delta * first / (1e-12 + per_channel(delta * first))
+    budget = tf.sqrt(tf.maximum(epsilon ** 2 - tf.square(per_example(delta)), 0.0) / channels
+                     + tf.square(per_channel(delta * tf.maximum(first, second))))
+    new = _placed(oriented(side_pattern, draw(5)), top, left, height, width) * signs(draw(6))
+    new = new + old
+    new = new / (1e-12 + per_channel(new)) * budget
+    delta = tf.where(first > 0, new, tf.where(second > 0, tf.zeros_like(delta), delta))
+    candidate = candidate_of(delta)
+    active = best_margin > 0  # the others are fooled already
+    new_margin = margin(labels, model_fn(as_input(candidate)))
+    keep = active & (new_margin < best_margin)
+    best = tf.where(keep[:, None, None, None], candidate, best)
+    best_margin = tf.where(keep, new_margin, best_margin)
+    return iteration + 1, side_pattern, best, best_margin
+
+  first = 0
+  for side, count in side_runs(num_queries, height, width, norm='l2'):
+    _, _, best, best_margin = tf.while_loop(
+        lambda i, _, __, margins: (i < first + count) & tf.reduce_any(margins > 0), body,
+        (tf.constant(first), tf.constant(l2_pattern(side)), best, best_margin))
     first += count
   return as_input(best), best_margin <= 0

@@ -11,8 +11,12 @@ projection or a distance:
   noise(shape, seed, radius)   a random start's perturbation: ℓ∞ uniform in the box
                                [-radius, radius]; ℓ2 uniform on the sphere of that radius (a
                                normalised Gaussian, as MadryLab's robustness library starts)
+  norms(t), normalize(t)       each example's norm (TensorFlow), and t / (‖t‖ + 1e-12), as
+                               fra31/auto-attack's attacks normalise steps and starts
   distance(delta)              the norm of each example's perturbation (numpy)
   contains(x, x_nat, tol)      whether each example lies in the ball (distance ≤ ε + tol)
+  rounding_tolerance(size)     how far float32 rounding of the pixel range may carry a point
+                               of the ball outside it, for examples of `size` pixels
 
 Norms: 'linf' (the original challenges') and 'l2'. The ℓ∞ operations are the ones the
 project always computed, op for op, so ℓ∞ results are unchanged bit for bit.
@@ -87,6 +91,17 @@ class ThreatModel:
       gaussian = tf.random.stateless_normal(shape, seed, dtype=dtype)
     return radius * gaussian / (_per_example_norm(gaussian, batched) + _TINY)
 
+  def norms(self, t, batched=True):
+    """‖t‖ of each example (batched: over all but the first axis), shaped to broadcast."""
+    if self.norm == 'l2':
+      return _per_example_norm(t, batched)
+    axes = list(range(1, len(t.shape))) if batched else list(range(len(t.shape)))
+    return tf.reduce_max(tf.abs(t), axis=axes, keepdims=True)
+
+  def normalize(self, t):
+    """t / (‖t‖ + 1e-12) per example (the reference's `normalize`)."""
+    return t / (self.norms(t) + 1e-12)
+
   # --- in numpy (checks of finished examples) ------------------------------------------
 
   def distance(self, delta) -> np.ndarray:
@@ -105,6 +120,13 @@ class ThreatModel:
     """Whether each example of x lies within ε (+ tolerance) of x_nat (numpy; the difference
     taken in the arrays' own dtypes)."""
     return self.distance(np.asarray(x) - x_nat) <= self.epsilon + tolerance
+
+  def rounding_tolerance(self, size: int) -> float:
+    """The slack a membership check allows a point of the ball computed in float32 on
+    examples of `size` pixels: ℓ∞ 1e-6 of the pixel scale (the rounding of x ± ε); ℓ2 that
+    per pixel, summed in quadrature at worst (√size times)."""
+    per_pixel = 1e-6 * max(1.0, abs(self.clip_max))
+    return per_pixel if self.norm == 'linf' else per_pixel * float(np.sqrt(max(size, 1)))
 
   def describe(self) -> str:
     return f'{"ℓ∞" if self.norm == "linf" else "ℓ2"} ε {self.epsilon:g}'
