@@ -1,11 +1,13 @@
-"""AutoAttack (standard version, ℓ∞) against its reference implementation, fra31/auto-attack
-in PyTorch on the CPU: the same weights, images, ε and batch size, one after the other on
-this machine. Prints each attack's cumulative robust accuracy for both, how many examples
-end alike (robust or broken) after each attack, and both wall times with their ratio.
+"""AutoAttack (standard version, ℓ∞ or ℓ2) against its reference implementation,
+fra31/auto-attack in PyTorch on the CPU: the same weights, images, norm, ε and batch size, one
+after the other on this machine. Prints each attack's cumulative robust accuracy for both, how
+many examples end alike (robust or broken) after each attack, and both wall times with their
+ratio.
 
 Two models:
 * `shipped`: the model at --model_dir (by default the PGD-3 recipe's, checkpoints/mnist/fast:
-  the model shipped until 2026-12-05; the reference's network is Madry's CNN);
+  the model shipped until 2026-12-05, Madry's CNN; or the shipped Small CNN,
+  checkpoints/mnist/fast_robust: both are ported to PyTorch in torch_reference.py);
 * `masked`: the same weights behind a binarising input layer (pixels > 0.5 -> 1, else 0)
   whose input gradient is exactly zero: a model that masks its gradients, where APGD and FAB
   cannot move and Square decides (and where FAB's treatment of zero-gradient pixels shows).
@@ -18,6 +20,8 @@ or its tests. Without either, this prints why and exits 0.
   git clone https://github.com/fra31/auto-attack /tmp/auto-attack     # or any local copy
   python benchmarks/autoattack_reference.py --reference /tmp/auto-attack \\
       --reference_python /tmp/reference/bin/python --num_examples 1000
+  python benchmarks/autoattack_reference.py --reference /tmp/auto-attack \\
+      --reference_python /tmp/reference/bin/python --norm l2 --num_examples 200
 """
 import argparse
 import json
@@ -30,19 +34,20 @@ import time
 import numpy as np
 
 # Beside this script (torch-free until a network is built).
-from torch_reference import (keras_weights, madry_mnist, python_with_torch, require_madry_cnn,
-                             skip)
+from torch_reference import (PORTED, keras_weights, mnist_network, python_with_torch,
+                             require_ported_network, skip)
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 VARIANTS = ('shipped', 'masked')
+REFERENCE_NORMS = {'linf': 'Linf', 'l2': 'L2'}
 
 
 # --- the reference's side (runs under --reference_python; imports torch, not TensorFlow) ---
 
-def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_path):
+def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, out_path):
   import torch
   sys.path.insert(0, reference_dir)
   from autoattack import AutoAttack
@@ -52,7 +57,8 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
   tensor = lambda name: torch.from_numpy(arrays[name])
 
   masked = lambda x: (x > 0.5).float().detach() + 0.0 * x  # the gradient is exactly zero
-  model = madry_mnist(arrays, masked if variant == 'masked' else None).eval()
+  model = mnist_network(arrays, str(arrays['network']),
+                        masked if variant == 'masked' else None).eval()
 
   # The robust flags after each attack, read where the reference records an attack as run.
   after = {}
@@ -65,7 +71,8 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
 
   images = tensor('images').reshape(-1, 1, 28, 28)
   labels = tensor('labels')
-  adversary = AutoAttack(model, norm='Linf', eps=float(arrays['epsilon']), version='standard',
+  adversary = AutoAttack(model, norm=REFERENCE_NORMS[norm], eps=float(arrays['epsilon']),
+                         version='standard',
                          seed=seed, device='cpu', verbose=False)
   began = time.perf_counter()
   adversary.run_standard_evaluation(images, labels, bs=batch_size)
@@ -79,11 +86,11 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, out_pa
 
 # --- ours, and the comparison --------------------------------------------------------------
 
-def ours(model_fn, images, labels, epsilon, batch_size, seed):
+def ours(model_fn, images, labels, epsilon, batch_size, seed, norm):
   from common.attacks import autoattack
   seconds_per_attack, began = {}, time.perf_counter()
   attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), STANDARD,
-                                   batch_size, seed, log=lambda *a, **k: None)
+                                   batch_size, seed, log=lambda *a, **k: None, norm=norm)
   robust = {}
   report = attacker.run(images, labels)
   seconds = time.perf_counter() - began
@@ -105,25 +112,35 @@ def main():
   parser.add_argument('--reference_python', default='',
                       help='a Python with torch for the reference (default: this one)')
   parser.add_argument('--model_dir', default=os.path.join(REPO, 'checkpoints', 'mnist', 'fast'),
-                      help='a Madry-CNN checkpoint (default: the one configs/fast.json trains)')
+                      help='a Madry-CNN or Small-CNN checkpoint (default: the one '
+                           'configs/fast.json trains; checkpoints/mnist/fast_robust is the '
+                           'shipped Small CNN)')
   parser.add_argument('--data_dir', default=os.path.join(REPO, '..', 'shared', 'data', 'mnist'))
   parser.add_argument('--num_examples', type=int, default=1000)
   parser.add_argument('--batch_size', type=int, default=500)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--norm', default='linf', choices=tuple(REFERENCE_NORMS))
+  parser.add_argument('--epsilon', type=float, default=0.0,
+                      help='the radius (default: the challenge\'s for the norm: 0.3, 2.0)')
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument('--reference_side', nargs=3, metavar=('ARRAYS', 'VARIANT', 'OUT'),
                       help=argparse.SUPPRESS)
   options = parser.parse_args()
   if options.reference_side:
     arrays, variant, out = options.reference_side
-    reference_side(arrays, variant, options.reference, options.batch_size, options.seed, out)
+    reference_side(arrays, variant, options.reference, options.batch_size, options.seed,
+                   options.norm, out)
     return
 
   if not os.path.isfile(os.path.join(options.reference, 'autoattack', 'autoattack.py')):
     skip(f'no copy of the reference at --reference "{options.reference}" (it needs '
          'autoattack/autoattack.py: git clone https://github.com/fra31/auto-attack)')
   python = python_with_torch(options.reference_python)
-  require_madry_cnn(options.model_dir)
+  network = require_ported_network(
+      options.model_dir, 'the default is the PGD-3 recipe\'s: python mnist_challenge/train.py '
+      '--config mnist_challenge/configs/fast.json --data_dir ../shared/data/mnist makes it, '
+      'about 14 minutes on a 2-core CPU; or pass checkpoints/mnist/fast_robust, the shipped '
+      'model')
   variants = options.variants.split(',')
   unknown = set(variants) - set(VARIANTS)
   if unknown:
@@ -143,26 +160,28 @@ def main():
   print(machine())
   config = MNIST.load_config(os.path.join(options.model_dir, 'config.json'),
                              overrides={'model_dir': options.model_dir,
-                                        'data_dir': options.data_dir})
+                                        'data_dir': options.data_dir, 'norm': options.norm})
   model = MNIST.build_model(config)
   path = checkpoints.latest(options.model_dir)
   checkpoints.restore_model(model, path)
   test = MNIST.load_data(config).test
   n = options.num_examples
   images, labels = test.images[:n], test.labels[:n].astype(np.int64)
-  epsilon = MNIST.attack_params(config).epsilon
+  epsilon = options.epsilon or MNIST.attack_params(config).epsilon
   batch_size = min(options.batch_size, n)
-  weights = keras_weights(model)
-  print(f'{path}, the first {n} test images, ε {epsilon:g}, batch {batch_size}, seed '
-        f'{options.seed}; the reference: {options.reference} under {python}')
+  weights = keras_weights(model, PORTED[network])
+  print(f'{path}, the first {n} test images, {options.norm} ε {epsilon:g}, batch {batch_size}, '
+        f'seed {options.seed}; the reference: {options.reference} under {python}')
 
   with tempfile.TemporaryDirectory() as scratch:
     arrays = os.path.join(scratch, 'arrays.npz')
-    np.savez(arrays, images=images, labels=labels, epsilon=np.float32(epsilon), **weights)
+    np.savez(arrays, images=images, labels=labels, epsilon=np.float32(epsilon),
+             network=network, **weights)
     for variant in variants:
       out = os.path.join(scratch, f'{variant}.json')
       subprocess.run([python, os.path.abspath(__file__), '--reference', options.reference,
                       '--batch_size', str(batch_size), '--seed', str(options.seed),
+                      '--norm', options.norm,
                       '--reference_side', arrays, variant, out], check=True)
       with open(out) as f:
         theirs = json.load(f)
@@ -172,16 +191,20 @@ def main():
           x = tf.stop_gradient(tf.cast(x > 0.5, tf.float32)) + 0.0 * x
         return model(x, training=False)
       robust, seconds, per_attack = ours(model_fn, images, labels, epsilon, batch_size,
-                                         options.seed)
+                                         options.seed, options.norm)
       report(variant, n, theirs, robust, seconds, per_attack)
 
 
 def report(variant, n, theirs, robust, seconds, per_attack):
   print(f'\n{variant} (torch {theirs["torch"]}, {theirs["threads"]} threads)')
   print(f'  {"after":<8} {"reference":>10} {"ours":>8} {"difference":>11} {"alike":>12}')
-  previous_at = 0.0
+  previous_at, reference_robust = 0.0, None
   for name in STANDARD:
-    reference_robust = np.array(theirs['robust'][name], bool)
+    # The reference records no run of an attack when no example is left to it.
+    if name in theirs['robust']:
+      reference_robust = np.array(theirs['robust'][name], bool)
+    else:
+      theirs['at'][name] = previous_at
     difference = 100 * (robust[name].mean() - reference_robust.mean())
     alike = int(np.sum(robust[name] == reference_robust))
     reference_seconds = theirs['at'][name] - previous_at

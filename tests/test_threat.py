@@ -2,12 +2,15 @@
 independent numpy transcription, ℓ2 PGD against numpy's steps on a linear model, and the
 `norm` key through the commands that take it (and a one-line error where a command cannot
 honour it)."""
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from common import commands, guard, submission, training, training_methods
-from common.attacks import pgd
+from common.attacks import autoattack, pgd
 from common.attacks.threat import NORMS, ThreatModel, check_norm
 from common.errors import ChallengeError, SubmissionPerturbationError
 from conftest import TINY_TEST, quiet, tiny_config
@@ -178,7 +181,7 @@ def test_pgd_attack_and_run_attack_honour_l2(l2_model):
     submission.load(config.store_adv_path, test.images, 2.0, 1.0, 'l2')
 
 
-def test_eval_evaluate_and_the_guard_attack_in_l2_and_autoattack_refuses_it(l2_model):
+def test_eval_evaluate_autoattack_and_the_guard_attack_in_l2(l2_model, monkeypatch):
   config = l2_model
   results = commands.evaluate(MNIST, config.replace(num_eval_examples=20), once=True,
                               log=quiet)
@@ -189,9 +192,24 @@ def test_eval_evaluate_and_the_guard_attack_in_l2_and_autoattack_refuses_it(l2_m
   assert any('ε 2 (ℓ2)' in line for line in logged)
   by_method = {result.row.method: result for result in reversed(table)}  # the white-box rows
   assert by_method['FGSM'].accuracy is not None
-  assert by_method['AutoAttack'].note == 'skipped: AutoAttack is ℓ∞ only (norm l2)'
-  with pytest.raises(ChallengeError, match='AutoAttack is built for the ℓ∞ threat model only'):
-    commands.run_autoattack(MNIST, config, log=quiet)
+  assert by_method['AutoAttack'].accuracy <= by_method['FGSM'].accuracy
+  logged, threats = [], []
+
+  class Recording(autoattack.AutoAttack):  # the chain's own ℓ2: tests/test_autoattack_l2.py
+
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      threats.append(self.threat)
+  monkeypatch.setattr(autoattack, 'AutoAttack', Recording)
+  commands.run_autoattack(MNIST, config, num_examples=TINY_TEST, iterations=2,
+                          log=logged.append)
+  assert threats == [ThreatModel('l2', 2.0, 0.0, 1.0)]
+  assert any('ℓ2 ε 2,' in line for line in logged)
+  with open(os.path.join(config.model_dir, 'autoattack', 'autoattack.json')) as f:
+    saved = json.load(f)
+  assert (saved['norm'], saved['epsilon']) == ('l2', 2.0)
+  test = MNIST.load_data(config).test
+  assert np.all(numpy_distance('l2', np.load(config.store_adv_path) - test.images) <= 2.0)
   held_out = guard.check_params(MNIST.attack_params(config), 10)  # the guard's PGD-10
   assert (held_out.norm, held_out.epsilon, held_out.step_size) == ('l2', 2.0, 0.5)
 

@@ -153,6 +153,28 @@ def square(model_fn, x, labels, threat: ThreatModel, image_shape, num_queries, s
   return as_input(best), best_margin <= 0
 
 
+def _norm_per_example(t):
+  return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True))
+
+
+def _norm_per_channel(t):
+  return tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2], keepdims=True))
+
+
+def l2_window_update(delta, first, second, new, epsilon):
+  """One ℓ2 iteration's perturbation δ' from the best point's δ [n, H, W, C]: `first` and
+  `second` the windows' masks [1, H, W, 1], `new` the signed pattern placed in the first
+  window [n, H, W, C]. The second window is emptied; the first holds (its content, unit norm
+  per channel, + new) rescaled per channel to √(max(ε² - ‖δ‖², 0)/C + ‖δ on both‖²)."""
+  channels = delta.shape[-1]
+  old = delta * first / (1e-12 + _norm_per_channel(delta * first))
+  budget = tf.sqrt(tf.maximum(epsilon ** 2 - tf.square(_norm_per_example(delta)), 0.0)
+                   / channels + tf.square(_norm_per_channel(delta * tf.maximum(first, second))))
+  new = new + old
+  new = new / (1e-12 + _norm_per_channel(new)) * budget
+  return tf.where(first > 0, new, tf.where(second > 0, tf.zeros_like(delta), delta))
+
+
 def _placed(pattern, top, left, height, width):
   """An s x s pattern [s, s] at (top, left) of an H x W zero image, shaped [1, H, W, 1]."""
   side = pattern.shape[0]
@@ -169,9 +191,6 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
   images = tf.reshape(x, [batch, height, width, channels])
   fold = tf.random.experimental.stateless_fold_in
   epsilon = threat.epsilon
-  # ‖·‖₂ per example, and per example and channel (over the image's rows and columns).
-  per_example = lambda t: tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2, 3], keepdims=True))
-  per_channel = lambda t: tf.sqrt(tf.reduce_sum(tf.square(t), axis=[1, 2], keepdims=True))
 
   def as_input(z):
     return tf.reshape(z, tf.shape(x))
@@ -185,7 +204,7 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
     return tf.where(flip, tf.transpose(pattern), pattern)
 
   def candidate_of(delta):
-    return tf.clip_by_value(images + delta / (per_example(delta) + 1e-12) * epsilon,
+    return tf.clip_by_value(images + delta / (_norm_per_example(delta) + 1e-12) * epsilon,
                             threat.clip_min, threat.clip_max)
 
   # The start: a grid of patterns of side ⌊H/5⌋ (at least 1), each with its own signs.
@@ -217,15 +236,8 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
     top, left = corner(side, height, draw(1)), corner(side, width, draw(2))
     top2, left2 = corner(side, height, draw(3)), corner(side, width, draw(4))
     first, second = window(top, left, side), window(top2, left2, side)
-    delta = best - images
-    old = delta * first / (1e-12 + per_channel(delta * first))
-    budget = tf.sqrt(tf.maximum(epsilon ** 2 - tf.square(per_example(delta)), 0.0) / channels
-                     + tf.square(per_channel(delta * tf.maximum(first, second))))
     new = _placed(oriented(side_pattern, draw(5)), top, left, height, width) * signs(draw(6))
-    new = new + old
-    new = new / (1e-12 + per_channel(new)) * budget
-    delta = tf.where(first > 0, new, tf.where(second > 0, tf.zeros_like(delta), delta))
-    candidate = candidate_of(delta)
+    candidate = candidate_of(l2_window_update(best - images, first, second, new, epsilon))
     active = best_margin > 0  # the others are fooled already
     new_margin = margin(labels, model_fn(as_input(candidate)))
     keep = active & (new_margin < best_margin)
