@@ -47,7 +47,8 @@ REFERENCE_NORMS = {'linf': 'Linf', 'l2': 'L2'}
 
 # --- the reference's side (runs under --reference_python; imports torch, not TensorFlow) ---
 
-def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, out_path):
+def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, attacks,
+                   out_path):
   import torch
   sys.path.insert(0, reference_dir)
   from autoattack import AutoAttack
@@ -71,8 +72,10 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
 
   images = tensor('images').reshape(-1, 1, 28, 28)
   labels = tensor('labels')
+  custom = list(attacks) != list(STANDARD)
   adversary = AutoAttack(model, norm=REFERENCE_NORMS[norm], eps=float(arrays['epsilon']),
-                         version='standard',
+                         version='custom' if custom else 'standard',
+                         attacks_to_run=list(attacks) if custom else [],
                          seed=seed, device='cpu', verbose=False)
   began = time.perf_counter()
   adversary.run_standard_evaluation(images, labels, bs=batch_size)
@@ -86,18 +89,18 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
 
 # --- ours, and the comparison --------------------------------------------------------------
 
-def ours(model_fn, images, labels, epsilon, batch_size, seed, norm):
+def ours(model_fn, images, labels, epsilon, batch_size, seed, norm, attacks):
   from common.attacks import autoattack
   seconds_per_attack, began = {}, time.perf_counter()
-  attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), STANDARD,
+  attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), attacks,
                                    batch_size, seed, log=lambda *a, **k: None, norm=norm)
   robust = {}
   report = attacker.run(images, labels)
   seconds = time.perf_counter() - began
   # Per attack: robust if no attack up to it broke the example (and clean-correct).
   clean = report.robust | (report.broken_by != '')
-  order = {name: i for i, name in enumerate(STANDARD)}
-  for name in STANDARD:
+  order = {name: i for i, name in enumerate(attacks)}
+  for name in attacks:
     broken_by_now = np.array([b != '' and order[b] <= order[name] for b in report.broken_by])
     robust[name] = clean & ~broken_by_now
   for outcome in report.outcomes:
@@ -118,7 +121,10 @@ def main():
   parser.add_argument('--data_dir', default=os.path.join(REPO, '..', 'shared', 'data', 'mnist'))
   parser.add_argument('--num_examples', type=int, default=1000)
   parser.add_argument('--batch_size', type=int, default=500)
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seeds', default='0',
+                      help='comma-separated: each variant runs once per seed, on both sides')
+  parser.add_argument('--attacks', default=','.join(STANDARD),
+                      help='a part of the standard chain, in its order (default: all)')
   parser.add_argument('--norm', default='linf', choices=tuple(REFERENCE_NORMS))
   parser.add_argument('--epsilon', type=float, default=0.0,
                       help='the radius (default: the challenge\'s for the norm: 0.3, 2.0)')
@@ -126,10 +132,14 @@ def main():
   parser.add_argument('--reference_side', nargs=3, metavar=('ARRAYS', 'VARIANT', 'OUT'),
                       help=argparse.SUPPRESS)
   options = parser.parse_args()
+  attacks = [a for a in STANDARD if a in options.attacks.split(',')]
+  if not attacks or len(attacks) != len(options.attacks.split(',')):
+    sys.exit(f'error: --attacks "{options.attacks}": use a part of ' + ','.join(STANDARD))
+  seeds = [int(seed) for seed in options.seeds.split(',')]
   if options.reference_side:
     arrays, variant, out = options.reference_side
-    reference_side(arrays, variant, options.reference, options.batch_size, options.seed,
-                   options.norm, out)
+    reference_side(arrays, variant, options.reference, options.batch_size, seeds[0],
+                   options.norm, attacks, out)
     return
 
   if not os.path.isfile(os.path.join(options.reference, 'autoattack', 'autoattack.py')):
@@ -171,35 +181,59 @@ def main():
   batch_size = min(options.batch_size, n)
   weights = keras_weights(model, PORTED[network])
   print(f'{path}, the first {n} test images, {options.norm} ε {epsilon:g}, batch {batch_size}, '
-        f'seed {options.seed}; the reference: {options.reference} under {python}')
+        f'seeds {options.seeds}; the reference: {options.reference} under {python}')
 
   with tempfile.TemporaryDirectory() as scratch:
     arrays = os.path.join(scratch, 'arrays.npz')
     np.savez(arrays, images=images, labels=labels, epsilon=np.float32(epsilon),
              network=network, **weights)
     for variant in variants:
-      out = os.path.join(scratch, f'{variant}.json')
-      subprocess.run([python, os.path.abspath(__file__), '--reference', options.reference,
-                      '--batch_size', str(batch_size), '--seed', str(options.seed),
-                      '--norm', options.norm,
-                      '--reference_side', arrays, variant, out], check=True)
-      with open(out) as f:
-        theirs = json.load(f)
+      finals = []  # per seed: (the reference's robust flags, ours) after the last attack
+      for seed in seeds:
+        out = os.path.join(scratch, f'{variant}-{seed}.json')
+        subprocess.run([python, os.path.abspath(__file__), '--reference', options.reference,
+                        '--batch_size', str(batch_size), '--seeds', str(seed),
+                        '--norm', options.norm, '--attacks', ','.join(attacks),
+                        '--reference_side', arrays, variant, out], check=True)
+        with open(out) as f:
+          theirs = json.load(f)
 
-      def model_fn(x, variant=variant):
-        if variant == 'masked':
-          x = tf.stop_gradient(tf.cast(x > 0.5, tf.float32)) + 0.0 * x
-        return model(x, training=False)
-      robust, seconds, per_attack = ours(model_fn, images, labels, epsilon, batch_size,
-                                         options.seed, options.norm)
-      report(variant, n, theirs, robust, seconds, per_attack)
+        def model_fn(x, variant=variant):
+          if variant == 'masked':
+            x = tf.stop_gradient(tf.cast(x > 0.5, tf.float32)) + 0.0 * x
+          return model(x, training=False)
+        robust, seconds, per_attack = ours(model_fn, images, labels, epsilon, batch_size,
+                                           seed, options.norm, attacks)
+        finals.append(report(f'{variant}, seed {seed}', n, theirs, robust, seconds,
+                             per_attack, attacks))
+      if len(seeds) > 1:
+        spread(variant, finals, attacks[-1])
 
 
-def report(variant, n, theirs, robust, seconds, per_attack):
+def spread(variant, finals, last):
+  """Over the seeds: both sides' mean robust accuracy after the last attack, and how alike
+  the reference's runs are among themselves (its own randomness) beside ours against it."""
+  references = np.array([theirs for theirs, _ in finals])
+  ourselves = np.array([ours for _, ours in finals])
+  pairs = [(i, j) for i in range(len(finals)) for j in range(i + 1, len(finals))]
+  among = np.mean([np.mean(references[i] == references[j]) for i, j in pairs])
+  across = np.mean([np.mean(ourselves[i] == references[j]) for i in range(len(finals))
+                    for j in range(len(finals))])
+  per_seed = lambda flags: ', '.join(f'{100 * f.mean():.1f}' for f in flags)
+  print(f'\n{variant}, over {len(finals)} seeds, after {last}: reference '
+        f'{100 * references.mean():.2f}% ({per_seed(references)}), ours '
+        f'{100 * ourselves.mean():.2f}% ({per_seed(ourselves)}); examples alike: the '
+        f'reference\'s runs among themselves {100 * among:.1f}%, ours with the reference\'s '
+        f'{100 * across:.1f}%')
+
+
+def report(variant, n, theirs, robust, seconds, per_attack, attacks):
+  """Prints the comparison; returns the reference's and our robust flags after the last
+  attack."""
   print(f'\n{variant} (torch {theirs["torch"]}, {theirs["threads"]} threads)')
   print(f'  {"after":<8} {"reference":>10} {"ours":>8} {"difference":>11} {"alike":>12}')
   previous_at, reference_robust = 0.0, None
-  for name in STANDARD:
+  for name in attacks:
     # The reference records no run of an attack when no example is left to it.
     if name in theirs['robust']:
       reference_robust = np.array(theirs['robust'][name], bool)
@@ -214,6 +248,7 @@ def report(variant, n, theirs, robust, seconds, per_attack):
           f'{per_attack[name]:.0f} s)')
   print(f'  time: reference {theirs["seconds"]:.0f} s, ours {seconds:.0f} s: ours '
         f'{theirs["seconds"] / seconds:.2f}x faster')
+  return reference_robust, robust[attacks[-1]]
 
 
 if __name__ == '__main__':

@@ -38,6 +38,7 @@ from common.attacks.threat import ThreatModel
 P_INIT = 0.8
 # The iterations after which p halves (the reference's schedule, not rescaled).
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+COMPACT_EVERY = 250  # ℓ2: iterations between two gatherings of the examples still robust
 
 
 def square_fraction(iteration: int, p_init: float = P_INIT) -> float:
@@ -182,8 +183,21 @@ def _placed(pattern, top, left, height, width):
   return full[None, :, :, None]
 
 
+def l2_chunks(num_queries: int, height: int, width: int, longest: int = COMPACT_EVERY):
+  """[(first iteration, iterations, side)]: the runs of one square side, cut into pieces of
+  at most `longest` iterations (the ℓ2 attack re-gathers the examples still robust at each)."""
+  chunks, first = [], 0
+  for side, count in side_runs(num_queries, height, width, norm='l2'):
+    for start in range(0, count, longest):
+      chunks.append((first + start, min(longest, count - start), side))
+    first += count
+  return chunks
+
+
 def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
-  """The ℓ2 Square attack (see the module's docstring)."""
+  """The ℓ2 Square attack (see the module's docstring). The examples still robust are
+  gathered anew every COMPACT_EVERY iterations, so that the model sees only those, as the
+  reference queries only the examples it has not fooled."""
   x = tf.convert_to_tensor(x)
   labels = tf.cast(labels, tf.int64)
   height, width, channels = image_shape
@@ -191,20 +205,18 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
   images = tf.reshape(x, [batch, height, width, channels])
   fold = tf.random.experimental.stateless_fold_in
   epsilon = threat.epsilon
+  as_input = lambda z: tf.reshape(z, [-1] + x.shape[1:].as_list())
 
-  def as_input(z):
-    return tf.reshape(z, tf.shape(x))
-
-  def signs(draw_seed):
-    return tf.sign(tf.random.stateless_uniform([batch, 1, 1, channels], draw_seed, -1.0, 1.0))
+  def signs(draw_seed, rows):
+    return tf.sign(tf.random.stateless_uniform([rows, 1, 1, channels], draw_seed, -1.0, 1.0))
 
   def oriented(pattern, draw_seed):
     """The pattern, transposed with probability ½ (one draw for the batch)."""
     flip = tf.random.stateless_uniform([], draw_seed) > 0.5
     return tf.where(flip, tf.transpose(pattern), pattern)
 
-  def candidate_of(delta):
-    return tf.clip_by_value(images + delta / (_norm_per_example(delta) + 1e-12) * epsilon,
+  def candidate_of(clean, delta):
+    return tf.clip_by_value(clean + delta / (_norm_per_example(delta) + 1e-12) * epsilon,
                             threat.clip_min, threat.clip_max)
 
   # The start: a grid of patterns of side ⌊H/5⌋ (at least 1), each with its own signs.
@@ -219,8 +231,8 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
         continue  # the reference's grid may run past a small image's edge
       tile_seed = fold(fold(seed, -1), row_tile * width + col_tile)
       start += _placed(oriented(pattern, fold(tile_seed, 0)), top, left, height,
-                       width) * signs(fold(tile_seed, 1))
-  best = candidate_of(start)
+                       width) * signs(fold(tile_seed, 1), batch)
+  best = candidate_of(images, start)
   best_margin = margin(labels, model_fn(as_input(best)))
   rows = tf.range(height)[:, None]
   cols = tf.range(width)[None, :]
@@ -229,26 +241,35 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
     inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
     return tf.cast(inside, tf.float32)[None, :, :, None]
 
-  def body(iteration, side_pattern, best, best_margin):
-    side = tf.shape(side_pattern)[0]
-    iteration_seed = fold(seed, iteration)
-    draw = lambda k: fold(iteration_seed, k)
-    top, left = corner(side, height, draw(1)), corner(side, width, draw(2))
-    top2, left2 = corner(side, height, draw(3)), corner(side, width, draw(4))
-    first, second = window(top, left, side), window(top2, left2, side)
-    new = _placed(oriented(side_pattern, draw(5)), top, left, height, width) * signs(draw(6))
-    candidate = candidate_of(l2_window_update(best - images, first, second, new, epsilon))
-    active = best_margin > 0  # the others are fooled already
-    new_margin = margin(labels, model_fn(as_input(candidate)))
-    keep = active & (new_margin < best_margin)
-    best = tf.where(keep[:, None, None, None], candidate, best)
-    best_margin = tf.where(keep, new_margin, best_margin)
-    return iteration + 1, side_pattern, best, best_margin
+  def body_for(clean, goal):
+    """The iteration on the examples gathered: `clean` their images, `goal` their labels;
+    every one of them is still robust (margin > 0) when the chunk starts."""
+    def body(iteration, side_pattern, best, best_margin):
+      side = tf.shape(side_pattern)[0]
+      iteration_seed = fold(seed, iteration)
+      draw = lambda k: fold(iteration_seed, k)
+      top, left = corner(side, height, draw(1)), corner(side, width, draw(2))
+      top2, left2 = corner(side, height, draw(3)), corner(side, width, draw(4))
+      first, second = window(top, left, side), window(top2, left2, side)
+      new = _placed(oriented(side_pattern, draw(5)), top, left, height, width) * signs(
+          draw(6), tf.shape(clean)[0])
+      candidate = candidate_of(clean, l2_window_update(best - clean, first, second, new,
+                                                       epsilon))
+      active = best_margin > 0  # those fooled within the chunk stay as they are
+      new_margin = margin(goal, model_fn(as_input(candidate)))
+      keep = active & (new_margin < best_margin)
+      best = tf.where(keep[:, None, None, None], candidate, best)
+      best_margin = tf.where(keep, new_margin, best_margin)
+      return iteration + 1, side_pattern, best, best_margin
+    return body
 
-  first = 0
-  for side, count in side_runs(num_queries, height, width, norm='l2'):
-    _, _, best, best_margin = tf.while_loop(
-        lambda i, _, __, margins: (i < first + count) & tf.reduce_any(margins > 0), body,
-        (tf.constant(first), tf.constant(l2_pattern(side)), best, best_margin))
-    first += count
-  return as_input(best), best_margin <= 0
+  for first, count, side in l2_chunks(num_queries, height, width):
+    robust = tf.where(best_margin > 0)[:, 0]
+    _, _, chunk_best, chunk_margin = tf.while_loop(
+        lambda i, _, __, margins: (i < first + count) & tf.reduce_any(margins > 0),
+        body_for(tf.gather(images, robust), tf.gather(labels, robust)),
+        (tf.constant(first), tf.constant(l2_pattern(side)), tf.gather(best, robust),
+         tf.gather(best_margin, robust)))
+    best = tf.tensor_scatter_nd_update(best, robust[:, None], chunk_best)
+    best_margin = tf.tensor_scatter_nd_update(best_margin, robust[:, None], chunk_margin)
+  return tf.reshape(best, tf.shape(x)), best_margin <= 0

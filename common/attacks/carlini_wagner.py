@@ -1,0 +1,87 @@
+"""What the three Carlini–Wagner attacks (Carlini & Wagner, IEEE S&P 2017; the authors' code,
+carlini/nn_robust_attacks: `l2_attack.py`, `li_attack.py`, `l0_attack.py`) share, as their
+code computes it (the reference's behaviour is the specification; written anew from it, not
+copied):
+
+* The change of variables: an image of the pixel box [lo, hi] is tanh(w)·(hi - lo)/2 +
+  (hi + lo)/2, so that any w gives a valid image; the clean image's w is
+  artanh((x - (hi + lo)/2) / ((hi - lo)/2) · 0.999999) (the factor keeps it finite). Their
+  code fixes the box at [-0.5, 0.5]; ours takes the challenge's pixel range.
+* The objective's misclassification term on the logits z (not probabilities):
+  untargeted max(0, z_y - max_{i≠y} z_i + κ), targeted max(0, max_{i≠t} z_i - z_t + κ),
+  the maximum over the other classes taken as max((1 - onehot)·z - 10,000·onehot).
+* Success (`succeeded`): untargeted, the argmax of z with κ added to z_y is not y;
+  targeted, the argmax of z with κ taken from z_t is t.
+* The optimiser: Adam as TF1's AdamOptimizer computes it (β1 0.9, β2 0.999, ε̂ 1e-8; the
+  bias corrections' powers kept as running float32 products, as TF1's beta1_power and
+  beta2_power variables): m += (g - m)(1 - β1), v += (g² - v)(1 - β2),
+  w -= lr·√(1 - β2^t)/(1 - β1^t)·m/(√v + ε̂); its state is reset where the authors reset it.
+
+Each attack returns (x_adv, success): x_adv the adversarial example found (x itself where
+none was: the authors' code returns a grey image or None there), success per example.
+"""
+import tensorflow as tf
+
+BETA_1, BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+TANH_SHRINK = 0.999999  # the authors' factor inside artanh
+OTHER_CLASS_MASK = 10000.0  # the authors' mask of the true (or target) class in the maximum
+
+
+def to_tanh_space(x, clip_min, clip_max):
+  """The clean images' w: artanh((x - centre) / half-width · 0.999999)."""
+  half, centre = (clip_max - clip_min) / 2.0, (clip_max + clip_min) / 2.0
+  return tf.atanh((x - centre) / half * TANH_SHRINK)
+
+
+def from_tanh_space(w, clip_min, clip_max):
+  half, centre = (clip_max - clip_min) / 2.0, (clip_max + clip_min) / 2.0
+  return tf.tanh(w) * half + centre
+
+
+def margin_loss(logits, goal_onehot, targeted, confidence):
+  """The misclassification term per example (see the module's docstring)."""
+  logits = tf.cast(logits, tf.float32)
+  real = tf.reduce_sum(goal_onehot * logits, axis=1)
+  other = tf.reduce_max((1.0 - goal_onehot) * logits - goal_onehot * OTHER_CLASS_MASK, axis=1)
+  if targeted:
+    return tf.maximum(0.0, other - real + confidence)
+  return tf.maximum(0.0, real - other + confidence)
+
+
+def succeeded(logits, goal, goal_onehot, targeted, confidence):
+  """The authors' `compare` on a score vector, per example."""
+  logits = tf.cast(logits, tf.float32)
+  if targeted:
+    return tf.equal(tf.argmax(logits - confidence * goal_onehot, axis=1), goal)
+  return tf.not_equal(tf.argmax(logits + confidence * goal_onehot, axis=1), goal)
+
+
+class Adam:
+  """TF1's Adam on one tensor, with its state as values (for loops): `start(like)` gives the
+  state, `step(w, g, state, lr)` the new w and state. The state's powers may be reset per
+  example (`reset`), as the authors reset their optimiser per image."""
+
+  @staticmethod
+  def start(like):
+    zeros = tf.zeros_like(like)
+    powers = tf.ones([tf.shape(like)[0]], tf.float32)
+    return (zeros, zeros, powers * BETA_1, powers * BETA_2)
+
+  @staticmethod
+  def step(w, g, state, learning_rate):
+    m, v, beta_1_power, beta_2_power = state
+    shape = [-1] + [1] * (len(w.shape) - 1)
+    rate = learning_rate * tf.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
+    m = m + (g - m) * (1.0 - BETA_1)
+    v = v + (g * g - v) * (1.0 - BETA_2)
+    w = w - (m * tf.reshape(rate, shape)) / (tf.sqrt(v) + ADAM_EPSILON)
+    return w, (m, v, beta_1_power * BETA_1, beta_2_power * BETA_2)
+
+  @staticmethod
+  def reset(state, where):
+    """The state started afresh for the examples where `where` holds."""
+    fresh = Adam.start(state[0])
+    shape = [-1] + [1] * (len(state[0].shape) - 1)
+    select = lambda new, old, s: tf.where(tf.reshape(where, s), new, old)
+    return (select(fresh[0], state[0], shape), select(fresh[1], state[1], shape),
+            select(fresh[2], state[2], [-1]), select(fresh[3], state[3], [-1]))
