@@ -1,9 +1,11 @@
 """The commands of a challenge (train, eval, pgd_attack, run_attack, convert_checkpoint,
-evaluate (the paper's table), landscape, autoattack, export_model) as importable functions
+evaluate (the paper's table), landscape, autoattack, attack (any attack by name),
+export_model) as importable functions
 of (challenge, config). Each challenge's scripts are thin absl mains over these. The
 evaluation commands take their model from model_dir's checkpoint or, with `model_path`,
 from a model file (common/model_files.py)."""
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -17,6 +19,7 @@ import tensorflow as tf
 from common import (checkpoints, distribute, files, landscape, model_files, paper_table,
                     precision, runtime, submission, tf1_checkpoints, training)
 from common.attacks import autoattack, pgd
+from common.attacks.threat import ThreatModel
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
 from common.evaluation import Evaluator
@@ -505,6 +508,170 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   log(f'Adversarial set written to {config.store_adv_path}; figures to '
       f'{os.path.join(output_dir, "autoattack.json")}')
   return report
+
+
+# Every attack attack.py runs by name: PGD and AutoAttack's four in the config's norm (ε its
+# radius), the Carlini–Wagner attacks in their own (minimum-distance: no ε).
+CW_ATTACKS = {'cw-l2': 'l2', 'cw-linf': 'linf', 'cw-l0': 'l0'}
+NAMED_ATTACKS = ('pgd',) + autoattack.STANDARD + tuple(CW_ATTACKS)
+
+ATTACK_OPTIONS = {
+    'attack': ('', 'the attack, by name: ' + ', '.join(NAMED_ATTACKS) + ' (pgd and '
+                   'AutoAttack\'s in the config\'s norm and ε; the Carlini-Wagner attacks '
+                   'in their own norm, minimising the distance)'),
+    'targeted': (False, 'the C&W attacks: towards a random other class per example (seeded), '
+                        'not away from the true one (apgd-t and fab-t are targeted anyway)'),
+    'num_examples': (0, 'test images to attack (the first ones; default: num_eval_examples)'),
+    'iterations': (0, 'the attack\'s iterations (0: its default: PGD the config\'s steps, '
+                      'AutoAttack\'s 100 (Square 5,000 queries), C&W-ℓ2 10,000 and C&W-ℓ∞ '
+                      'and -ℓ0 1,000 per constant)'),
+    'seed': (0, 'the seed of random starts, squares and targets'),
+    'output_dir': ('', 'where to write attack.json and distances.npy; default: '
+                       '<model_dir>/attack-<name>'),
+    **MODEL_FILE_OPTIONS,
+}
+
+
+def _cw_attack(name, model_fn, threat, image_shape, targeted, iterations):
+  """The C&W attack `name` as a compiled function (x, labels, targets) -> (x_adv, success)."""
+  from common.attacks import cw_l0, cw_l2, cw_linf  # noqa: PLC0415 (only this command)
+  budget = {'max_iterations': iterations} if iterations else {}
+  run = {'cw-l2': lambda x, y, t: cw_l2.cw_l2(model_fn, x, y, threat, t, **budget),
+         'cw-linf': lambda x, y, t: cw_linf.cw_linf(model_fn, x, y, threat, t, **budget),
+         'cw-l0': lambda x, y, t: cw_l0.cw_l0(model_fn, x, y, threat, image_shape, t,
+                                              **budget)}[name]
+  return tf.function(lambda x, y, t: run(x, y, t if targeted else None))
+
+
+def _in_batches(fn, arrays, batch_size):
+  """fn over the rows of `arrays` in batches of batch_size, the last padded with its last row
+  (one traced shape); outputs concatenated, padding dropped."""
+  n, outputs = len(arrays[0]), []
+  for first in range(0, n, batch_size):
+    rows = np.arange(first, min(first + batch_size, n))
+    padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+    out = fn(*(tf.constant(a[padded]) for a in arrays))
+    outputs.append([o.numpy()[:len(rows)] for o in out])
+  return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def distortion(norm, x_adv, x, pixel_range, image_shape):
+  """Each example's distance in `norm` ('l0': pixels with a channel moved by at least 1e-4 of
+  the pixel range, as the C&W authors count them)."""
+  if norm != 'l0':
+    return ThreatModel(norm, 0.0).distance(np.asarray(x_adv) - x)
+  delta = np.abs(np.asarray(x_adv) - x).reshape((len(x),) + tuple(image_shape))
+  return np.sum(np.any(delta >= 1e-4 * pixel_range, axis=-1), axis=(1, 2)).astype(np.float64)
+
+
+def run_named_attack(challenge, config, attack='', targeted=False, num_examples=0,
+                     iterations=0, seed=0, output_dir='', model_path='', unsafe_model=False,
+                     log=print):
+  """One attack, by name, on model_dir's newest checkpoint (or model_path): writes the
+  adversarial test set to store_adv_path (the rest of the test set unchanged), each
+  example's distance in the attack's norm to <output_dir>/distances.npy (NaN where it did not
+  succeed) and attack.json; prints the success rate and the mean and median distortion of
+  the successes, as the C&W paper's tables, and for ε attacks the robust accuracy."""
+  _check_model_file_options(model_path, unsafe_model)
+  if attack not in NAMED_ATTACKS:
+    raise ChallengeError(f'unknown attack "{attack}"; use --attack with one of: '
+                         + ', '.join(NAMED_ATTACKS))
+  if targeted and attack not in CW_ATTACKS:
+    raise ChallengeError(f'--targeted is for the C&W attacks ({", ".join(CW_ATTACKS)}); '
+                         f'{attack} has no targeted form here (apgd-t and fab-t are targeted)')
+  if iterations < 0:
+    raise ChallengeError(f'--iterations must be 0 (the attack\'s default) or more, found '
+                         f'{iterations}')
+  output_dir = output_dir or model_files.results_dir(config.model_dir, model_path,
+                                                     f'attack-{attack}')
+  summary_path = os.path.join(output_dir, 'attack.json')
+  distances_path = os.path.join(output_dir, 'distances.npy')
+  _check_outputs(challenge, config, [
+      ('store_adv_path', config.store_adv_path, False), ('--output_dir', output_dir, True),
+      ('--output_dir\'s attack.json', summary_path, False),
+      ('--output_dir\'s distances.npy', distances_path, False)], [model_path or config.model_dir])
+  if not model_path:
+    checkpoints.require_latest(config.model_dir)
+  strategy = distribute.local_strategy()
+  model, _ = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log)
+  jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
+  if model_path:
+    path = model_path
+  else:
+    path, _ = checkpoints.restore_newest_model(model, config.model_dir,
+                                               challenge.tf1_variables, log)
+  test = challenge.load_data(config).test
+  head = test.head(min(num_examples or config.num_eval_examples, len(test)))
+  params = challenge.attack_params(config)
+  norm = CW_ATTACKS.get(attack, params.norm)
+  threat = params.threat
+  model_fn = lambda x: model(x, training=False)
+  batch_size = config.eval_batch_size
+  described = (f'{norm} (minimising the distance{", targeted" if targeted else ""})'
+               if attack in CW_ATTACKS else threat.describe())
+  log(f'{challenge.name}: {attack} on {path}, first {len(head)} test images, {described}')
+  logits = lambda images: np.concatenate([
+      model_fn(tf.constant(images[i:i + batch_size])).numpy()
+      for i in range(0, len(images), batch_size)])
+  clean_logits = logits(head.images)
+  classes = clean_logits.shape[-1]
+  targets = (head.labels + np.random.default_rng(seed).integers(1, classes, len(head))) % classes
+  began = time.perf_counter()
+  if attack == 'pgd':
+    attack_params = dataclasses.replace(params, num_steps=iterations or params.num_steps)
+    evaluator = Evaluator(model, attack_params, strategy, seed=seed, jit_compile=jit,
+                          name=path)
+    x_adv = evaluator.attack(head, batch_size, keep_adversarial=True).adversarial
+  elif attack in autoattack.STANDARD:
+    x_adv = autoattack.AutoAttack(
+        model_fn, params.epsilon, params.clip_min, params.clip_max, challenge.image_shape,
+        [attack], batch_size, seed, strategy, jit,
+        **autoattack.budget(iterations or autoattack.STANDARD_ITERATIONS),
+        log=lambda *a, **k: None, model_name=path, norm=params.norm).run(
+            head.images, head.labels).adversarial
+  else:
+    run = _cw_attack(attack, model_fn, threat, challenge.image_shape, targeted, iterations)
+    x_adv, _ = _in_batches(run, [head.images, head.labels.astype(np.int64),
+                                 targets.astype(np.int64)], batch_size)
+  seconds = time.perf_counter() - began
+  clean = np.argmax(clean_logits, 1) == head.labels
+  adversarial_predictions = np.argmax(logits(x_adv), 1)
+  if targeted:
+    fooled = adversarial_predictions == targets
+  else:
+    fooled = adversarial_predictions != head.labels
+  distances = distortion(norm, x_adv, head.images, params.clip_max - params.clip_min,
+                         challenge.image_shape)
+  succeeded = clean & fooled
+  within = succeeded & (distances <= params.epsilon + threat.rounding_tolerance(
+      int(np.prod(challenge.image_shape)))) if norm == params.norm else None
+  per_example = np.where(succeeded, distances, np.nan)
+  adversarial = test.images.copy()
+  adversarial[:len(head)] = x_adv
+  files.save_npy(config.store_adv_path, adversarial.astype(np.float32), 'store_adv_path')
+  files.save_npy(distances_path, per_example, '--output_dir\'s distances.npy')
+  attacked = int(clean.sum())
+  rate = 100.0 * succeeded.sum() / max(attacked, 1)
+  mean = float(np.mean(distances[succeeded])) if succeeded.any() else None
+  median = float(np.median(distances[succeeded])) if succeeded.any() else None
+  summary = {
+      'model': path, 'attack': attack, 'norm': norm, 'targeted': targeted,
+      'num_examples': len(head), 'iterations': iterations or 'default', 'seed': seed,
+      'clean accuracy %': 100.0 * float(clean.mean()),
+      'success rate %': rate, 'mean distortion': mean, 'median distortion': median,
+      'seconds': round(seconds, 2), 'adversarial set': config.store_adv_path,
+      'distances': distances_path}
+  if within is not None:
+    summary.update({'epsilon': params.epsilon,
+                    'robust accuracy %': 100.0 * float((clean & ~within).mean())})
+  files.save_text(summary_path, json.dumps(summary, indent=1), '--output_dir\'s attack.json')
+  log(f'success rate {rate:.2f}% of the {attacked} examples classified correctly; '
+      + ('distortion: none' if mean is None else
+         f'{norm} distortion: mean {mean:.4g}, median {median:.4g}') + f' ({seconds:.1f} s)')
+  if within is not None:
+    log(f'robust accuracy within ε {params.epsilon:g}: {summary["robust accuracy %"]:.2f}%')
+  log(f'Adversarial set written to {config.store_adv_path}; distances to {distances_path}')
+  return summary
 
 
 # Options of export_model.py beyond the config.

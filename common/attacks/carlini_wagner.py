@@ -12,10 +12,10 @@ copied):
   the maximum over the other classes taken as max((1 - onehot)·z - 10,000·onehot).
 * Success (`succeeded`): untargeted, the argmax of z with κ added to z_y is not y;
   targeted, the argmax of z with κ taken from z_t is t.
-* The optimiser: Adam as TF1's AdamOptimizer computes it (β1 0.9, β2 0.999, ε̂ 1e-8; the
-  bias corrections' powers kept as running float32 products, as TF1's beta1_power and
-  beta2_power variables): m += (g - m)(1 - β1), v += (g² - v)(1 - β2),
-  w -= lr·√(1 - β2^t)/(1 - β1^t)·m/(√v + ε̂); its state is reset where the authors reset it.
+* The optimiser: Adam as TF1's AdamOptimizer computes it (β1 0.9, β2 0.999, ε̂ 1e-8):
+  m += (g - m)(1 - β1), v += (g² - v)(1 - β2), w -= lr·√(1 - β2^t)/(1 - β1^t)·m/(√v + ε̂),
+  the bias correction in float64 (in float32, 1 - β2 loses five digits to cancellation,
+  which TF1's kernel does not); its state is reset where the authors reset it.
 
 Each attack returns (x_adv, success): x_adv the adversarial example found (x itself where
 none was: the authors' code returns a grey image or None there), success per example.
@@ -64,14 +64,15 @@ class Adam:
   @staticmethod
   def start(like):
     zeros = tf.zeros_like(like)
-    powers = tf.ones([tf.shape(like)[0]], tf.float32)
+    powers = tf.ones([tf.shape(like)[0]], tf.float64)
     return (zeros, zeros, powers * BETA_1, powers * BETA_2)
 
   @staticmethod
   def step(w, g, state, learning_rate):
     m, v, beta_1_power, beta_2_power = state
     shape = [-1] + [1] * (len(w.shape) - 1)
-    rate = learning_rate * tf.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power)
+    rate = tf.cast(learning_rate * tf.sqrt(1.0 - beta_2_power) / (1.0 - beta_1_power),
+                   w.dtype)
     m = m + (g - m) * (1.0 - BETA_1)
     v = v + (g * g - v) * (1.0 - BETA_2)
     w = w - (m * tf.reshape(rate, shape)) / (tf.sqrt(v) + ADAM_EPSILON)
