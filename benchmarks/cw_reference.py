@@ -177,6 +177,8 @@ def main():
              'pass here is the Small CNN\'s or Madry\'s')
   model = MNIST.build_model(config)
   path = checkpoints.latest(options.model_dir)
+  if path is None:
+    skip(f'no checkpoint in --model_dir "{options.model_dir}"')
   checkpoints.restore_model(model, path)
   layers = SMALL_CNN if network == 'small_cnn' else MADRY
   weights = {f'{layer}/{kind}': getattr(model.get_layer(layer), kind).numpy()

@@ -693,7 +693,8 @@ def test_the_reference_benchmark_skips_saying_why_without_the_reference(tmp_path
                        '--reference_python', str(no_torch)])
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith(f'skipped: {no_torch} cannot import torch')
-  # Its torch network is Madry's: no model is a skip, another network an error.
+  # Its torch networks are Madry's and the Small CNN: no model is a skip, another network an
+  # error.
   torch = tmp_path / 'torch_python'  # a Python whose `import torch` succeeds
   torch.write_text(f'#!/bin/sh\nexec {sys.executable} -c "import sys; sys.exit(0)"\n')
   torch.chmod(0o755)
@@ -701,8 +702,8 @@ def test_the_reference_benchmark_skips_saying_why_without_the_reference(tmp_path
   result = run_script(arguments + ['--model_dir', str(tmp_path / 'none')])
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith(f'skipped: no model at --model_dir "{tmp_path / "none"}"')
-  (tmp_path / 'small').mkdir()
-  (tmp_path / 'small' / 'config.json').write_text('{"model": "small_cnn"}')
-  result = run_script(arguments + ['--model_dir', str(tmp_path / 'small')])
+  (tmp_path / 'tramer').mkdir()
+  (tmp_path / 'tramer' / 'config.json').write_text('{"model": "tramer_b"}')
+  result = run_script(arguments + ['--model_dir', str(tmp_path / 'tramer')])
   assert result.returncode == 1
-  assert 'holds the small_cnn network, and the PyTorch reference is Madry' in result.stderr
+  assert 'holds the tramer_b network; the PyTorch ports are madry, small_cnn' in result.stderr

@@ -3,6 +3,8 @@ form: on a linear model the minimal ℓ2 perturbation to the other class is |mar
 the minimal ℓ∞ one |margin| / ‖g‖₁; on a model where given pixels decide, ℓ0 changes exactly
 those; the optimiser is TF1's Adam step for step; failures return the clean image. Agreement
 with the authors' TF1 code on a real model: benchmarks/cw_reference.py."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +13,7 @@ from common.attacks import carlini_wagner as cw
 from common.attacks import cw_l0, cw_l2, cw_linf
 from common.attacks import cw_linf as linf_defaults
 from common.attacks.threat import ThreatModel
+from conftest import REPO, run_script
 
 RNG = np.random.default_rng(11)
 BOX = ThreatModel('l2', 0.0)  # [0, 1] pixels; C&W minimises the distance, ε plays no part
@@ -189,3 +192,13 @@ def test_cw_l0_fixes_the_least_changed_pixels_first_up_to_its_bound():
   # Changed pixels 4: 0.3·2 = 0.6, so the first fixed pixel already reaches the bound.
   fixed = cw_l0.pixels_to_fix(value, allowed, tf.constant([4])).numpy()
   assert np.flatnonzero(fixed[0]).tolist() == [1]
+
+
+def test_the_reference_benchmark_skips_saying_why_without_the_authors_code(tmp_path):
+  script = os.path.join(REPO, 'benchmarks', 'cw_reference.py')
+  result = run_script([script, '--reference', str(tmp_path / 'absent'), '--attacks', 'l2'])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith('skipped: no copy of the authors\' code at --reference')
+  assert 'l2_attack.py' in result.stdout
+  result = run_script([script, '--reference', str(tmp_path), '--attacks', 'l3'])
+  assert result.returncode == 1 and 'unknown attack(s) l3' in result.stderr

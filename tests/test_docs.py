@@ -106,6 +106,8 @@ def test_every_quick_start_command_runs(tmp_path):
                         '--pred_path', str(tmp_path / 'pred.npy')],
       'autoattack.py': ['--num_examples', '10', '--iterations', '1', '--store_adv_path',
                         str(tmp_path / 'aa.npy'), '--output_dir', str(tmp_path / 'aa')],
+      'attack.py': ['--num_examples', '4', '--iterations', '10', '--store_adv_path',
+                    str(tmp_path / 'cw.npy'), '--output_dir', str(tmp_path / 'cw')],
       'export_model.py': ['--output', exported],
   }
   for argv in _quick_start():
@@ -118,5 +120,6 @@ def test_every_quick_start_command_runs(tmp_path):
   assert np.load(tmp_path / 'attack.npy').shape == (10000, 784)
   assert np.load(tmp_path / 'pred.npy').shape == (10000,)
   assert np.load(tmp_path / 'aa.npy').shape == (10000, 784)
+  assert np.load(tmp_path / 'cw' / 'distances.npy').shape == (4,)
   assert os.path.exists(os.path.join(model_dir, 'checkpoint-1.index')) and os.path.isfile(exported)
   assert not os.path.exists(os.path.join(REPO, 'my_model'))  # nothing written in the checkout

@@ -17,6 +17,11 @@ copied):
   the bias correction in float64 (in float32, 1 - β2 loses five digits to cancellation,
   which TF1's kernel does not); its state is reset where the authors reset it.
 
+Their pixel range is 1 wide: every distance term here is in units of the pixel range
+(divided by its width, and squared distances by its square), and so are their thresholds, so
+that an attack on the challenge's [0, 255] pixels computes what theirs does on the same
+images in [-0.5, 0.5] (on [0, 1] the division is by 1: nothing changes).
+
 Each attack returns (x_adv, success): x_adv the adversarial example found (x itself where
 none was: the authors' code returns a grey image or None there), success per example.
 """

@@ -77,6 +77,7 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
   goal = tf.cast(targets if targeted else labels, tf.int64)
   goal_onehot = tf.one_hot(goal, model_fn(x).shape[-1], dtype=tf.float32)
   lo, hi = threat.clip_min, threat.clip_max
+  span = hi - lo  # distances in units of the pixel range, as theirs (see carlini_wagner)
   height, width, channels = image_shape
   batch = tf.shape(x)[0]
   images = tf.reshape(x, [batch, height, width, channels])
@@ -92,13 +93,13 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
       keep = per_pixel(allowed)
       image = cw.from_tanh_space(w + start, lo, hi) * keep + (1.0 - keep) * images
       f = cw.margin_loss(model_fn(as_input(image)), goal_onehot, targeted, CONFIDENCE)
-      loss = const * f + tf.reduce_sum(tf.square(image - original), axis=[1, 2, 3])
+      loss = const * f + tf.reduce_sum(tf.square((image - original) / span), axis=[1, 2, 3])
       total = tf.reduce_sum(tf.where(running, loss, 0.0))
     grad = tape.gradient(total, w)
     works = running & (f < WORKS)
     # A success: fix the pixels that changed least (by the rank value), and solve again from
     # this solution with what is left.
-    change = image - images
+    change = (image - images) / span
     changed = tf.reduce_sum(tf.cast(as_pixels(tf.reduce_any(tf.abs(change) >= UNCHANGED,
                                                             axis=-1)), tf.int32), axis=1)
     value = as_pixels(tf.abs(tf.reduce_sum(change, axis=-1))

@@ -50,6 +50,7 @@ def cw_l2(model_fn, x, labels, threat: ThreatModel, targets=None, confidence=CON
   w0 = cw.to_tanh_space(x, lo, hi)
   original = cw.from_tanh_space(w0, lo, hi)
   axes = list(range(1, len(x.shape)))
+  width = hi - lo  # distances in units of the pixel range, as theirs (see carlini_wagner)
   batch = tf.shape(x)[0]
   check_every = max(max_iterations // 10, 1)
 
@@ -62,7 +63,7 @@ def cw_l2(model_fn, x, labels, threat: ThreatModel, targets=None, confidence=CON
         tape.watch(w)
         image = cw.from_tanh_space(w + w0, lo, hi)
         logits = model_fn(image)
-        distance = tf.reduce_sum(tf.square(image - original), axis=axes)
+        distance = tf.reduce_sum(tf.square((image - original) / width), axis=axes)
         loss = tf.reduce_sum(const32 * cw.margin_loss(logits, goal_onehot, targeted,
                                                       confidence)) + tf.reduce_sum(distance)
       w_next, adam = cw.Adam.step(w, tape.gradient(loss, w), adam, learning_rate)

@@ -55,7 +55,7 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
     image = cw.from_tanh_space(w + start, lo, hi)
     logits = model_fn(image)
     excess = tf.reduce_sum(tf.maximum(0.0, tf.abs(image - original) - per_example(tau)),
-                           axis=axes)
+                           axis=axes) / width  # in units of the pixel range, as theirs
     return const * cw.margin_loss(logits, goal_onehot, targeted, 0.0) + excess
 
   def tick(w, adam, start, tau, const, step, solution, found, running):
