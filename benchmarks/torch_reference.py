@@ -1,7 +1,8 @@
 """What the benchmarks that run a PyTorch reference implementation beside ours share: the
 checks that one can run (else they say why and exit 0), and MNIST networks in PyTorch carrying
-our Keras model's weights: Madry et al.'s CNN, and TRADES's Small CNN (the shipped model's). torch is imported only when a network is built,
-under the reference's Python; the project never depends on it."""
+our Keras model's weights: Madry et al.'s CNN, and TRADES's Small CNN (the shipped model's).
+torch is imported only when a network is built, under the reference's Python; the project
+never depends on it."""
 import json
 import os
 import subprocess

@@ -85,11 +85,12 @@ class AutoAttack:
   """The chain of attacks on a model.
 
   model_fn: x -> logits (inference mode). The threat model: `norm` ('linf' or 'l2'), ε and
-  the pixel range. attacks: names from STANDARD (the standard version: all, in that order). The attacks run on the examples still robust, in batches of
-  `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
-  `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
-  of their number). Logits that are not finite, on a clean or an adversarial example, raise
-  NonFiniteLogits naming the model (`model_name`): NaN would be judged a misclassification.
+  the pixel range. attacks: names from STANDARD (the standard version: all, in that order).
+  The attacks run on the examples still robust, in batches of `batch_size` (the last padded
+  to `padded_size`; one compiled function per attack), under `strategy` (a batch's rows
+  split over its replicas; batch_size is rounded up to a multiple of their number). Logits
+  that are not finite, on a clean or an adversarial example, raise NonFiniteLogits naming
+  the model (`model_name`): NaN would be judged a misclassification.
   """
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
@@ -288,8 +289,9 @@ def evaluate(model, x, y, epsilon: float, clip=(0.0, 1.0), attacks: Sequence[str
              log=print, norm: str = 'linf') -> Report:
   """AutoAttack on any Keras model or callable x -> logits (in inference mode), as the
   reference's `run_standard_evaluation`: x a batch of inputs as the model takes them, pixels
-  in `clip`; y integer labels; `norm` 'linf' or 'l2' (ε its radius). `image_shape` (H, W, C) for Square, if x is not NHWC, NHW or
-  flat square images. Prints each attack's robust accuracy; returns the Report."""
+  in `clip`; y integer labels; `norm` 'linf' or 'l2' (ε its radius). `image_shape` (H, W, C)
+  for Square, if x is not NHWC, NHW or flat square images. Prints each attack's robust
+  accuracy; returns the Report."""
   x = np.asarray(x, np.float32)
   attacker = AutoAttack(pgd.inference_fn(model), epsilon, clip[0], clip[1],
                         image_shape or image_shape_of(x), attacks, batch_size, seed,

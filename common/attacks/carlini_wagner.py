@@ -5,8 +5,11 @@ copied):
 
 * The change of variables: an image of the pixel box [lo, hi] is tanh(w)·(hi - lo)/2 +
   (hi + lo)/2, so that any w gives a valid image; the clean image's w is
-  artanh((x - (hi + lo)/2) / ((hi - lo)/2) · 0.999999) (the factor keeps it finite). Their
-  code fixes the box at [-0.5, 0.5]; ours takes the challenge's pixel range.
+  artanh((x - (hi + lo)/2) / ((hi - lo)/2) · s), the factor s keeping it finite: 0.999999 in
+  their ℓ2 attack, 0.9999995 in their ℓ∞ and ℓ0 attacks (which multiply their [-0.5, 0.5]
+  pixels by 1.999999), so a pixel at the box's edge starts at w = ±7.25 or ±7.6, where
+  tanh's slope differs by half. Their code fixes the box at [-0.5, 0.5]; ours takes the
+  challenge's pixel range.
 * The objective's misclassification term on the logits z (not probabilities):
   untargeted max(0, z_y - max_{i≠y} z_i + κ), targeted max(0, max_{i≠t} z_i - z_t + κ),
   the maximum over the other classes taken as max((1 - onehot)·z - 10,000·onehot).
@@ -28,14 +31,17 @@ none was: the authors' code returns a grey image or None there), success per exa
 import tensorflow as tf
 
 BETA_1, BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-8
-TANH_SHRINK = 0.999999  # the authors' factor inside artanh
+L2_SHRINK = 0.999999  # the authors' factor inside artanh: ℓ2
+LINF_L0_SHRINK = 1.999999 / 2  # ℓ∞ and ℓ0: their artanh(x · 1.999999) on [-0.5, 0.5]
 OTHER_CLASS_MASK = 10000.0  # the authors' mask of the true (or target) class in the maximum
 
 
-def to_tanh_space(x, clip_min, clip_max):
-  """The clean images' w: artanh((x - centre) / half-width · 0.999999)."""
+def to_tanh_space(x, clip_min, clip_max, shrink=L2_SHRINK):
+  """The images' w: artanh((x - centre) / half-width · shrink), computed in float64 as the
+  authors' numpy does (near the box's edge float32 would move w by a few hundredths)."""
   half, centre = (clip_max - clip_min) / 2.0, (clip_max + clip_min) / 2.0
-  return tf.atanh((x - centre) / half * TANH_SHRINK)
+  scaled = (tf.cast(x, tf.float64) - centre) / half * shrink
+  return tf.cast(tf.atanh(scaled), x.dtype)
 
 
 def from_tanh_space(w, clip_min, clip_max):

@@ -81,7 +81,8 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
   height, width, channels = image_shape
   batch = tf.shape(x)[0]
   images = tf.reshape(x, [batch, height, width, channels])
-  original = cw.from_tanh_space(cw.to_tanh_space(images, lo, hi), lo, hi)
+  to_w = lambda z: cw.to_tanh_space(z, lo, hi, cw.LINF_L0_SHRINK)
+  original = cw.from_tanh_space(to_w(images), lo, hi)
   as_input = lambda z: tf.reshape(z, tf.shape(x))
   per_example = lambda mask: tf.reshape(mask, [-1, 1, 1, 1])
   as_pixels = lambda t: tf.reshape(t, [batch, height * width])
@@ -109,7 +110,7 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
     solution = tf.where(per_example(works), image, solution)
     found = found | works
     w_next, adam = cw.Adam.step(w, grad, adam, learning_rate)
-    start = tf.where(per_example(works), cw.to_tanh_space(image, lo, hi), start)
+    start = tf.where(per_example(works), to_w(image), start)
     w = tf.where(per_example(works), tf.zeros_like(w), w_next)
     adam = cw.Adam.reset(adam, works)
     # Otherwise one more iteration at this c, or the next c after max_iterations.
@@ -123,7 +124,7 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
             running & ~failed & ~exhausted)
 
   w = tf.zeros_like(images)
-  state = (w, cw.Adam.start(w), cw.to_tanh_space(images, lo, hi),
+  state = (w, cw.Adam.start(w), to_w(images),
            tf.ones([batch, height * width], tf.bool),
            tf.fill([batch], tf.constant(initial_const, tf.float32)), tf.zeros([batch], tf.int32),
            images, tf.zeros([batch], tf.bool), tf.ones([batch], tf.bool))

@@ -46,7 +46,8 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
   goal_onehot = tf.one_hot(goal, model_fn(x).shape[-1], dtype=tf.float32)
   lo, hi = threat.clip_min, threat.clip_max
   width = hi - lo
-  original = cw.from_tanh_space(cw.to_tanh_space(x, lo, hi), lo, hi)
+  to_w = lambda images: cw.to_tanh_space(images, lo, hi, cw.LINF_L0_SHRINK)
+  original = cw.from_tanh_space(to_w(x), lo, hi)
   axes = list(range(1, len(x.shape)))
   per_example = lambda mask: tf.reshape(mask, [-1] + [1] * len(axes))
   batch = tf.shape(x)[0]
@@ -77,7 +78,7 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
     solution = tf.where(per_example(works), image, solution)
     found = found | works
     tau = tf.where(works, tf.minimum(tau, distance) * decrease_factor, tau)
-    start = tf.where(per_example(works), cw.to_tanh_space(solution, lo, hi), start)
+    start = tf.where(per_example(works), to_w(solution), start)
     w = tf.where(per_example(works), tf.zeros_like(w), w)
     adam = cw.Adam.reset(adam, works)
     # Otherwise one more iteration at this c, or the next c after max_iterations.
@@ -90,7 +91,7 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
     return w, adam, start, tau, const, step, solution, found, running
 
   w = tf.zeros_like(x)
-  state = (w, cw.Adam.start(w), cw.to_tanh_space(x, lo, hi),
+  state = (w, cw.Adam.start(w), to_w(x),
            tf.fill([batch], tf.constant(width, tf.float32)),
            tf.fill([batch], tf.constant(initial_const, tf.float32)), tf.zeros([batch], tf.int32),
            x, tf.zeros([batch], tf.bool), tf.ones([batch], tf.bool))
