@@ -442,6 +442,21 @@ AUTOATTACK_OPTIONS = {
 }
 
 
+def _model_to_attack(challenge, config, model_path, unsafe_model, log):
+  """(model, strategy, jit, the model's path, its step or None) for the attack commands: the
+  file at model_path, or model_dir's newest checkpoint restored; float32, on one device."""
+  if not model_path:
+    checkpoints.require_latest(config.model_dir)
+  strategy = distribute.local_strategy()
+  model, _ = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log)
+  jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
+  if model_path:
+    return model, strategy, jit, model_path, None
+  path, step = checkpoints.restore_newest_model(model, config.model_dir,
+                                                challenge.tf1_variables, log)
+  return model, strategy, jit, path, step
+
+
 def run_autoattack(challenge, config, version='standard', attacks='', num_examples=0,
                    batch_size=0, seed=0, iterations=autoattack.STANDARD_ITERATIONS,
                    output_dir='', model_path='', unsafe_model=False, log=print):
@@ -461,16 +476,8 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
       ('store_adv_path', config.store_adv_path, False), ('--output_dir', output_dir, True),
       ('--output_dir\'s autoattack.json', os.path.join(output_dir, 'autoattack.json'), False)],
       [model_path or config.model_dir])
-  if not model_path:
-    checkpoints.require_latest(config.model_dir)
-  strategy = distribute.local_strategy()
-  model, _ = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log)
-  jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
-  if model_path:
-    path, step = model_path, None
-  else:
-    path, step = checkpoints.restore_newest_model(model, config.model_dir,
-                                                  challenge.tf1_variables, log)
+  model, strategy, jit, path, step = _model_to_attack(challenge, config, model_path,
+                                                      unsafe_model, log)
   test = challenge.load_data(config).test
   num_examples = min(num_examples or config.num_eval_examples, len(test))
   params = challenge.attack_params(config)
@@ -590,16 +597,8 @@ def run_named_attack(challenge, config, attack='', targeted=False, num_examples=
       ('store_adv_path', config.store_adv_path, False), ('--output_dir', output_dir, True),
       ('--output_dir\'s attack.json', summary_path, False),
       ('--output_dir\'s distances.npy', distances_path, False)], [model_path or config.model_dir])
-  if not model_path:
-    checkpoints.require_latest(config.model_dir)
-  strategy = distribute.local_strategy()
-  model, _ = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log)
-  jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
-  if model_path:
-    path = model_path
-  else:
-    path, _ = checkpoints.restore_newest_model(model, config.model_dir,
-                                               challenge.tf1_variables, log)
+  model, strategy, jit, path, _ = _model_to_attack(challenge, config, model_path, unsafe_model,
+                                                   log)
   test = challenge.load_data(config).test
   head = test.head(min(num_examples or config.num_eval_examples, len(test)))
   params = challenge.attack_params(config)

@@ -67,6 +67,18 @@ def succeeded(logits, goal, goal_onehot, targeted, confidence):
   return tf.not_equal(tf.argmax(logits + confidence * goal_onehot, axis=1), goal)
 
 
+def next_iteration(works, step, const, max_iterations, const_factor, largest_const):
+  """The ℓ∞ and ℓ0 attacks' schedule of c, per example, after an iteration: a success starts
+  a new solve (step 0); otherwise the step count goes on, and after max_iterations c grows by
+  const_factor (the solve goes on); the solve fails once c reaches largest_const. Returns
+  (step, const, failed)."""
+  step = tf.where(works, 0, step + 1)
+  next_const = step >= max_iterations
+  const = tf.where(next_const, const * const_factor, const)
+  step = tf.where(next_const, 0, step)
+  return step, const, ~works & (const >= largest_const)
+
+
 class Adam:
   """TF1's Adam on one tensor, with its state as values (for loops): `start(like)` gives the
   state, `step(w, g, state, lr)` the new w and state. The state's powers may be reset per

@@ -114,11 +114,8 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
     w = tf.where(per_example(works), tf.zeros_like(w), w_next)
     adam = cw.Adam.reset(adam, works)
     # Otherwise one more iteration at this c, or the next c after max_iterations.
-    step = tf.where(works, 0, step + 1)
-    next_const = step >= max_iterations
-    const = tf.where(next_const, const * const_factor, const)
-    step = tf.where(next_const, 0, step)
-    failed = ~works & (const >= largest_const)
+    step, const, failed = cw.next_iteration(works, step, const, max_iterations, const_factor,
+                                            largest_const)
     exhausted = works & ~tf.reduce_any(allowed, axis=1)
     return (w, adam, start, allowed, const, step, solution, found,
             running & ~failed & ~exhausted)

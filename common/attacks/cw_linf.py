@@ -82,11 +82,8 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
     w = tf.where(per_example(works), tf.zeros_like(w), w)
     adam = cw.Adam.reset(adam, works)
     # Otherwise one more iteration at this c, or the next c after max_iterations.
-    step = tf.where(works, 0, step + 1)
-    next_const = step >= max_iterations
-    const = tf.where(next_const, const * const_factor, const)
-    step = tf.where(next_const, 0, step)
-    failed = ~works & (const >= largest_const)
+    step, const, failed = cw.next_iteration(works, step, const, max_iterations, const_factor,
+                                            largest_const)
     running = running & ~failed & ~(works & (tau <= SMALLEST_TAU * width))
     return w, adam, start, tau, const, step, solution, found, running
 
