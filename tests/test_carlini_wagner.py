@@ -13,6 +13,7 @@ from common.attacks import carlini_wagner as cw
 from common.attacks import cw_l0, cw_l2, cw_linf
 from common.attacks import cw_linf as linf_defaults
 from common.attacks.threat import ThreatModel
+from common.errors import ChallengeError
 from conftest import REPO, run_script
 
 RNG = np.random.default_rng(11)
@@ -202,3 +203,16 @@ def test_the_reference_benchmark_skips_saying_why_without_the_authors_code(tmp_p
   assert 'l2_attack.py' in result.stdout
   result = run_script([script, '--reference', str(tmp_path), '--attacks', 'l3'])
   assert result.returncode == 1 and 'unknown attack(s) l3' in result.stderr
+
+
+@pytest.mark.parametrize('attack', ['l2', 'linf', 'l0'])
+def test_a_model_without_input_gradient_is_refused_in_one_line(attack):
+  model_fn, x, y, _, _ = linear_problem(n=2, size=16)
+  frozen = lambda v: tf.stop_gradient(model_fn(v))
+  budget = dict(max_iterations=20)  # short, should the refusal fail to come
+  run = {'l2': lambda: cw_l2.cw_l2(frozen, tf.constant(x), y, BOX, **budget),
+         'linf': lambda: cw_linf.cw_linf(frozen, tf.constant(x), y, BOX, **budget),
+         'l0': lambda: cw_l0.cw_l0(frozen, tf.constant(x), y, BOX, (4, 4, 1), **budget)}[attack]
+  with pytest.raises(ChallengeError, match=r'needs the gradient of the model\'s logits .* '
+                                           'attack it with square'):
+    tf.function(run)()

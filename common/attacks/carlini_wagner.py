@@ -30,10 +30,26 @@ none was: the authors' code returns a grey image or None there), success per exa
 """
 import tensorflow as tf
 
+from common.errors import ChallengeError
+
 BETA_1, BETA_2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 L2_SHRINK = 0.999999  # the authors' factor inside artanh: ℓ2
 LINF_L0_SHRINK = 1.999999 / 2  # ℓ∞ and ℓ0: their artanh(x · 1.999999) on [-0.5, 0.5]
 OTHER_CLASS_MASK = 10000.0  # the authors' mask of the true (or target) class in the maximum
+
+
+def number_of_classes(model_fn, x, attack):
+  """The model's number of classes, from one pass on x; raises ChallengeError where its
+  logits have no gradient with respect to the input (a stop_gradient, a non-differentiable
+  op): the C&W attacks would then only shrink the distance and report failure."""
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch(x)
+    logits = model_fn(x)
+  if tape.gradient(logits, x) is None:
+    raise ChallengeError(f'{attack} needs the gradient of the model\'s logits with respect to '
+                         'its input, and this model has none: attack it with square '
+                         '(score-based), or make its forward pass differentiable')
+  return logits.shape[-1]
 
 
 def to_tanh_space(x, clip_min, clip_max, shrink=L2_SHRINK):

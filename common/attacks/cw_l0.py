@@ -75,7 +75,8 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
   x = tf.convert_to_tensor(x, tf.float32)
   targeted = targets is not None
   goal = tf.cast(targets if targeted else labels, tf.int64)
-  goal_onehot = tf.one_hot(goal, model_fn(x).shape[-1], dtype=tf.float32)
+  goal_onehot = tf.one_hot(goal, cw.number_of_classes(model_fn, x, 'C&W-ℓ0'),
+                           dtype=tf.float32)
   lo, hi = threat.clip_min, threat.clip_max
   span = hi - lo  # distances in units of the pixel range, as theirs (see carlini_wagner)
   height, width, channels = image_shape

@@ -44,7 +44,7 @@ def cw_l2(model_fn, x, labels, threat: ThreatModel, targets=None, confidence=CON
   x = tf.convert_to_tensor(x, tf.float32)
   targeted = targets is not None
   goal = tf.cast(targets if targeted else labels, tf.int64)
-  num_classes = model_fn(x).shape[-1]
+  num_classes = cw.number_of_classes(model_fn, x, 'C&W-ℓ2')
   goal_onehot = tf.one_hot(goal, num_classes, dtype=tf.float32)
   lo, hi = threat.clip_min, threat.clip_max
   w0 = cw.to_tanh_space(x, lo, hi)

@@ -43,7 +43,8 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
   x = tf.convert_to_tensor(x, tf.float32)
   targeted = targets is not None
   goal = tf.cast(targets if targeted else labels, tf.int64)
-  goal_onehot = tf.one_hot(goal, model_fn(x).shape[-1], dtype=tf.float32)
+  goal_onehot = tf.one_hot(goal, cw.number_of_classes(model_fn, x, 'C&W-ℓ∞'),
+                           dtype=tf.float32)
   lo, hi = threat.clip_min, threat.clip_max
   width = hi - lo
   to_w = lambda images: cw.to_tanh_space(images, lo, hi, cw.LINF_L0_SHRINK)
