@@ -52,6 +52,15 @@ def number_of_classes(model_fn, x, attack):
   return logits.shape[-1]
 
 
+def goal_of(model_fn, x, labels, targets, attack):
+  """(targeted, the class per example to reach or leave, its one-hot): towards `targets`
+  when given, else away from `labels`; the model checked as `number_of_classes` checks it."""
+  targeted = targets is not None
+  goal = tf.cast(targets if targeted else labels, tf.int64)
+  return targeted, goal, tf.one_hot(goal, number_of_classes(model_fn, x, attack),
+                                    dtype=tf.float32)
+
+
 def to_tanh_space(x, clip_min, clip_max, shrink=L2_SHRINK):
   """The images' w: artanh((x - centre) / half-width · shrink), computed in float64 as the
   authors' numpy does (near the box's edge float32 would move w by a few hundredths)."""

@@ -73,10 +73,7 @@ def cw_l0(model_fn, x, labels, threat: ThreatModel, image_shape, targets=None,
   solution (the fewest pixels changed found; x where none), within the threat model's pixel
   range; its ε plays no part."""
   x = tf.convert_to_tensor(x, tf.float32)
-  targeted = targets is not None
-  goal = tf.cast(targets if targeted else labels, tf.int64)
-  goal_onehot = tf.one_hot(goal, cw.number_of_classes(model_fn, x, 'C&W-ℓ0'),
-                           dtype=tf.float32)
+  targeted, goal, goal_onehot = cw.goal_of(model_fn, x, labels, targets, 'C&W-ℓ0')
   lo, hi = threat.clip_min, threat.clip_max
   span = hi - lo  # distances in units of the pixel range, as theirs (see carlini_wagner)
   height, width, channels = image_shape

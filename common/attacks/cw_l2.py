@@ -42,10 +42,7 @@ def cw_l2(model_fn, x, labels, threat: ThreatModel, targets=None, confidence=CON
   (x where none), within the threat model's pixel range; its ε plays no part (C&W
   minimises the distance; judge success within ε afterwards)."""
   x = tf.convert_to_tensor(x, tf.float32)
-  targeted = targets is not None
-  goal = tf.cast(targets if targeted else labels, tf.int64)
-  num_classes = cw.number_of_classes(model_fn, x, 'C&W-ℓ2')
-  goal_onehot = tf.one_hot(goal, num_classes, dtype=tf.float32)
+  targeted, goal, goal_onehot = cw.goal_of(model_fn, x, labels, targets, 'C&W-ℓ2')
   lo, hi = threat.clip_min, threat.clip_max
   w0 = cw.to_tanh_space(x, lo, hi)
   original = cw.from_tanh_space(w0, lo, hi)

@@ -41,10 +41,7 @@ def cw_linf(model_fn, x, labels, threat: ThreatModel, targets=None,
   """(x_adv, success) for a batch: per example the last solution (the smallest ℓ∞ distortion
   found; x where none), within the threat model's pixel range; its ε plays no part."""
   x = tf.convert_to_tensor(x, tf.float32)
-  targeted = targets is not None
-  goal = tf.cast(targets if targeted else labels, tf.int64)
-  goal_onehot = tf.one_hot(goal, cw.number_of_classes(model_fn, x, 'C&W-ℓ∞'),
-                           dtype=tf.float32)
+  targeted, goal, goal_onehot = cw.goal_of(model_fn, x, labels, targets, 'C&W-ℓ∞')
   lo, hi = threat.clip_min, threat.clip_max
   width = hi - lo
   to_w = lambda images: cw.to_tanh_space(images, lo, hi, cw.LINF_L0_SHRINK)

@@ -103,17 +103,22 @@ def l2_pattern(side: int) -> np.ndarray:
   return (pattern / np.sqrt(np.sum(pattern ** 2))).astype(np.float32)
 
 
+def _as_images(x, labels, image_shape):
+  """(x, labels as int64, the batch size (static where known: the loops' shapes must not
+  change), x as images [batch, H, W, C])."""
+  x = tf.convert_to_tensor(x)
+  batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+  return x, tf.cast(labels, tf.int64), batch, tf.reshape(x, [batch] + list(image_shape))
+
+
 def square(model_fn, x, labels, threat: ThreatModel, image_shape, num_queries, seed):
   """Square attack in the threat model's norm: (x_adv, fooled). `image_shape` (H, W, C) of
   x's rows. Iterations whose square side is the same share one compiled loop."""
   if threat.norm == 'l2':
     return _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed)
   epsilon, clip_min, clip_max = threat.epsilon, threat.clip_min, threat.clip_max
-  x = tf.convert_to_tensor(x)
-  labels = tf.cast(labels, tf.int64)
+  x, labels, batch, images = _as_images(x, labels, image_shape)
   height, width, channels = image_shape
-  batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]  # static where known
-  images = tf.reshape(x, [batch, height, width, channels])
   fold = tf.random.experimental.stateless_fold_in
 
   def as_input(z):
@@ -198,11 +203,8 @@ def _square_l2(model_fn, x, labels, threat, image_shape, num_queries, seed):
   """The ℓ2 Square attack (see the module's docstring). The examples still robust are
   gathered anew every COMPACT_EVERY iterations, so that the model sees only those, as the
   reference queries only the examples it has not fooled."""
-  x = tf.convert_to_tensor(x)
-  labels = tf.cast(labels, tf.int64)
+  x, labels, batch, images = _as_images(x, labels, image_shape)
   height, width, channels = image_shape
-  batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]  # static where known
-  images = tf.reshape(x, [batch, height, width, channels])
   fold = tf.random.experimental.stateless_fold_in
   epsilon = threat.epsilon
   as_input = lambda z: tf.reshape(z, [-1] + x.shape[1:].as_list())
