@@ -104,8 +104,9 @@ MUTATIONS = (
              [('for iteration in range(num_queries):', 'for iteration in range(1, num_queries):')]),
     Mutation('fab_projection_one_sided', "FAB's projection takes no step from past the "
              'hyperplane', 'common/attacks/fab.py',
-             [('tf.where(gap >= 0, 1.0, -1.0)[:, None] * w', 'w'),
-              ('gap = tf.abs(gap)', 'gap = tf.maximum(gap, 0.0)')]),
+             [('smaller.\n  direction = tf.where(gap >= 0, 1.0, -1.0)[:, None] * w\n  gap = tf.abs(gap)',
+               'smaller.\n  direction = w\n  gap = tf.maximum(gap, 0.0)')],
+             ['tests/test_autoattack.py']),
     Mutation('fab_zero_gradient_moves', "FAB's projection moves coordinates whose w is 0",
              'common/attacks/fab.py',
              [('tf.where(direction > 0, tf.minimum(r, high)',
@@ -131,18 +132,23 @@ MUTATIONS = (
              [('tf.reduce_all(tf.equal(new, p1))', 'tf.reduce_all(tf.equal(new, new))')]),
     Mutation('square_runs_on_when_all_fooled', 'Square keeps querying once every example is '
              'fooled', 'common/attacks/square.py',
-             [('(i < first + count) & tf.reduce_any(margins > 0)', 'i < first + count')]),
-    Mutation('autoattack_pads_to_the_whole_batch', "AutoAttack pads a partial batch to the "
-             'whole batch size', 'common/attacks/autoattack.py',
+             [('(i < first + count) & tf.reduce_any(margins > 0), body,',
+               'i < first + count, body,')],
+             ['tests/test_autoattack.py']),
+    Mutation('autoattack_pads_to_the_whole_batch', "the runner pads a partial batch to the "
+             'whole batch size', 'common/attacks/runner.py',
              [('return min(-(-count // granule) * granule, self.batch_size)',
-               'return self.batch_size')]),
+               'return self.batch_size')],
+             ['tests/test_autoattack.py', 'tests/test_runner.py']),
     Mutation('fab_batch_of_one_breaks_its_loop', "FAB's batch size dynamic even where known (a "
              'batch of one changes shape in its loop)', 'common/attacks/fab.py',
              [('batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]',
                'batch = tf.shape(x)[0]')]),
     Mutation('apgd_t_targets_the_label', "APGD-T's and FAB-T's targets one rank too high (the "
              'clean prediction)', 'common/attacks/autoattack.py',
-             [('rank = run[1] or 1', 'rank = (run[1] or 2) - 1')]),
+             [('targets = apgd.ranked_targets(clean_logits, rank)',
+               'targets = apgd.ranked_targets(clean_logits, max(rank - 1, 1))')],
+             ['tests/test_autoattack.py']),
     Mutation('trades_kl_reversed', "TRADES's KL the other way round, KL(f(x') || f(x))",
              'common/trades.py',
              [('+ beta * kl(natural_logits, adversarial_logits)',
@@ -287,8 +293,42 @@ MUTATIONS = (
     Mutation('autoattack_logits_per_count', 'AutoAttack judges each batch at its own count '
              '(the model traced anew for every count)',
              'common/attacks/autoattack.py',
-             [('wrong = np.argmax(logits, 1) != labels[index]',
-               'wrong = np.argmax(self._logits(x_adv), 1) != labels[index]')]),
+             [('wrong = np.argmax(logits, 1) != labels[todo]',
+               'wrong = np.argmax(self._logits(x_adv), 1) != labels[todo]')],
+             ['tests/test_autoattack.py']),
+    # The one runner and the attack interface (tests/test_runner.py).
+    Mutation('runner_rows_to_the_wrong_replica', "the runner gives every replica the batch's "
+             'first rows', 'common/attacks/runner.py',
+             [('lambda context: tuple(t[context.replica_id_in_sync_group * rows:\n'
+               '                                (context.replica_id_in_sync_group + 1) * rows]',
+               'lambda context: tuple(t[0:\n                                rows]')],
+             ['tests/test_runner.py']),
+    Mutation('runner_keeps_the_padding', "the runner returns the padding rows' outputs",
+             'common/attacks/runner.py',
+             [('outputs.append([np.asarray(o)[:count] for o in out])',
+               'outputs.append([np.asarray(o) for o in out])')],
+             ['tests/test_runner.py']),
+    Mutation('runner_draws_by_batch_position', "the runner numbers the examples by their "
+             'place in the batch, not in the set', 'common/attacks/runner.py',
+             [('examples = (np.arange(len(labels), dtype=np.int64) if examples is None\n'
+               '                else np.asarray(examples, np.int64))',
+               'examples = np.arange(len(labels), dtype=np.int64) % self.batch_size')],
+             ['tests/test_runner.py']),
+    Mutation('cw_ignores_to_targets', 'a C&W attack made with to_targets runs untargeted',
+             'common/attacks/registry.py',
+             [('return self.solve(model_fn, x, labels, targets if self.to_targets else None, '
+               'budget)', 'return self.solve(model_fn, x, labels, None, budget)')],
+             ['tests/test_runner.py']),
+    Mutation('named_row_judges_outside_the_ball', "a named row counts a misclassified "
+             'example outside the ε-ball as broken', 'common/evaluation.py',
+             [('return float(np.mean(clean & ~(fooled & inside)))',
+               'return float(np.mean(clean & ~fooled))')],
+             ['tests/test_runner.py', 'tests/test_paper_suite.py']),
+    Mutation('named_row_ignores_its_iterations', "a named row runs its attack's default "
+             'budget, not NAME:ITERATIONS', 'common/paper_table.py',
+             [('config.eval_batch_size, challenge.seed(config) + index, row.steps or 0,',
+               'config.eval_batch_size, challenge.seed(config) + index, 0,')],
+             ['tests/test_paper_suite.py']),
     # Bad input (tests/test_bad_input.py, docs/robustness.md).
     Mutation('open_input_blocks', 'a file a command reads is opened blocking (a FIFO hangs it)',
              'common/files.py',
@@ -343,7 +383,10 @@ MUTATIONS = (
              [("        history.append({'steps': [first, start], 'settings': changed})\n", '')],
              ['tests/test_bad_input.py']),
     Mutation('nan_logits_scored', 'NaN logits scored as predictions', 'common/evaluation.py',
-             [('    if totals[4]:', '    if False:'), ('    if not_finite:', '    if False:')],
+             [('    if not_finite.any():\n      raise NonFiniteLogits(self.name, int(not_finite.sum()), 2',
+               '    if False:\n      raise NonFiniteLogits(self.name, int(not_finite.sum()), 2'),
+              ('    if not_finite.any():\n      raise NonFiniteLogits(self.name, int(not_finite.sum()), len',
+               '    if False:\n      raise NonFiniteLogits(self.name, int(not_finite.sum()), len')],
              ['tests/test_bad_input.py']),
     Mutation('overwrite_deletes_any_directory', 'export --overwrite replaces whatever --output is',
              'common/model_files.py',

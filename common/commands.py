@@ -18,11 +18,11 @@ import tensorflow as tf
 
 from common import (checkpoints, distribute, files, landscape, model_files, paper_table,
                     precision, runtime, submission, tf1_checkpoints, training)
-from common.attacks import autoattack, pgd
+from common.attacks import autoattack, pgd, registry
 from common.attacks.threat import ThreatModel
 from common.data import Split
 from common.errors import ChallengeError, UnreadableCheckpoint
-from common.evaluation import Evaluator
+from common.evaluation import Evaluator, attack_by_name
 
 
 def _norm_note(params) -> str:
@@ -329,6 +329,10 @@ TABLE_OPTIONS = {
     'method': ((), 'run only the rows of this method (repeatable), e.g. --method PGD --method '
                    'CW; the others are listed as skipped. Methods: '
                    + ', '.join(paper_table.METHODS)),
+    'attack': ((), 'a row more, after the paper\'s: NAME or NAME:ITERATIONS, the attack of '
+                   'that name, white-box, in the config\'s norm and ε (ITERATIONS: as attack.py\'s '
+                   '--iterations; default: the attack\'s), repeatable, e.g. --attack apgd-ce '
+                   '--attack cw-linf:100. Names: ' + ', '.join(registry.ATTACKS)),
     **MODEL_FILE_OPTIONS,
 }
 
@@ -347,12 +351,15 @@ def _parse_sources(specs):
 
 
 def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='random',
-                   output_dir='', method=(), model_path='', unsafe_model=False, log=print):
+                   output_dir='', method=(), attack=(), model_path='', unsafe_model=False,
+                   log=print):
   """The paper's table for this challenge on model_dir's latest checkpoint (or model_path):
   prints each row (with the paper's figure and the wall time) and writes table.csv and
-  table.md; `method`: only the rows of these methods are run (default: all)."""
+  table.md; `method`: only the rows of these methods are run (default: all); `attack`: a
+  white-box row more per attack name (common/attacks/registry.py)."""
   _check_model_file_options(model_path, unsafe_model)
   sources = _parse_sources(source)
+  rows = tuple(challenge.paper_table) + paper_table.named_rows(attack)
   output_dir = output_dir or model_files.results_dir(config.model_dir, model_path,
                                                      'paper_table')
   _check_outputs(challenge, config, [('--output_dir', output_dir, True)] + [
@@ -364,7 +371,7 @@ def evaluate_table(challenge, config, source=(), num_examples=0, target_rule='ra
   log(f'{challenge.name}: the paper\'s table on {evaluated}, first {num_examples} '
       f'test images, ε {params.epsilon:g}{_norm_note(params)}, step {params.step_size:g}, '
       f'targeted PGD: {target_rule}')
-  results = paper_table.run(challenge, config, challenge.paper_table, sources,
+  results = paper_table.run(challenge, config, rows, sources,
                             num_examples, target_rule, log, methods=method or None,
                             model_path=model_path, unsafe_model=unsafe_model)
   what = f'model {model_path}' if model_path else f'model_dir {config.model_dir}'
@@ -519,8 +526,8 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
 
 # Every attack attack.py runs by name: PGD and AutoAttack's four in the config's norm (ε its
 # radius), the Carlini–Wagner attacks in their own (minimum-distance: no ε).
-CW_ATTACKS = {'cw-l2': 'l2', 'cw-linf': 'linf', 'cw-l0': 'l0'}
-NAMED_ATTACKS = ('pgd',) + autoattack.STANDARD + tuple(CW_ATTACKS)
+CW_ATTACKS = {name: registry.ATTACKS[name].norm for name in registry.MINIMUM_DISTANCE}
+NAMED_ATTACKS = tuple(registry.ATTACKS)
 
 ATTACK_OPTIONS = {
     'attack': ('', 'the attack, by name: ' + ', '.join(NAMED_ATTACKS) + ' (pgd and '
@@ -537,29 +544,6 @@ ATTACK_OPTIONS = {
                        '<model_dir>/attack-<name>'),
     **MODEL_FILE_OPTIONS,
 }
-
-
-def _cw_attack(name, model_fn, threat, image_shape, targeted, iterations):
-  """The C&W attack `name` as a compiled function (x, labels, targets) -> (x_adv, success)."""
-  from common.attacks import cw_l0, cw_l2, cw_linf  # noqa: PLC0415 (only this command)
-  budget = {'max_iterations': iterations} if iterations else {}
-  run = {'cw-l2': lambda x, y, t: cw_l2.cw_l2(model_fn, x, y, threat, t, **budget),
-         'cw-linf': lambda x, y, t: cw_linf.cw_linf(model_fn, x, y, threat, t, **budget),
-         'cw-l0': lambda x, y, t: cw_l0.cw_l0(model_fn, x, y, threat, image_shape, t,
-                                              **budget)}[name]
-  return tf.function(lambda x, y, t: run(x, y, t if targeted else None))
-
-
-def _in_batches(fn, arrays, batch_size):
-  """fn over the rows of `arrays` in batches of batch_size, the last padded with its last row
-  (one traced shape); outputs concatenated, padding dropped."""
-  n, outputs = len(arrays[0]), []
-  for first in range(0, n, batch_size):
-    rows = np.arange(first, min(first + batch_size, n))
-    padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
-    out = fn(*(tf.constant(a[padded]) for a in arrays))
-    outputs.append([o.numpy()[:len(rows)] for o in out])
-  return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
 def distortion(norm, x_adv, x, pixel_range, image_shape):
@@ -616,22 +600,8 @@ def run_named_attack(challenge, config, attack='', targeted=False, num_examples=
   classes = clean_logits.shape[-1]
   targets = (head.labels + np.random.default_rng(seed).integers(1, classes, len(head))) % classes
   began = time.perf_counter()
-  if attack == 'pgd':
-    attack_params = dataclasses.replace(params, num_steps=iterations or params.num_steps)
-    evaluator = Evaluator(model, attack_params, strategy, seed=seed, jit_compile=jit,
-                          name=path)
-    x_adv = evaluator.attack(head, batch_size, keep_adversarial=True).adversarial
-  elif attack in autoattack.STANDARD:
-    x_adv = autoattack.AutoAttack(
-        model_fn, params.epsilon, params.clip_min, params.clip_max, challenge.image_shape,
-        [attack], batch_size, seed, strategy, jit,
-        **autoattack.budget(iterations or autoattack.STANDARD_ITERATIONS),
-        log=lambda *a, **k: None, model_name=path, norm=params.norm).run(
-            head.images, head.labels).adversarial
-  else:
-    run = _cw_attack(attack, model_fn, threat, challenge.image_shape, targeted, iterations)
-    x_adv, _ = _in_batches(run, [head.images, head.labels.astype(np.int64),
-                                 targets.astype(np.int64)], batch_size)
+  x_adv = attack_by_name(attack, model_fn, params, head, challenge.image_shape, strategy,
+                         batch_size, seed, iterations, targets if targeted else None, jit, path)
   seconds = time.perf_counter() - began
   clean = np.argmax(clean_logits, 1) == head.labels
   adversarial_predictions = np.argmax(logits(x_adv), 1)

@@ -77,16 +77,6 @@ def replica_batches(global_batches: tf.data.Dataset, first_row: int, num_rows: i
   return global_batches.flat_map(split).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(split: Split, batch_size: int, with_index: bool = False) -> tf.data.Dataset:
-  """The split in order, in batches (the last one may be smaller) of (images, labels), and
-  with_index: each example's index in the split (int64) too."""
-  columns = (split.images, split.labels)
-  if with_index:
-    columns += (np.arange(len(split), dtype=np.int64),)
-  return (tf.data.Dataset.from_tensor_slices(columns).batch(batch_size)
-          .prefetch(tf.data.AUTOTUNE))
-
-
 def check_reachable(url: str, timeout: float = 10.0) -> None:
   """Raises OSError within about `timeout` seconds if url's host cannot be resolved or
   reached: on an offline compute node a downloader would retry for minutes before failing.

@@ -1,6 +1,8 @@
 """Evaluation over a test split: natural and PGD accuracy and loss, adversarial examples,
-and plain predictions (for scoring submissions). Batches run in compiled steps under a
-strategy; results come back in the split's order."""
+and plain predictions (for scoring submissions); any attack by name (`attack_by_name`) and
+the robust accuracy of its examples (`robust_accuracy`). Batches run through the one runner
+(common/attacks/runner.py), compiled, under a strategy; results come back in the split's
+order."""
 import dataclasses
 from typing import Optional
 
@@ -8,11 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from common import data, losses, precision
-from common.attacks import pgd
+from common.attacks import autoattack, pgd, registry, runner
 from common.errors import NonFiniteLogits
-
-SUM = tf.distribute.ReduceOp.SUM
-
 
 @dataclasses.dataclass
 class Results:
@@ -40,14 +39,9 @@ class Results:
     return self.adv_xent / self.num_examples
 
 
-def _num_not_finite(logits):
-  """How many rows of logits hold a NaN or an infinity."""
-  finite = tf.reduce_all(tf.math.is_finite(tf.cast(logits, tf.float32)), axis=1)
-  return tf.reduce_sum(tf.cast(~finite, tf.int32))
-
-
-def _local_concat(strategy, per_replica):
-  return np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+def _not_finite(logits):
+  """Whether each row of logits holds a NaN or an infinity."""
+  return ~tf.reduce_all(tf.math.is_finite(tf.cast(logits, tf.float32)), axis=1)
 
 
 class Evaluator:
@@ -95,9 +89,12 @@ class Evaluator:
       self.seed = 0
     self._attack_and_score = (tf.function(self._attack_and_score_fn, jit_compile=True)
                               if jit_compile else self._attack_and_score_fn)
+    self._attack_rows = tf.function(self._replica_attack, reduce_retracing=True)
+    self._predict_rows = tf.function(self._predict_fn, reduce_retracing=True)
 
-  def _replica_attack(self, x, y, examples):
+  def _replica_attack(self, batch, x, y, examples):
     """Draws the random starts and targets, then attacks and scores (compiled)."""
+    del batch
     seed, draws = None, None
     if self.seed is not None:
       seed, draws = tf.constant([self.seed, 0], tf.int64), examples
@@ -110,6 +107,8 @@ class Evaluator:
     return self._attack_and_score(x, y, targets, starts)
 
   def _attack_and_score_fn(self, x, y, targets, starts):
+    """Per example: natural and adversarial correctness and cross-entropy, whether a logit
+    is not finite, and the adversarial example."""
     scale = self.attack_twin.loss_scale
     if self.target_rule is not None:
       x_adv = pgd.pgd(self._attack_fn, x, targets, self.params,
@@ -123,54 +122,39 @@ class Evaluator:
       x_adv = pgd.pgd(self._attack_fn, x, y, self.params, loss_fn=self._loss_fn,
                          loss_scale=scale, start=starts[0])
     nat_logits, adv_logits = self._model_fn(x), self._model_fn(x_adv)
-    return (losses.num_correct(y, nat_logits), tf.reduce_sum(losses.xent(y, nat_logits)),
-            losses.num_correct(y, adv_logits), tf.reduce_sum(losses.xent(y, adv_logits)),
-            _num_not_finite(nat_logits) + _num_not_finite(adv_logits), x_adv)
+    correct = lambda logits: tf.equal(tf.argmax(logits, axis=1), tf.cast(y, tf.int64))
+    return (correct(nat_logits), losses.xent(y, nat_logits), correct(adv_logits),
+            losses.xent(y, adv_logits), _not_finite(nat_logits) | _not_finite(adv_logits),
+            x_adv)
 
-  @tf.function(reduce_retracing=True)
-  def _attack_batch(self, batch):
-    *stats, x_adv = self.strategy.run(self._replica_attack, args=batch)
-    return [self.strategy.reduce(SUM, s, axis=None) for s in stats], x_adv
-
-  @tf.function(reduce_retracing=True)
-  def _predict_batch(self, batch):
-    def predict(x, y):
-      logits = self._model_fn(x)
-      return tf.argmax(logits, axis=1), _num_not_finite(logits)
-    predictions, not_finite = self.strategy.run(predict, args=batch)
-    return predictions, self.strategy.reduce(SUM, not_finite, axis=None)
-
-  def _batches(self, split, batch_size, with_index=False):
-    return self.strategy.experimental_distribute_dataset(
-        data.eval_batches(split, batch_size, with_index))
+  def _predict_fn(self, batch, x):
+    del batch
+    logits = self._model_fn(x)
+    return tf.argmax(logits, axis=1), _not_finite(logits)
 
   def attack(self, split: data.Split, batch_size: int, keep_adversarial=False,
              log=None) -> Results:
-    totals = np.zeros(5)
-    adversarial = []
-    for i, batch in enumerate(self._batches(split, batch_size, with_index=True)):
-      stats, x_adv = self._attack_batch(batch)
-      totals += [float(s) for s in stats]
-      if keep_adversarial:
-        adversarial.append(_local_concat(self.strategy, x_adv))
-      if log:
-        log(i)
-    if totals[4]:
-      raise NonFiniteLogits(self.name, int(totals[4]), 2 * len(split),
+    """PGD on every example of `split` (common.attacks.runner: batches over the replicas);
+    log(batch number) after each batch."""
+    nat, nat_xent, adv, adv_xent, not_finite, x_adv = runner.Runner(
+        self.strategy, batch_size).map(
+            self._attack_rows, [split.images, split.labels,
+                                np.arange(len(split), dtype=np.int64)], log)
+    if not_finite.any():
+      raise NonFiniteLogits(self.name, int(not_finite.sum()), 2 * len(split),
                             'natural and adversarial examples')
-    return Results(len(split), int(totals[0]), int(totals[2]), totals[1], totals[3],
-                   np.concatenate(adversarial) if keep_adversarial else None)
+    return Results(len(split), int(nat.sum()), int(adv.sum()),
+                   float(np.sum(nat_xent, dtype=np.float64)),
+                   float(np.sum(adv_xent, dtype=np.float64)),
+                   x_adv if keep_adversarial else None)
 
   def predict(self, split: data.Split, batch_size: int) -> np.ndarray:
     """int64 predicted labels for split.images, in order."""
-    predictions, not_finite = [], 0
-    for batch in self._batches(split, batch_size):
-      labels, count = self._predict_batch(batch)
-      predictions.append(_local_concat(self.strategy, labels))
-      not_finite += int(count)
-    if not_finite:
-      raise NonFiniteLogits(self.name, not_finite, len(split), 'examples')
-    return np.concatenate(predictions).astype(np.int64)
+    predictions, not_finite = runner.Runner(self.strategy, batch_size).map(
+        self._predict_rows, [split.images])
+    if not_finite.any():
+      raise NonFiniteLogits(self.name, int(not_finite.sum()), len(split), 'examples')
+    return predictions.astype(np.int64)
 
 
 class _Inference:
@@ -198,3 +182,42 @@ def evaluate(model, x, y, epsilon: float, num_steps: int = 40, step_size: float 
                         seed=seed)
   split = data.Split(np.asarray(x, np.float32), np.asarray(y, np.int64))
   return evaluator.attack(split, batch_size, keep_adversarial=True)
+
+
+def attack_by_name(name: str, model_fn, params: pgd.PGDParams, split: data.Split, image_shape,
+                   strategy=None, batch_size: int = 500, seed: int = 0, iterations: int = 0,
+                   targets=None, jit_compile: bool = False,
+                   model_name: str = 'the model') -> np.ndarray:
+  """The adversarial examples of the attack `name` (common.attacks.registry) on every
+  example of `split`, in the threat model of `params` (PGD: params' steps, step size and
+  loss): AutoAttack's four as its chain runs them (APGD-T and FAB-T towards the 2nd ... 10th
+  most likely classes in turn, each run on the points still robust); the others in one pass
+  of the runner (the C&W attacks towards `targets` where given). `iterations` 0: the
+  attack's default."""
+  if name in autoattack.STANDARD:
+    return autoattack.AutoAttack(
+        model_fn, params.epsilon, params.clip_min, params.clip_max, image_shape, [name],
+        batch_size, seed, strategy, jit_compile,
+        **autoattack.budget(iterations or autoattack.STANDARD_ITERATIONS),
+        log=lambda *a, **k: None, model_name=model_name, norm=params.norm).run(
+            split.images, split.labels).adversarial
+  attack = registry.make(name, params.threat, iterations, image_shape, targets is not None,
+                         **({'params': params} if name == 'pgd' else {}))
+  return runner.Runner(strategy, batch_size).attack(
+      attack, model_fn, split.images, split.labels, targets, seed=seed,
+      jit_compile=jit_compile)[0]
+
+
+def robust_accuracy(model_fn, threat, split: data.Split, adversarial, batch_size: int = 500,
+                    strategy=None, name: str = 'the model') -> float:
+  """The fraction of `split` classified correctly whose adversarial example is classified
+  correctly too or lies outside the threat model's ε-ball (float32 rounding allowed:
+  ThreatModel.rounding_tolerance)."""
+  evaluator = Evaluator(_Inference(model_fn), pgd.PGDParams(threat.epsilon, 0, 0.0),
+                        strategy, name=name)
+  adversarial = np.asarray(adversarial, np.float32)
+  clean = evaluator.predict(split, batch_size) == split.labels
+  fooled = evaluator.predict(data.Split(adversarial, split.labels), batch_size) != split.labels
+  size = int(np.prod(split.images.shape[1:]))
+  inside = threat.contains(adversarial, split.images, threat.rounding_tolerance(size))
+  return float(np.mean(clean & ~(fooled & inside)))

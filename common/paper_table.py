@@ -1,7 +1,11 @@
 """The paper's evaluation tables (Madry et al., Tables 1 and 2) on any checkpoint: each row an
 attack (natural, FGSM, PGD with restarts, targeted PGD, PGD on the CW margin loss with κ 0
-"CW" or 50 "CW+"), white-box from the evaluated model "A" or transferred from a source model
-(A′: same architecture, another seed; A_nat: naturally trained; B: another architecture).
+"CW" or 50 "CW+": the paper's labels; this is PGD on C&W's loss, not the C&W attacks, which
+are the named rows cw-l2, cw-linf, cw-l0), white-box from the evaluated model "A" or
+transferred from a source model (A′: same architecture, another seed; A_nat: naturally
+trained; B: another architecture). Rows beyond the paper's name an attack of
+common/attacks/registry.py (white-box, in the config's norm and ε): their accuracy counts an
+example broken when the model misclassifies its adversarial example inside the ε-ball.
 """
 import csv
 import dataclasses
@@ -14,8 +18,9 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from common import files, losses, model_files, precision, runtime
-from common.attacks import autoattack, pgd
+from common.attacks import autoattack, pgd, registry
 from common.errors import ChallengeError
+from common import evaluation
 from common.evaluation import Evaluator
 
 WHITE_BOX = 'A'
@@ -38,6 +43,24 @@ class Row:
     steps = '' if self.steps is None else f' {self.steps}'
     restarts = f' x {self.restarts}' if self.restarts > 1 else ''
     return f'{self.method}{steps}{restarts} from {self.source}'
+
+
+def named_rows(specs: Sequence[str]) -> tuple:
+  """A white-box row per attack spec NAME or NAME:ITERATIONS (a name of
+  common/attacks/registry.py; its default budget without ITERATIONS)."""
+  rows = []
+  for spec in specs:
+    name, _, iterations = spec.partition(':')
+    if name not in registry.ATTACKS:
+      raise ChallengeError(f'unknown attack "{name}" in --attack {spec}; names: '
+                           + ', '.join(registry.ATTACKS))
+    if iterations and not (iterations.isdigit() and int(iterations) > 0):
+      raise ChallengeError(f'--attack {spec}: the iterations after ":" must be a positive '
+                           'integer, e.g. --attack cw-l2:1000')
+    rows.append(Row(name, int(iterations) if iterations else None))
+  if len(set(rows)) < len(rows):
+    raise ChallengeError('--attack names the same row twice')
+  return tuple(rows)
 
 
 @dataclasses.dataclass
@@ -134,6 +157,15 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
           strategy, jit, **autoattack.budget(row.steps), log=lambda *a, **k: None,
           model_name=model_path or config.model_dir, norm=params.norm)
       accuracy = 100.0 * attacker.run(test.images, test.labels).robust_accuracy
+    elif row.method in registry.ATTACKS:
+      model_fn = lambda x: model(x, training=False)
+      adversarial = evaluation.attack_by_name(
+          row.method, model_fn, params, test, challenge.image_shape, strategy,
+          config.eval_batch_size, challenge.seed(config) + index, row.steps or 0,
+          jit_compile=jit, model_name=model_path or config.model_dir)
+      accuracy = 100.0 * evaluation.robust_accuracy(
+          model_fn, params.threat, test, adversarial, config.eval_batch_size, strategy,
+          model_path or config.model_dir)
     else:
       accuracy = 100.0 * evaluator.attack(test, config.eval_batch_size).adv_accuracy
     result = Result(row, accuracy, time.perf_counter() - began)

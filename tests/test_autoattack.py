@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from common import checkpoints, commands, losses, training
-from common.attacks import apgd, autoattack, fab, square
+from common.attacks import apgd, autoattack, fab, runner, square
 from common.attacks.threat import ThreatModel
 from common.evaluation import Evaluator
 from conftest import REPO, TINY_TEST, quiet, run_script, tiny_config
@@ -339,12 +339,12 @@ def test_the_model_is_traced_for_the_padded_batch_shapes_only(monkeypatch):
   x = RNG.uniform(0, 1, (47, 12)).astype(np.float32)
   y = np.argmax(model_fn(x).numpy(), 1)
   counts = []
-  real = autoattack.AutoAttack._attack_batch
+  real = runner.Runner._replicated
 
-  def spy(self, run, xs, ys, targets, examples, batch_index):
-    counts.append(len(set(examples.numpy().tolist())))
-    return real(self, run, xs, ys, targets, examples, batch_index)
-  monkeypatch.setattr(autoattack.AutoAttack, '_attack_batch', spy)
+  def spy(self, fn, batch, tensors):
+    counts.append(len(set(tensors[3].numpy().tolist())))  # the batch's examples
+    return real(self, fn, batch, tensors)
+  monkeypatch.setattr(runner.Runner, '_replicated', spy)
   attacker = autoattack.AutoAttack(model_fn, 0.1, 0.0, 1.0, (2, 2, 3), ['apgd-ce', 'apgd-t'],
                                    batch_size=20, apgd_iterations=5, log=quiet)
   report = attacker.run(x, y)
@@ -604,13 +604,19 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_the_chain_attacks_only_robust_poi
   test = MNIST.load_data(config).test
   params = dataclasses.replace(MNIST.attack_params(config), num_steps=20, step_size=0.005)
   pgd = Evaluator(model, params, seed=0).attack(test, 20).adv_accuracy
-  attacked = []
-  real = autoattack.AutoAttack._attack_batch
+  attacked, batches = [], []
+  real_attack, real_replicated = runner.Runner.attack, runner.Runner._replicated
 
-  def spy(self, run, x, y, targets, examples, batch_index):
-    attacked.append((run, examples.numpy(), targets.numpy()))
-    return real(self, run, x, y, targets, examples, batch_index)
-  monkeypatch.setattr(autoattack.AutoAttack, '_attack_batch', spy)
+  def spy_attack(self, attack, model_fn, images, labels, targets, examples, *args, **kwargs):
+    attacked.append((attack.name, examples, targets))
+    return real_attack(self, attack, model_fn, images, labels, targets, examples, *args,
+                       **kwargs)
+
+  def spy_replicated(self, fn, batch, tensors):
+    batches.append(tensors[3].numpy())  # each padded batch's examples
+    return real_replicated(self, fn, batch, tensors)
+  monkeypatch.setattr(runner.Runner, 'attack', spy_attack)
+  monkeypatch.setattr(runner.Runner, '_replicated', spy_replicated)
   # 25 iterations (100 took 66 s of this test on 2 cores): still more than PGD's 20 steps.
   attacker = autoattack.AutoAttack(lambda v: model(v, training=False), 0.05, 0.0, 1.0,
                                    (28, 28, 1), ['apgd-ce', 'apgd-t'], batch_size=20, seed=3,
@@ -622,17 +628,20 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_the_chain_attacks_only_robust_poi
   clean_logits = model(test.images, training=False).numpy()
   correct = set(np.flatnonzero(np.argmax(clean_logits, 1) == test.labels))
   robust_after_ce = correct - set(np.flatnonzero(report.broken_by == 'apgd-ce'))
-  targeted = [(rank, examples, targets) for (name, rank), examples, targets in attacked
-              if name == 'apgd-t']
-  # APGD-T: the 2nd ... 10th class of each example's clean logits, one run each, on points
-  # APGD-CE did not break (and, run by run, on the points the earlier ranks left).
-  assert sorted({rank for rank, _, _ in targeted}) == list(range(2, 11))
+  targeted = [(examples, targets) for name, examples, targets in attacked if name == 'apgd-t']
+  # APGD-T: the 2nd ... 10th class of each example's clean logits, one run each in that
+  # order, on points APGD-CE did not break (and, run by run, on the points the earlier ranks
+  # left).
+  assert len(targeted) == 9
   by_class = np.argsort(-clean_logits, axis=1, kind='stable')
-  for rank, examples, targets in targeted:
-    assert len(examples) == attacker.padded_size(len(set(examples.tolist())))
-    assert set(examples.tolist()) <= robust_after_ce
+  left = robust_after_ce
+  for rank, (examples, targets) in enumerate(targeted, start=2):
+    assert set(examples.tolist()) <= left
+    left = set(examples.tolist())
     np.testing.assert_array_equal(targets, by_class[examples, rank - 1])
     assert not np.any(targets == test.labels[examples])
+  for examples in batches:  # each batch padded to the next sixteenth of the batch size
+    assert len(examples) == attacker.padded_size(len(set(examples.tolist())))
   assert all(report.broken_by[report.robust] == '')
   assert set(report.broken_by[~report.robust]) <= {'', 'apgd-ce', 'apgd-t'}
 

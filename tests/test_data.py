@@ -115,12 +115,6 @@ def test_workers_shares_are_the_global_batches_rows_without_duplicates(workers,
     assert sorted(flat[12 * epoch:12 * (epoch + 1)]) == list(range(12))
 
 
-def test_eval_batches_keep_order():
-  split = data.Split(np.arange(7, dtype=np.float32)[:, None], np.arange(7, dtype=np.int64))
-  labels = [y.numpy().tolist() for _, y in data.eval_batches(split, 3)]
-  assert labels == [[0, 1, 2], [3, 4, 5], [6]]
-
-
 @pytest.mark.realdata
 def test_real_mnist_matches_its_published_statistics():
   datasets = mnist_data.load(require_shared_mnist())

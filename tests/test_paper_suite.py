@@ -13,7 +13,7 @@ import tensorflow as tf
 from cifar10_challenge.challenge import CIFAR10
 from common import (checkpoints, commands, landscape, losses, paper_table, precision,
                     training)
-from common.attacks import autoattack, pgd
+from common.attacks import autoattack, cw_linf, pgd
 from common.attacks.pgd import PGDParams
 from common.data import Split
 from common.errors import ChallengeError
@@ -315,6 +315,41 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
 
 
 @pytest.mark.slow
+def test_rows_named_by_attack_follow_the_papers_and_judge_inside_the_ball(tmp_path,
+                                                                          table_models):
+  model_a = table_models['A']
+  results = commands.evaluate_table(
+      scaled_down(MNIST), model_a, method=('natural', 'apgd-ce', 'cw-linf'),
+      attack=('apgd-ce:5', 'cw-linf:20'), num_examples=10,
+      output_dir=str(tmp_path / 'out'), log=quiet)
+  named = results[len(MNIST.paper_table):]
+  assert [r.row.label for r in named] == ['apgd-ce 5 from A', 'cw-linf 20 from A']
+  rows = read_table(tmp_path / 'out' / 'table.csv')
+  assert [(r['method'], r['steps']) for r in rows[-2:]] == [('apgd-ce', '5'), ('cw-linf', '20')]
+  model = MNIST.build_model(model_a)
+  checkpoints.restore_model(model, checkpoints.latest(model_a.model_dir))
+  model_fn = lambda x: model(x, training=False)
+  test = MNIST.load_data(model_a).test.head(10)
+  params = MNIST.attack_params(model_a)
+  seed = MNIST.seed(model_a) + len(MNIST.paper_table)  # the row's index
+  # apgd-ce: the figure AutoAttack's chain gives with that attack alone.
+  chain = autoattack.AutoAttack(model_fn, params.epsilon, 0.0, 1.0, (28, 28, 1), ['apgd-ce'],
+                                10, seed, apgd_iterations=5, log=quiet).run(test.images,
+                                                                            test.labels)
+  assert named[0].accuracy == 100.0 * chain.robust_accuracy
+  # cw-linf minimises the distance: its example counts as a break only inside the ε-ball.
+  x_adv, success = tf.function(lambda: cw_linf.cw_linf(
+      model_fn, test.images, test.labels, params.threat, max_iterations=20))()
+  wrong = np.argmax(model_fn(x_adv), 1) != test.labels
+  inside = np.abs(x_adv.numpy() - test.images).max(axis=1) <= params.epsilon + 1e-6
+  clean = np.argmax(model_fn(test.images), 1) == test.labels
+  assert named[1].accuracy == pytest.approx(100.0 * np.mean(clean & ~(wrong & inside)))
+  with pytest.raises(ChallengeError, match='unknown attack "cw-l1" in --attack cw-l1; names'):
+    commands.evaluate_table(MNIST, model_a, attack=('cw-l1',), log=quiet)
+  with pytest.raises(ChallengeError, match='the iterations after ":" must be a positive'):
+    commands.evaluate_table(MNIST, model_a, attack=('square:0',), log=quiet)
+
+
 def test_the_cifar_table_script_with_a_transfer_source(tmp_path, cifar_dir):
   config = tiny_cifar_config(tmp_path / 'a', cifar_dir, max_num_training_steps=2,
                              eval_batch_size=10)

@@ -157,7 +157,7 @@ def test_xla_evaluation_equals_the_uncompiled_one(model_and_test):
     assert plain.nat_correct == compiled.nat_correct
     # 60 examples in batches of 25: two shapes, each traced once, also on a second pass.
     evaluator.attack(test, 25)
-    assert evaluator._attack_batch.experimental_get_tracing_count() <= 2
+    assert evaluator._attack_rows.experimental_get_tracing_count() <= 2
 
 
 # --- seeded evaluations do not depend on batch size or replicas ----------------------------

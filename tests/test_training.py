@@ -241,7 +241,7 @@ def test_a_seeded_evaluation_repeats_exactly_and_restarts_only_lower_accuracy(tr
   np.testing.assert_array_equal(first.adversarial, again.adversarial)
   other = Evaluator(model, params, seed=6).attack(test, 25, keep_adversarial=True)
   assert not np.array_equal(first.adversarial, other.adversarial)
-  assert evaluator._attack_batch.experimental_get_tracing_count() <= 2  # no retracing
+  assert evaluator._attack_rows.experimental_get_tracing_count() <= 2  # no retracing
   for restarts in (2, 4):
     worst = Evaluator(model, params, restarts=restarts, seed=5).attack(test, 25)
     assert worst.nat_correct == first.nat_correct

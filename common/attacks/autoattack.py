@@ -7,10 +7,10 @@ behaviour is the specification): APGD-CE, APGD-T, FAB-T and Square (`common.atta
 * Budget (`budget`): APGD's and FAB's 100 iterations, Square's 5,000; one restart each;
   APGD-T and FAB-T towards the 2nd ... 10th most likely clean classes (9 runs, each on the
   points still robust; the targets from the clean logits, computed once).
-* The chain runs in padded batches (a partial batch padded to the next sixteenth of the
-  batch size: at most 16 traces per attack), compiled (XLA where asked), under a strategy (a
-  batch's rows split over its replicas), seeded: the starts and the squares are stateless
-  draws from (seed, the example's index) and (seed, the batch, the iteration).
+* The chain is a list of the interface's attacks (common/attacks/registry.py), each run by
+  the one runner (common/attacks/runner.py: padded batches, replicas, compiled, by XLA where
+  asked), seeded: the starts and the squares are stateless draws from (seed, the example's
+  index) and (seed, the batch, the iteration).
 * A success counts when the model misclassifies the returned point and it lies in the ε-ball
   (the reference checks the prediction only; the ball's slack for float32 rounding:
   `ThreatModel.rounding_tolerance`).
@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import losses
-from common.attacks import apgd, fab, pgd, square
+from common.attacks import apgd, pgd, registry, runner
 from common.attacks.threat import ThreatModel
 from common.config import MAX_EVAL_BATCH
 from common.errors import ChallengeError, NonFiniteLogits
@@ -86,9 +86,10 @@ class AutoAttack:
 
   model_fn: x -> logits (inference mode). The threat model: `norm` ('linf' or 'l2'), ε and
   the pixel range. attacks: names from STANDARD (the standard version: all, in that order).
-  The attacks run on the examples still robust, in batches of `batch_size` (the last padded
-  to `padded_size`; one compiled function per attack), under `strategy` (a batch's rows
-  split over its replicas; batch_size is rounded up to a multiple of their number). Logits
+  The attacks run on the examples still robust, through the runner: in batches of
+  `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
+  `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
+  of their number). Logits
   that are not finite, on a clean or an adversarial example, raise NonFiniteLogits naming
   the model (`model_name`): NaN would be judged a misclassification.
   """
@@ -108,69 +109,30 @@ class AutoAttack:
     self.model_fn, self.epsilon = model_fn, float(epsilon)
     self.threat = ThreatModel(norm, self.epsilon, clip_min, clip_max)
     self.clip_min, self.clip_max, self.image_shape = clip_min, clip_max, tuple(image_shape)
-    self.strategy = strategy or tf.distribute.get_strategy()
-    replicas = self.strategy.num_replicas_in_sync
+    self.runner = runner.Runner(strategy, batch_size)
+    self.strategy, self.batch_size = self.runner.strategy, self.runner.batch_size
     self.attacks, self.seed = tuple(attacks), seed
-    self.batch_size = -(-batch_size // replicas) * replicas  # each replica gets equal rows
     self.jit_compile, self.log, self.model_name = jit_compile, log, model_name
     self.apgd_iterations, self.fab_iterations = apgd_iterations, fab_iterations
     self.square_queries = square_queries
-    compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
-    self._apgd_ce = compile_(lambda x, y, start: apgd.apgd(
-        self.model_fn, x, y, self.threat, apgd_iterations, losses.xent, start))
-    self._apgd_t = compile_(lambda x, y, start, targets: apgd.apgd(
-        self.model_fn, x, y, self.threat, apgd_iterations, apgd.targeted_dlr(targets), start))
-    self._fab = compile_(lambda x, y, targets: fab.fab_targeted(
-        self.model_fn, x, y, targets, self.threat, fab_iterations))
-    # Square's loop of thousands of single forward passes: compiled, not by XLA (its loops
-    # per square size would each be compiled anew).
-    self._square = tf.function(lambda x, y, seed: square.square(
-        self.model_fn, x, y, self.threat, self.image_shape, square_queries, seed))
+    budgets = {'apgd-ce': apgd_iterations, 'apgd-t': apgd_iterations,
+               'fab-t': fab_iterations, 'square': square_queries}
+    self._chain = [registry.make(name, self.threat, budgets[name], self.image_shape)
+                   for name in self.attacks]
     self._logits = tf.function(lambda x: tf.cast(self.model_fn(x), tf.float32))
 
   def padded_size(self, count: int) -> int:
-    """The rows a batch of `count` examples is padded to: the next multiple of a sixteenth
-    of batch_size (and of the replicas), so that a last, partial batch wastes little while
-    each attack is traced for at most 16 shapes."""
-    replicas = self.strategy.num_replicas_in_sync
-    granule = -(-self.batch_size // (16 * replicas)) * replicas
-    return min(-(-count // granule) * granule, self.batch_size)
+    """The rows a batch of `count` examples is padded to (Runner.padded_size)."""
+    return self.runner.padded_size(count)
 
-  def _attack_batch(self, run, x, y, targets, examples, batch_index):
-    """One run (e.g. 'apgd-t' towards the 3rd class: ('apgd-t', 3), `targets` that class
-    per example) on one padded batch: (x_adv, fooled). What is random is drawn here, outside
-    XLA."""
-    name, rank = run
+  def _runs(self, attack):
+    """The runs of an attack: one, or one per target (the 2nd ... 10th class), each with its
+    seed (APGD-T's starts: folded with the target's rank)."""
     seed = tf.constant([self.seed, 0], tf.int64)
-    if name == 'apgd-ce':
-      start = apgd.boundary_start(x, self.threat, seed, examples)
-      return self._apgd_ce(x, y, start)
-    if name == 'apgd-t':
-      start = apgd.boundary_start(x, self.threat,
-                                  tf.random.experimental.stateless_fold_in(seed, rank),
-                                  examples)
-      return self._apgd_t(x, y, start, targets)
-    if name == 'fab-t':
-      return self._fab(x, y, targets)
-    return self._square(x, y, tf.constant([self.seed, batch_index], tf.int64))
-
-  def _replicated(self, fn, *tensors):
-    """fn on the batch's rows split over the strategy's replicas; results concatenated."""
-    replicas = self.strategy.num_replicas_in_sync
-    if replicas == 1:
-      return fn(*tensors)
-    rows = int(tensors[0].shape[0]) // replicas
-    values = self.strategy.experimental_distribute_values_from_function(
-        lambda context: tuple(t[context.replica_id_in_sync_group * rows:
-                                (context.replica_id_in_sync_group + 1) * rows] for t in tensors))
-    out = self.strategy.run(fn, args=values)
-    return tuple(tf.concat(self.strategy.experimental_local_results(o), 0) for o in out)
-
-  def _runs(self, name):
-    """The runs of an attack: one, or one per target (the 2nd ... 10th class)."""
-    if name in ('apgd-t', 'fab-t'):
-      return [(name, rank) for rank in range(2, NUM_TARGETS + 2)]
-    return [(name, None)]
+    if attack.targeted:
+      return [(rank, tf.random.experimental.stateless_fold_in(seed, rank))
+              for rank in range(2, NUM_TARGETS + 2)]
+    return [(1, seed)]
 
   def run(self, images: np.ndarray, labels: np.ndarray) -> Report:
     """Every attack of the chain on the examples still robust; prints the robust accuracy
@@ -189,33 +151,28 @@ class AutoAttack:
     self.log(f'clean accuracy: {100 * clean:.2f}%')
     tolerance = self.threat.rounding_tolerance(int(np.prod(images.shape[1:])))
     outcomes = []
-    for name in self.attacks:
+    for attack in self._chain:
+      name = attack.name
       began = time.perf_counter()
-      for run in self._runs(name):
-        rank = run[1] or 1  # the targeted runs' class, from the clean logits
+      for rank, seed in self._runs(attack):
+        # The targets from the clean logits (rank 1, the most likely class, for the
+        # untargeted attacks, which ignore them).
         targets = apgd.ranked_targets(clean_logits, rank).numpy().astype(np.int64)
         todo = np.flatnonzero(robust)
-        for batch_index, first in enumerate(range(0, len(todo), self.batch_size)):
-          index = todo[first:first + self.batch_size]
-          count = len(index)
-          padded = np.concatenate([index, np.full(self.padded_size(count) - count, index[-1])])
-          x_adv, fooled = self._replicated(
-              lambda xs, ys, ts, es, run=run, b=batch_index: self._attack_batch(
-                  run, xs, ys, ts, es, b),
-              tf.constant(images[padded]), tf.constant(labels[padded]),
-              tf.constant(targets[padded]), tf.constant(padded.astype(np.int64)))
-          # What counts is judged here again: misclassified by the model, inside the ball;
-          # the logits of the padded batch, so that they are traced for its few shapes, not
-          # for every count.
-          logits = self._logits(x_adv).numpy()[:count]
-          self._require_finite(logits, f'adversarial examples of {name.upper()}')
-          x_adv, fooled = x_adv.numpy()[:count], fooled.numpy()[:count]
-          inside = self.threat.contains(x_adv, images[index], tolerance)
-          wrong = np.argmax(logits, 1) != labels[index]
-          broke = index[fooled & wrong & inside]
-          adversarial[broke] = x_adv[fooled & wrong & inside]
-          broken_by[broke] = name
-          robust[broke] = False
+        if not len(todo):
+          continue
+        # What counts is judged here again: misclassified by the model (its logits of the
+        # padded batch, so that they are traced for its few shapes), inside the ball.
+        x_adv, fooled, logits = self.runner.attack(
+            attack, self.model_fn, images[todo], labels[todo], targets[todo], todo, seed,
+            self.jit_compile, score_fn=self._logits)
+        self._require_finite(logits, f'adversarial examples of {name.upper()}')
+        inside = self.threat.contains(x_adv, images[todo], tolerance)
+        wrong = np.argmax(logits, 1) != labels[todo]
+        broke = todo[fooled & wrong & inside]
+        adversarial[broke] = x_adv[fooled & wrong & inside]
+        broken_by[broke] = name
+        robust[broke] = False
       seconds = time.perf_counter() - began
       outcomes.append(Outcome(name, float(robust.mean()), seconds))
       self.log(f'robust accuracy after {name.upper()}: {100 * robust.mean():.2f}% '
