@@ -49,7 +49,8 @@ CONFIG_KEYS = (
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
 ) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
-    trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3
+    trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3,
+    mma_l2_max_epsilon=1.0 * 255, mma_l2_min_epsilon=0.5 * 255
 ) + norm_keys(l2_epsilon=0.5 * 255)  # ε 0.5 on [0, 1] images, as RobustBench's ℓ2 track
 
 PIXEL_MAX = 255.0

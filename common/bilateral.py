@@ -22,7 +22,8 @@ moving averages, nothing updated):
   before the first gradient, as the authors'), `training_num_steps` (0: one, the authors')
   targeted sign steps of `training_step_size` (0: ε, the authors') descending the
   cross-entropy to the target, each projected onto the ε-ball, then the pixel range; the
-  model in inference mode.
+  model in inference mode. With `norm: "l2"` (the authors' code is ℓ∞ only): the start on
+  the sphere of radius ε and the threat model's ℓ2 steps (∇/‖∇‖₂) and ball.
 * The objective: the soft-label cross-entropy -Σ_k y'_k log softmax(f(x'))_k of the
   training-mode model (batch statistics, the averages updated), reduced as the challenge
   reduces its loss (MNIST: the sum; CIFAR-10: the mean over the global batch, plus the
@@ -72,10 +73,10 @@ def image_params(params: pgd.PGDParams, num_steps: int, step_size: float) -> pgd
                              start_radius=None, project_to_ball=True)
 
 
-def start(x, epsilon, seed, rows):
-  """x + U(-ε, ε), not clipped (as the authors'): rows (first, total) of the whole global
-  batch's draw from `seed`. Draw outside XLA."""
-  return x + pgd.uniform_noise(x, epsilon, seed, rows)
+def start(x, epsilon, seed, rows, norm='linf'):
+  """x + U(-ε, ε) (ℓ2: a point of the sphere of radius ε), not clipped (as the authors'):
+  rows (first, total) of the whole global batch's draw from `seed`. Draw outside XLA."""
+  return x + pgd.uniform_noise(x, epsilon, seed, rows, norm)
 
 
 def perturb_image(model_fn, x, targets, params: pgd.PGDParams, start_point, loss_scale=None):
@@ -92,7 +93,7 @@ class Bilateral(training_methods.Method):
     self.params, self.beta = params, beta
 
   def prepare(self, x, seed, rows, examples):
-    return (start(x, self.params.epsilon, seed, rows),)
+    return (start(x, self.params.epsilon, seed, rows, self.params.norm),)
 
   def gradients(self, step, x, y, inputs):
     natural = tf.stop_gradient(tf.cast(step.inference(x), tf.float32))

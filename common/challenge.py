@@ -101,7 +101,8 @@ def threat_radius_and_step(config, epsilon: float, step_size: float, num_steps: 
 
 
 def training_method_keys(trades_beta: float, mma_max_epsilon: float, mma_min_epsilon: float,
-                         yopo_inner_steps: int):
+                         yopo_inner_steps: int, mma_l2_max_epsilon: float,
+                         mma_l2_min_epsilon: float):
   """The training objective's keys and the methods' own; the defaults are each method's
   authors' for the data set (`mma_*` in the challenge's pixel units)."""
   return (
@@ -119,6 +120,12 @@ def training_method_keys(trades_beta: float, mma_max_epsilon: float, mma_min_eps
                f'{mma_max_epsilon:g} for this data set); new'),
       Key('mma_min_epsilon', float, mma_min_epsilon, minimum=0,
           help=f'MMA: the smallest ε AN-PGD starts from (the authors\': {mma_min_epsilon:g}); '
+               'new'),
+      Key('mma_l2_max_epsilon', float, mma_l2_max_epsilon, minimum=0,
+          help=f'MMA with norm l2: d_max, an ℓ2 length (the authors\': {mma_l2_max_epsilon:g} '
+               'for this data set); new'),
+      Key('mma_l2_min_epsilon', float, mma_l2_min_epsilon, minimum=0,
+          help=f'MMA with norm l2: the smallest ε (the authors\': {mma_l2_min_epsilon:g}); '
                'new'),
       Key('mma_clean_weight', float, 1.0 / 3.0, minimum=0, maximum=1,
           help='MMA: the natural cross-entropy\'s weight c, the margin loss\'s 1 - c (the '

@@ -1,7 +1,8 @@
 """MMA training (Ding, Sharma, Lui & Huang, ICLR 2020, "MMA training: direct input space
 margin maximization through adversarial training"), a training objective of the shared
-trainer (`training_loss: "mma"`), ℓ∞, as the authors' code computes it
-(BorealisAI/mma_training: anpgd.py, trainer.py, config.py; the specification, written anew):
+trainer (`training_loss: "mma"`), ℓ∞ and ℓ2, as the authors' code computes it
+(BorealisAI/mma_training: anpgd.py, trainer.py, config.py, train.py's --norm, with
+advertorch's LinfPGDAttack and L2PGDAttack; the specification, written anew):
 
 * Each training example i remembers ε_i across epochs (a variable of the training split's
   size, checkpointed with the training state); a step attacks from max(ε_min, ε_i)
@@ -16,6 +17,13 @@ trainer (`training_loss: "mma"`), ℓ∞, as the authors' code computes it
   judgement allows (a success lowers the upper one to t, a failure raises the lower one),
   sets t to the interval's middle and judges x + t u, clipped to the pixel range. The new
   ε_i is that last t (not itself judged, as the authors'); a failed PGD ends near 1.05 d_max.
+* ℓ2 (`norm: "l2"`; d_max and ε_min are then `mma_l2_max_epsilon`, `mma_l2_min_epsilon`:
+  the authors' MNIST MMA-2.0 and 0.5, CIFAR-10 MMA-1.0 and 0.5 on [0, 1] images, i.e. 255
+  and 127.5 on the challenge's pixels): AN-PGD is advertorch's L2PGDAttack as the authors
+  run it: the start is a uniform random image of the pixel range minus x, scaled down to
+  ‖δ‖₂ ≤ ε; each step δ += (2.5 ε / steps) ∇/‖∇‖₂, then x + δ to the pixel range, then δ
+  scaled down to the ε-ball (pixel range first, ball second, as advertorch orders them; its
+  ∇/max(‖∇‖₂, 1e-6) is ∇/(‖∇‖₂ + 1e-10) here). The bisection and the loss are the same.
 * "Correct" examples are those whose natural soft logit margin is < 0 (training-mode
   logits). Per example, with c = `mma_clean_weight` (the authors' 1/3):
   (1 - c) · [correct: CE(f(x + ε_i u), y) if ε_i < d_max, else 0 (margin large enough);
@@ -40,6 +48,7 @@ import tensorflow as tf
 
 from common import losses, training_methods
 from common.attacks import pgd
+from common.attacks.threat import ThreatModel
 from common.errors import ChallengeError
 
 SEARCH_CEILING = 1.05  # × d_max: the bisection's upper end (the authors')
@@ -62,15 +71,28 @@ def _per_example(values, like):
 
 
 def pgd_at(model_fn, x, labels, epsilon, num_steps, noise, clip_min, clip_max,
-           loss_scale=None):
-  """PGD at each example's own ε ([batch]): from x + noise·ε (noise U(-1, 1), drawn
-  outside), `num_steps` sign steps of 2.5 ε / num_steps on the soft logit margin."""
+           loss_scale=None, norm='linf'):
+  """PGD at each example's own ε ([batch]) on the soft logit margin, `num_steps` steps of
+  2.5 ε / num_steps (noise U(-1, 1) in x's shape, drawn outside). ℓ∞: from x + noise·ε,
+  sign steps, each projected onto the ball, then the pixel range. ℓ2 (advertorch's
+  L2PGDAttack): from the uniform image clip_min + (noise + 1)/2 · (clip_max - clip_min)
+  minus x scaled into the ball, normalised-gradient steps, each clipped to the pixel range,
+  then scaled into the ball."""
   radius = _per_example(epsilon, x)
-  x_adv = tf.clip_by_value(x + noise * radius, clip_min, clip_max)
+  threat = ThreatModel(norm, 0.0, clip_min, clip_max)
   step_size = STEP_SCALE * radius / num_steps
+  if norm == 'linf':
+    x_adv = tf.clip_by_value(x + noise * radius, clip_min, clip_max)
+  else:
+    uniform_image = clip_min + (noise + 1.0) / 2.0 * (clip_max - clip_min)
+    x_adv = x + threat.shrink(uniform_image - x, radius)
   for _ in range(num_steps):
     grad = pgd.input_gradient(model_fn, x_adv, labels, soft_logit_margin, loss_scale)
-    x_adv = pgd.project(pgd.sign_step(x_adv, grad, step_size), x, radius, clip_min, clip_max)
+    x_adv = threat.ascent_step(x_adv, grad, step_size)
+    if norm == 'linf':
+      x_adv = threat.project(x_adv, x, radius)
+    else:
+      x_adv = x + threat.shrink(tf.clip_by_value(x_adv, clip_min, clip_max) - x, radius)
   return tf.stop_gradient(x_adv)
 
 
@@ -92,10 +114,10 @@ def bisect(model_fn, x, labels, epsilon, x_pgd, max_epsilon, search_steps, clip_
 
 
 def an_pgd(model_fn, x, labels, epsilon, num_steps, noise, max_epsilon, search_steps,
-           clip_min, clip_max, loss_scale=None):
+           clip_min, clip_max, loss_scale=None, norm='linf'):
   """AN-PGD: (each example's new ε, x + ε u clipped to the pixel range)."""
   x_pgd = pgd_at(model_fn, x, labels, epsilon, num_steps, noise, clip_min, clip_max,
-                 loss_scale)
+                 loss_scale, norm)
   new_epsilon, direction = bisect(model_fn, x, labels, epsilon, x_pgd, max_epsilon,
                                   search_steps, clip_min, clip_max)
   return new_epsilon, tf.clip_by_value(x + _per_example(new_epsilon, x) * direction,
@@ -149,7 +171,7 @@ class MMA(training_methods.Method):
     params = self.params
     new_epsilon, x_margin = an_pgd(step.inference, x, y, epsilon, params.num_steps, noise,
                                    self.max_epsilon, self.search_steps, params.clip_min,
-                                   params.clip_max, step.loss_scale)
+                                   params.clip_max, step.loss_scale, params.norm)
 
     def loss():
       natural = step.forward(x, update_state=True)

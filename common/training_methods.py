@@ -122,12 +122,6 @@ def check(config) -> None:
         f'({own_search[config.training_loss]}), so training_attack '
         f'"{config.training_attack}" would be ignored; set training_attack to "pgd" (the '
         'default)')
-  linf_only = ('yopo' if config.training_attack == 'yopo' else
-               config.training_loss if config.training_loss in ('bilateral', 'mma') else None)
-  if linf_only and config.norm != 'linf':
-    raise ChallengeError(f'{linf_only} is built for the ℓ∞ threat model only; norm is '
-                         f'"{config.norm}": set norm to linf, or train with training_loss madry '
-                         'or trades, which take either norm')
   if config.training_attack == 'yopo' and config.training_num_steps:
     raise ChallengeError(
         f'training_num_steps is {config.training_num_steps}, but YOPO counts its steps with '
@@ -159,9 +153,11 @@ def build(challenge, config, params: pgd.PGDParams) -> Method:
     return bilateral.Bilateral(bilateral.image_params(params, steps, step_size),
                                config.bilateral_beta)
   if config.training_loss == 'mma':
+    l2 = params.norm == 'l2'  # d_max and ε_min in the norm's units
     return mma.MMA(dataclasses.replace(params, num_steps=steps or params.num_steps),
-                   config.mma_max_epsilon, config.mma_min_epsilon, config.mma_clean_weight,
-                   config.mma_search_steps)
+                   config.mma_l2_max_epsilon if l2 else config.mma_max_epsilon,
+                   config.mma_l2_min_epsilon if l2 else config.mma_min_epsilon,
+                   config.mma_clean_weight, config.mma_search_steps)
   params = pgd.training_attack_params(params, config.training_attack, step_size,
                                       config.noise_multiplier, steps)
   if config.training_loss == 'trades':

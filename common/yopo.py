@@ -8,7 +8,8 @@ The network is split after its first layer with weights, f = g ∘ f₀ (`first_
 MNIST's conv1 with its ReLU, as the authors' layer_one; CIFAR-10's standardisation and
 init_conv). One update per batch:
 
-* η ~ U(-ε, ε), not clipped to the pixel range for the first pass (as the authors').
+* η ~ U(-ε, ε) (ℓ2: uniform on the sphere of radius ε), not clipped to the pixel range for
+  the first pass (as the authors').
 * m = `yopo_outer_steps` times, j = 1..m: a full forward and backward pass at x + η in
   training mode (batch statistics, batch norm's averages updated, a fresh dropout mask)
   gives the loss L_j (the challenge's reduction of the cross-entropy, divided by m), the
@@ -17,7 +18,8 @@ init_conv). One update per batch:
   fixed: η ← η + σ·sign(∇_η (p_j · f₀(clip(x + η)))) (σ = `training_step_size`; 0: the
   configured PGD's step, the authors' 0.01 for MNIST and 2/255 for CIFAR-10), then η to
   [-ε, ε], then x + η to the pixel range. (The authors write p = -∂L/∂z and descend
-  H = p · f₀: the same step.)
+  H = p · f₀: the same step.) With `norm: "l2"` (the authors' code is ℓ∞ only) the step and
+  the ball are the threat model's: η ← η + σ·∇/‖∇‖₂, then η scaled down to ‖η‖₂ ≤ ε.
 * The first layer's gradient is that of the Hamiltonian Σ_j p_j · f₀(clip(x + η'_j)), η'_j
   the η after the j-th inner loop; the other layers' is Σ_j ∇L_j (the mean over the m passes:
   the authors sum and divide the rate by m). Any term of the loss that reads the first
@@ -104,13 +106,15 @@ def hamiltonian(first_fn, x, eta, costate, params: pgd.PGDParams):
 
 
 def inner_updates(first_fn, x, eta, costate, params: pgd.PGDParams, num_steps):
-  """n sign steps of η through the first layer alone (see the docstring)."""
+  """n steepest-ascent steps of η (ℓ∞: sign steps) through the first layer alone (see the
+  docstring)."""
+  threat = params.threat
   for _ in range(num_steps):
     with tf.GradientTape(watch_accessed_variables=False) as tape:
       tape.watch(eta)
       value = hamiltonian(first_fn, x, eta, costate, params)
-    eta = eta + params.step_size * tf.sign(finite(tape.gradient(value, eta)))
-    eta = tf.clip_by_value(eta, -params.epsilon, params.epsilon)
+    eta = threat.ascent_step(eta, finite(tape.gradient(value, eta)), params.step_size)
+    eta = threat.shrink(eta)
     eta = tf.clip_by_value(x + eta, params.clip_min, params.clip_max) - x
   return tf.stop_gradient(eta)
 
@@ -128,7 +132,7 @@ class YOPO(training_methods.Method):
     return self._split
 
   def prepare(self, x, seed, rows, examples):
-    return (pgd.uniform_noise(x, self.params.epsilon, seed, rows),)
+    return (pgd.uniform_noise(x, self.params.epsilon, seed, rows, self.params.norm),)
 
   def gradients(self, step, x, y, inputs):
     forward, params = step.forward, self.params

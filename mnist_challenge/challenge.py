@@ -38,7 +38,8 @@ CONFIG_KEYS = (
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
 ) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
-    trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10
+    trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10,
+    mma_l2_max_epsilon=2.0, mma_l2_min_epsilon=0.5
 ) + norm_keys(l2_epsilon=2.0)
 
 

@@ -71,6 +71,12 @@ def test_project_step_and_distance_are_their_numpy_transcriptions(norm, shape):
                              rtol=1e-6)
   inside = threat.contains(projected, x_nat, 1e-6)
   assert inside.all() and not threat.contains(x, x_nat)[1:].all()
+  # shrink: the projection of a perturbation around 0, without the pixel range.
+  delta = x - x_nat
+  shrunk = threat.shrink(tf.constant(delta)).numpy()
+  np.testing.assert_allclose(shrunk, numpy_project(norm, delta, 0 * delta, epsilon, -np.inf,
+                                                   np.inf), rtol=1e-6, atol=1e-6)
+  assert np.any(x_nat + shrunk > 1) or np.any(x_nat + shrunk < 0)  # no pixel range
 
 
 @pytest.mark.parametrize('norm', sorted(NORMS))
@@ -214,14 +220,11 @@ def test_eval_evaluate_autoattack_and_the_guard_attack_in_l2(l2_model, monkeypat
   assert (held_out.norm, held_out.epsilon, held_out.step_size) == ('l2', 2.0, 0.5)
 
 
-def test_training_methods_take_the_norm_or_refuse_it(tmp_path, mnist_dir):
+def test_training_methods_take_the_norm(tmp_path, mnist_dir):
   config = tiny_config(tmp_path, mnist_dir, norm='l2')
-  for changes in ({'training_attack': 'yopo'}, {'training_loss': 'mma'},
-                  {'training_loss': 'bilateral'}):
-    with pytest.raises(ChallengeError, match='is built for the ℓ∞ threat model only; norm is '
-                                             '"l2"'):
-      training_methods.check(config.replace(**changes))
-  for changes in ({}, {'training_loss': 'trades'}, {'training_attack': 'fgsm_rs'}):
+  for changes in ({}, {'training_loss': 'trades'}, {'training_attack': 'fgsm_rs'},
+                  {'training_attack': 'yopo'}, {'training_loss': 'mma'},
+                  {'training_loss': 'bilateral'}):  # (their ℓ2 steps: test_training_l2.py)
     method = training_methods.build(MNIST, config.replace(**changes),
                                     MNIST.attack_params(config))
     assert method.params.norm == 'l2' and method.params.epsilon == 2.0

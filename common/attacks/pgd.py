@@ -97,10 +97,11 @@ def random_start(x_nat, epsilon, clip_min, clip_max, seed=None, rows=None, examp
   return tf.clip_by_value(x_nat + noise, clip_min, clip_max)
 
 
-def uniform_noise(x, radius, seed, rows):
-  """U(-radius, radius) in x's shape, stateless from `seed`: rows (first, total) of the whole
-  batch's draw (see `random_start`). Draw outside XLA."""
-  return rows_of_whole_batch(lambda whole: ThreatModel('linf', radius).noise(
+def uniform_noise(x, radius, seed, rows, norm='linf'):
+  """A start's noise in x's shape (ThreatModel.noise: ℓ∞ U(-radius, radius), ℓ2 uniform on the
+  sphere of that radius), stateless from `seed`: rows (first, total) of the whole batch's
+  draw (see `random_start`). Draw outside XLA."""
+  return rows_of_whole_batch(lambda whole: ThreatModel(norm, radius).noise(
       whole, seed, radius, x.dtype), x, rows)
 
 

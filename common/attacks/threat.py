@@ -6,6 +6,8 @@ projection or a distance:
   project(x, x_nat)            the nearest point of the ball (for ℓ∞ coordinate-wise, for
                                ℓ2 δ scaled down to norm ε), then clipped to the pixel range,
                                in that order (the original's order for ℓ∞)
+  shrink(delta)                the same for a perturbation, without the pixel range (the
+                               training methods that keep δ, as their authors, do)
   ascent_step(x, grad, size)   the steepest-ascent step of that size in the norm: ℓ∞
                                x + size·sign(grad); ℓ2 x + size·grad/‖grad‖₂
   noise(shape, seed, radius)   a random start's perturbation: ℓ∞ uniform in the box
@@ -71,6 +73,15 @@ class ThreatModel:
       scale = tf.minimum(tf.ones_like(norm), epsilon / tf.maximum(norm, _TINY))
       x = x_nat + delta * scale
     return tf.clip_by_value(x, self.clip_min, self.clip_max)
+
+  def shrink(self, delta, epsilon=None):
+    """The ball's nearest point to a perturbation δ (radius `epsilon`, default the model's;
+    no pixel range): ℓ∞ δ clipped to [-ε, ε], ℓ2 δ scaled down to norm ε if it is longer."""
+    epsilon = self.epsilon if epsilon is None else epsilon
+    if self.norm == 'linf':
+      return tf.clip_by_value(delta, -epsilon, epsilon)
+    norm = _per_example_norm(delta)
+    return delta * tf.minimum(tf.ones_like(norm), epsilon / tf.maximum(norm, _TINY))
 
   def ascent_step(self, x, grad, step_size):
     """x moved by `step_size` in the norm's steepest-ascent direction of `grad`."""
