@@ -17,6 +17,12 @@ per-constant iterations) reduce the budget, on both sides alike; ℓ2 runs the b
 both sides (its early abort is the batch's). Without a copy of the authors' code this prints
 why and exits 0.
 
+--floor runs the authors' code a second time, on the same images moved by at most 1e-6 of
+the pixel range (uniform noise, clipped): how far the reference lands from itself under
+float-rounding-sized changes, the floor for any agreement with it. (The ℓ∞ and ℓ0 attacks'
+τ and pixel-fixing schedules branch on thresholds: a rounding difference early in a solve
+can end it at another constant.)
+
   git clone https://github.com/carlini/nn_robust_attacks /tmp/nn_robust_attacks
   python benchmarks/cw_reference.py --reference /tmp/nn_robust_attacks --attacks l2 \\
       --num_examples 100 --max_iterations 1000
@@ -121,6 +127,44 @@ def distortion(attack, x_adv, x):
   return np.sum(np.abs(delta) > 1e-4, 1)  # pixels changed (one channel)
 
 
+def run_reference(reference, attack, images, labels, network, weights, settings):
+  """The authors' attack on the images in its own process: (adversarial images, seconds)."""
+  with tempfile.TemporaryDirectory() as scratch:
+    arrays = os.path.join(scratch, 'arrays.npz')
+    out = os.path.join(scratch, 'theirs.npz')
+    np.savez(arrays, images=images, labels=labels, network=network, **weights)
+    subprocess.run([sys.executable, os.path.abspath(__file__), '--reference', reference,
+                    '--reference_side', arrays, attack, json.dumps(settings), out],
+                   check=True, stdout=subprocess.DEVNULL)
+    theirs = np.load(out)
+    return theirs['adversarial'], float(theirs['seconds'])
+
+
+def compare(attack, whose, images, labels, their_adv, other_adv, predict):
+  """Prints how often the reference and `whose` both succeed or both fail, and their
+  distortions where both succeed."""
+  clean = predict(images) == labels
+  # The authors' ℓ2 code returns an all-zero (grey) image where it found nothing.
+  returned = lambda adv: ~np.all(adv == 0.5, axis=1) if attack == 'l2' else np.ones(len(adv),
+                                                                                     bool)
+  their_success = clean & returned(their_adv) & (predict(their_adv) != labels)
+  other_success = clean & returned(other_adv) & (predict(other_adv) != labels)
+  both = their_success & other_success
+  theirs_d, other_d = distortion(attack, their_adv, images), distortion(attack, other_adv,
+                                                                        images)
+  relative = np.abs(other_d[both] - theirs_d[both]) / np.maximum(theirs_d[both], 1e-12)
+  print(f'  {whose}: success: reference {their_success.sum()} of {clean.sum()} '
+        f'clean-correct, {whose} {other_success.sum()}; alike on '
+        f'{np.mean(their_success == other_success) * 100:.1f}% of the examples')
+  if both.any():
+    figure = 'mean' if attack == 'l0' else 'median'
+    middle = np.mean if attack == 'l0' else np.median
+    print(f'    distortion where both succeed: reference mean {theirs_d[both].mean():.4f} '
+          f'median {np.median(theirs_d[both]):.4f}; {whose} mean {other_d[both].mean():.4f} '
+          f'median {np.median(other_d[both]):.4f}; {figure} relative difference '
+          f'{100 * middle(relative):.2f}%')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--reference', default='',
@@ -134,6 +178,9 @@ def main():
   parser.add_argument('--max_iterations', type=int, default=0,
                       help='Adam iterations per constant (0: the authors\' defaults: ℓ2 '
                            '10,000, ℓ∞ and ℓ0 1,000)')
+  parser.add_argument('--floor', action='store_true',
+                      help='also run the authors\' code on the images moved by 1e-6 (noise) '
+                           'and compare it with itself')
   parser.add_argument('--reference_side', nargs=4, metavar=('ARRAYS', 'ATTACK', 'SETTINGS',
                                                             'OUT'), help=argparse.SUPPRESS)
   options = parser.parse_args()
@@ -197,39 +244,22 @@ def main():
     settings = {'max_iterations': options.max_iterations} if options.max_iterations else {}
     described = settings or "the authors' defaults"
     print(f'\n{attack}: {path}, the first {n} test images, untargeted, settings {described}')
-    with tempfile.TemporaryDirectory() as scratch:
-      arrays = os.path.join(scratch, 'arrays.npz')
-      out = os.path.join(scratch, 'theirs.npz')
-      np.savez(arrays, images=images, labels=labels, network=network, **weights)
-      subprocess.run([sys.executable, os.path.abspath(__file__), '--reference',
-                      options.reference, '--reference_side', arrays, attack,
-                      json.dumps(settings), out], check=True, stdout=subprocess.DEVNULL)
-      theirs = np.load(out)
-      their_adv, their_seconds = theirs['adversarial'], float(theirs['seconds'])
+    their_adv, their_seconds = run_reference(options.reference, attack, images, labels,
+                                             network, weights, settings)
     attack_fn = tf.function(lambda x, y: ours[attack](x, y, settings))
     began = time.perf_counter()
     our_adv, _ = attack_fn(tf.constant(images), tf.constant(labels))
     our_adv = our_adv.numpy()
     our_seconds = time.perf_counter() - began
     predict = lambda v: np.argmax(model_fn(tf.constant(v)).numpy(), 1)
-    clean = predict(images) == labels
-    # The authors' ℓ2 code returns an all-zero (grey) image where it found nothing.
-    returned = ~np.all(their_adv == 0.5, axis=1) if attack == 'l2' else np.ones(n, bool)
-    their_success = clean & returned & (predict(their_adv) != labels)
-    our_success = clean & (predict(our_adv) != labels)
-    both = their_success & our_success
-    theirs_d, ours_d = distortion(attack, their_adv, images), distortion(attack, our_adv, images)
-    relative = np.abs(ours_d[both] - theirs_d[both]) / np.maximum(theirs_d[both], 1e-12)
-    print(f'  success: reference {their_success.sum()} of {clean.sum()} clean-correct, ours '
-          f'{our_success.sum()}; alike on {np.mean(their_success == our_success) * 100:.1f}% '
-          'of the examples')
-    if both.any():
-      figure = 'mean' if attack == 'l0' else 'median'
-      middle = np.mean if attack == 'l0' else np.median
-      print(f'  distortion where both succeed: reference mean {theirs_d[both].mean():.4f} '
-            f'median {np.median(theirs_d[both]):.4f}; ours mean {ours_d[both].mean():.4f} '
-            f'median {np.median(ours_d[both]):.4f}; {figure} relative difference '
-            f'{100 * middle(relative):.2f}%')
+    compare(attack, 'ours', images, labels, their_adv, our_adv, predict)
+    if options.floor:
+      moved = np.clip(images + np.random.default_rng(0).uniform(-1e-6, 1e-6, images.shape),
+                      0.0, 1.0).astype(np.float32)
+      again, _ = run_reference(options.reference, attack, moved, labels, network, weights,
+                               settings)
+      compare(attack, 'the reference on the images moved by 1e-6', images, labels, their_adv,
+              again, predict)
     print(f'  time: reference {their_seconds:.1f} s, ours {our_seconds:.1f} s (with '
           f'tracing): ours {their_seconds / our_seconds:.2f}x faster')
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from cifar10_challenge.challenge import CIFAR10
 from common import (checkpoints, commands, landscape, losses, paper_table, precision,
                     training)
-from common.attacks import autoattack, cw_linf, pgd
+from common.attacks import autoattack, cw_linf, pgd, registry
 from common.attacks.pgd import PGDParams
 from common.data import Split
 from common.errors import ChallengeError
@@ -316,14 +316,29 @@ def test_each_row_runs_the_attack_it_names(tmp_path, table_models, monkeypatch):
 
 @pytest.mark.slow
 def test_rows_named_by_attack_follow_the_papers_and_judge_inside_the_ball(tmp_path,
-                                                                          table_models):
+                                                                          table_models,
+                                                                          monkeypatch):
   model_a = table_models['A']
+  budgets = []  # what each named row's attack is made with
+  real_make, real_init = registry.make, autoattack.AutoAttack.__init__
+
+  def make(name, threat, iterations=0, *args, **kwargs):
+    budgets.append((name, iterations))
+    return real_make(name, threat, iterations, *args, **kwargs)
+
+  def init(self, *args, **kwargs):
+    budgets.append((tuple(kwargs.get('attacks', args[5])), kwargs['apgd_iterations']))
+    real_init(self, *args, **kwargs)
+  monkeypatch.setattr(registry, 'make', make)
+  monkeypatch.setattr(autoattack.AutoAttack, '__init__', init)
   results = commands.evaluate_table(
       scaled_down(MNIST), model_a, method=('natural', 'apgd-ce', 'cw-linf'),
       attack=('apgd-ce:5', 'cw-linf:20'), num_examples=10,
       output_dir=str(tmp_path / 'out'), log=quiet)
   named = results[len(MNIST.paper_table):]
   assert [r.row.label for r in named] == ['apgd-ce 5 from A', 'cw-linf 20 from A']
+  assert (('apgd-ce',), 5) in budgets and ('cw-linf', 20) in budgets
+  monkeypatch.undo()
   rows = read_table(tmp_path / 'out' / 'table.csv')
   assert [(r['method'], r['steps']) for r in rows[-2:]] == [('apgd-ce', '5'), ('cw-linf', '20')]
   model = MNIST.build_model(model_a)
