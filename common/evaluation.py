@@ -13,6 +13,7 @@ from common import data, losses, precision
 from common.attacks import autoattack, pgd, registry, runner
 from common.errors import NonFiniteLogits
 
+
 @dataclasses.dataclass
 class Results:
   num_examples: int

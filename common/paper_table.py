@@ -17,10 +17,9 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from common import files, losses, model_files, precision, runtime
+from common import evaluation, files, losses, model_files, precision, runtime
 from common.attacks import autoattack, pgd, registry
 from common.errors import ChallengeError
-from common import evaluation
 from common.evaluation import Evaluator
 
 WHITE_BOX = 'A'

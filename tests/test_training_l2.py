@@ -113,6 +113,12 @@ def test_the_bilateral_start_in_l2_lies_on_the_sphere_unclipped():
                           'l2').numpy()
   np.testing.assert_allclose(l2_norms(start - x), 0.5, rtol=1e-5)
   assert start.max() > 1.0  # not clipped before the first gradient, as the authors'
+  # The method draws it so under norm l2 (ε 2.0).
+  config = MNIST.load_config(overrides={'norm': 'l2', 'training_loss': 'bilateral'})
+  method = training_methods.build(MNIST, config, MNIST.attack_params(config))
+  images = tf.fill([4, 784], 0.5)
+  drawn, = method.prepare(images, tf.constant([1, 2], tf.int64), (0, 4), None)
+  np.testing.assert_allclose(l2_norms(drawn - images), 2.0, rtol=1e-5)
 
 
 def test_the_methods_take_their_l2_radii_and_mmas_own_l2_keys():

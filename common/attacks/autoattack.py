@@ -89,9 +89,8 @@ class AutoAttack:
   The attacks run on the examples still robust, through the runner: in batches of
   `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
   `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
-  of their number). Logits
-  that are not finite, on a clean or an adversarial example, raise NonFiniteLogits naming
-  the model (`model_name`): NaN would be judged a misclassification.
+  of their number). Logits that are not finite, on a clean or an adversarial example, raise
+  NonFiniteLogits naming the model (`model_name`): NaN would be judged a misclassification.
   """
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
