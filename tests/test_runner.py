@@ -151,3 +151,20 @@ def test_attack_by_name_runs_autoattacks_four_as_the_chain_and_cw_as_its_functio
   direct, _ = tf.function(lambda: cw_l2.cw_l2(model_fn, x, labels, params.threat,
                                               tf.constant(targets), max_iterations=20))()
   np.testing.assert_allclose(cw, direct.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', sorted(n for n, a in registry.ATTACKS.items() if a.xla))
+def test_each_attack_xla_allows_compiles_and_agrees_with_the_uncompiled(name):
+  # jit_compile (the config key) reaches every attack through the runner; Square opts out.
+  model_fn = mlp(seed=6, inputs=16)
+  x = RNG.uniform(0, 1, (6, 16)).astype(np.float32)
+  labels = np.argmax(model_fn(x).numpy(), 1)
+  options = {'params': pgd.PGDParams(0.2, 4, 0.05)} if name == 'pgd' else {}
+  attack = registry.make(name, ThreatModel('linf', 0.2), 5, (4, 4, 1), **options)
+  targets = (labels + 1) % 4
+  plain, plain_success = runner.Runner(batch_size=8).attack(attack, model_fn, x, labels,
+                                                            targets, seed=1)
+  compiled, success = runner.Runner(batch_size=8).attack(attack, model_fn, x, labels, targets,
+                                                         seed=1, jit_compile=True)
+  np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(success, plain_success)
