@@ -306,8 +306,8 @@ MUTATIONS = (
              ['tests/test_runner.py']),
     Mutation('runner_keeps_the_padding', "the runner returns the padding rows' outputs",
              'common/attacks/runner.py',
-             [('outputs.append([np.asarray(o)[:count] for o in out])',
-               'outputs.append([np.asarray(o) for o in out])')],
+             [('outputs.append([np.asarray(o)[:count] for o in out[:keep]])',
+               'outputs.append([np.asarray(o) for o in out[:keep]])')],
              ['tests/test_runner.py']),
     Mutation('runner_draws_by_batch_position', "the runner numbers the examples by their "
              'place in the batch, not in the set', 'common/attacks/runner.py',

@@ -137,17 +137,18 @@ class Evaluator:
              log=None) -> Results:
     """PGD on every example of `split` (common.attacks.runner: batches over the replicas);
     log(batch number) after each batch."""
-    nat, nat_xent, adv, adv_xent, not_finite, x_adv = runner.Runner(
+    nat, nat_xent, adv, adv_xent, not_finite, *x_adv = runner.Runner(
         self.strategy, batch_size).map(
             self._attack_rows, [split.images, split.labels,
-                                np.arange(len(split), dtype=np.int64)], log)
+                                np.arange(len(split), dtype=np.int64)], log,
+            keep=None if keep_adversarial else 5)  # the adversarial set only when kept
     if not_finite.any():
       raise NonFiniteLogits(self.name, int(not_finite.sum()), 2 * len(split),
                             'natural and adversarial examples')
     return Results(len(split), int(nat.sum()), int(adv.sum()),
                    float(np.sum(nat_xent, dtype=np.float64)),
                    float(np.sum(adv_xent, dtype=np.float64)),
-                   x_adv if keep_adversarial else None)
+                   x_adv[0] if keep_adversarial else None)
 
   def predict(self, split: data.Split, batch_size: int) -> np.ndarray:
     """int64 predicted labels for split.images, in order."""

@@ -37,6 +37,8 @@ def test_map_returns_every_row_in_order_and_pads_a_partial_batch_to_a_sixteenth(
   np.testing.assert_array_equal(doubled, 2 * x)
   np.testing.assert_array_equal(tagged, index + 100 * (index >= 32))  # batch 1 from row 32
   assert seen == [(0, 32), (1, 14)]  # 13 rows padded to the next multiple of 32 / 16
+  (only,) = runner.Runner(batch_size=32).map(fn, [x, index], keep=1)  # the rest not held
+  np.testing.assert_array_equal(only, 2 * x)
 
 
 def test_map_splits_each_batch_evenly_over_the_replicas_and_gathers_in_order():

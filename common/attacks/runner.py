@@ -71,9 +71,11 @@ class Runner:
     return tuple(tf.concat(parts, 0) for parts in local)
 
   def map(self, fn: Callable, arrays: Sequence[np.ndarray],
-          log: Optional[Callable[[int], None]] = None) -> List[np.ndarray]:
+          log: Optional[Callable[[int], None]] = None,
+          keep: Optional[int] = None) -> List[np.ndarray]:
     """fn's per-row outputs for every row of `arrays` (equal lengths, at least one row), in
-    order; log(batch number) after each batch."""
+    order (only the first `keep` of them, if given: the others are not held in memory);
+    log(batch number) after each batch."""
     n, outputs = len(arrays[0]), []
     for batch, first in enumerate(range(0, n, self.batch_size)):
       count = min(self.batch_size, n - first)
@@ -81,7 +83,7 @@ class Runner:
       padded = np.concatenate([rows, np.full(self.padded_size(count) - count, rows[-1])])
       out = self._replicated(fn, tf.constant(batch, tf.int64),
                              [tf.constant(np.asarray(a)[padded]) for a in arrays])
-      outputs.append([np.asarray(o)[:count] for o in out])
+      outputs.append([np.asarray(o)[:count] for o in out[:keep]])
       if log:
         log(batch)
     return [np.concatenate(parts) for parts in zip(*outputs)]
