@@ -352,6 +352,11 @@ MUTATIONS = (
                'return (start(x, self.params.epsilon, seed, rows),)')],
              ['tests/test_training_l2.py']),
     # Bad input (tests/test_bad_input.py, docs/robustness.md).
+    Mutation('attack_command_scores_nan', 'attack.py scores NaN logits as predictions',
+             'common/commands.py',
+             [("  not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))\n  if not_finite:",
+               "  not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))\n  if False:")],
+             ['tests/test_bad_input.py']),
     Mutation('open_input_blocks', 'a file a command reads is opened blocking (a FIFO hangs it)',
              'common/files.py',
              [("descriptor = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)\n"

@@ -250,6 +250,8 @@ READERS = {
         MNIST, config, method=('natural',), num_examples=4, log=quiet, **kw),
     'landscape': lambda config, **kw: commands.loss_landscape(
         MNIST, config, num_examples=1, restarts=2, log=quiet, **kw),
+    'attack': lambda config, **kw: commands.run_named_attack(
+        MNIST, config, attack='pgd', iterations=2, num_examples=4, log=quiet, **kw),
 }
 
 
@@ -623,7 +625,7 @@ def test_nan_logits_are_an_error_naming_the_model_not_a_score(tmp_path, trained)
   np.save(store, test.images)
   config = trained.replace(store_adv_path=str(store), pred_path=str(pred))
   named = f'{path} returned logits that are not finite \\(NaN or infinite\\)'
-  for command in ('eval', 'run_attack', 'evaluate', 'landscape', 'autoattack'):
+  for command in ('eval', 'run_attack', 'evaluate', 'landscape', 'autoattack', 'attack'):
     refused(lambda: READERS[command](config, model_path=path), named)
   assert not pred.exists()
   refused(lambda: READERS['pgd_attack'](config.replace(store_adv_path=str(tmp_path / 'a.npy')),
