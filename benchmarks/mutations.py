@@ -354,8 +354,8 @@ MUTATIONS = (
     # Bad input (tests/test_bad_input.py, docs/robustness.md).
     Mutation('attack_command_scores_nan', 'attack.py scores NaN logits as predictions',
              'common/commands.py',
-             [("  not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))\n  if not_finite:",
-               "  not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))\n  if False:")],
+             [("  require_finite_logits(clean_logits, path, 'clean examples')", ''),
+              ("  require_finite_logits(adversarial_logits, path, 'adversarial examples')", '')],
              ['tests/test_bad_input.py']),
     Mutation('open_input_blocks', 'a file a command reads is opened blocking (a FIFO hangs it)',
              'common/files.py',

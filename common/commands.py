@@ -21,7 +21,7 @@ from common import (checkpoints, distribute, files, landscape, model_files, pape
 from common.attacks import autoattack, pgd, registry
 from common.attacks.threat import ThreatModel
 from common.data import Split
-from common.errors import ChallengeError, NonFiniteLogits, UnreadableCheckpoint
+from common.errors import ChallengeError, UnreadableCheckpoint, require_finite_logits
 from common.evaluation import Evaluator, attack_by_name
 
 
@@ -546,13 +546,6 @@ ATTACK_OPTIONS = {
 }
 
 
-def _require_finite(logits, model, of):
-  """NaN logits would be argmax'd into class 0: an error naming the model instead."""
-  not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))
-  if not_finite:
-    raise NonFiniteLogits(model, not_finite, len(logits), of)
-
-
 def distortion(norm, x_adv, x, pixel_range, image_shape):
   """Each example's distance in `norm` ('l0': pixels with a channel moved by at least 1e-4 of
   the pixel range, as the C&W authors count them)."""
@@ -604,7 +597,7 @@ def run_named_attack(challenge, config, attack='', targeted=False, num_examples=
       model_fn(tf.constant(images[i:i + batch_size])).numpy()
       for i in range(0, len(images), batch_size)])
   clean_logits = logits(head.images)
-  _require_finite(clean_logits, path, 'clean examples')
+  require_finite_logits(clean_logits, path, 'clean examples')
   classes = clean_logits.shape[-1]
   targets = (head.labels + np.random.default_rng(seed).integers(1, classes, len(head))) % classes
   began = time.perf_counter()
@@ -613,7 +606,7 @@ def run_named_attack(challenge, config, attack='', targeted=False, num_examples=
   seconds = time.perf_counter() - began
   clean = np.argmax(clean_logits, 1) == head.labels
   adversarial_logits = logits(x_adv)
-  _require_finite(adversarial_logits, path, 'adversarial examples')
+  require_finite_logits(adversarial_logits, path, 'adversarial examples')
   adversarial_predictions = np.argmax(adversarial_logits, 1)
   if targeted:
     fooled = adversarial_predictions == targets

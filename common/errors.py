@@ -1,4 +1,5 @@
 """Errors a user can act on. The command-line wrapper prints them in one line, no traceback."""
+import numpy as np
 
 
 class ChallengeError(Exception):
@@ -17,6 +18,14 @@ class NonFiniteLogits(ChallengeError):
     super().__init__(f'{model} returned logits that are not finite (NaN or infinite) for '
                      f'{count} of {total} {of}; they cannot be scored as predictions: check '
                      'the model (diverged weights, a division by zero)')
+
+
+def require_finite_logits(logits, model: str, of: str) -> None:
+  """Raises NonFiniteLogits naming `model` if a row of `logits` (numpy, [n, classes]) holds a
+  NaN or an infinity: argmax would score NaN as class 0."""
+  not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))
+  if not_finite:
+    raise NonFiniteLogits(model, not_finite, len(logits), of)
 
 
 class InvalidSubmission(ChallengeError):

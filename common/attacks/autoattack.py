@@ -33,7 +33,7 @@ from common import losses
 from common.attacks import apgd, pgd, registry, runner
 from common.attacks.threat import ThreatModel
 from common.config import MAX_EVAL_BATCH
-from common.errors import ChallengeError, NonFiniteLogits
+from common.errors import ChallengeError, require_finite_logits
 
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
@@ -141,7 +141,7 @@ class AutoAttack:
     n = len(labels)
     clean_logits = np.concatenate([self._logits(images[i:i + self.batch_size]).numpy()
                                    for i in range(0, n, self.batch_size)])
-    self._require_finite(clean_logits, 'clean examples')
+    require_finite_logits(clean_logits, self.model_name, 'clean examples')
     robust = np.argmax(clean_logits, 1) == labels
     clean = float(robust.mean())
     adversarial = images.copy()
@@ -165,7 +165,8 @@ class AutoAttack:
         x_adv, fooled, logits = self.runner.attack(
             attack, self.model_fn, images[todo], labels[todo], targets[todo], todo, seed,
             self.jit_compile, score_fn=self._logits)
-        self._require_finite(logits, f'adversarial examples of {name.upper()}')
+        require_finite_logits(logits, self.model_name,
+                              f'adversarial examples of {name.upper()}')
         inside = self.threat.contains(x_adv, images[todo], tolerance)
         wrong = np.argmax(logits, 1) != labels[todo]
         broke = todo[fooled & wrong & inside]
@@ -178,11 +179,6 @@ class AutoAttack:
                f'({seconds:.1f} s)')
     warn_if_square_beats_gradients(self.attacks, broken_by)
     return Report(clean, outcomes, broken_by, adversarial, robust)
-
-  def _require_finite(self, logits, of):
-    not_finite = int(np.sum(~np.isfinite(logits).all(axis=1)))
-    if not_finite:
-      raise NonFiniteLogits(self.model_name, not_finite, len(logits), of)
 
   # --- checks, as the reference's --------------------------------------------------------
 
