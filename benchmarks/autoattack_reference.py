@@ -1,16 +1,22 @@
-"""AutoAttack (standard version, ℓ∞ or ℓ2) against its reference implementation,
+"""AutoAttack (standard or rand version, ℓ∞ or ℓ2) against its reference implementation,
 fra31/auto-attack in PyTorch on the CPU: the same weights, images, norm, ε and batch size, one
 after the other on this machine. Prints each attack's cumulative robust accuracy for both, how
 many examples end alike (robust or broken) after each attack, and both wall times with their
 ratio.
 
-Two models:
+Three models:
 * `shipped`: the model at --model_dir (by default the PGD-3 recipe's, checkpoints/mnist/fast:
   the model shipped until 2026-12-05, Madry's CNN; or the shipped Small CNN,
   checkpoints/mnist/fast_robust: both are ported to PyTorch in torch_reference.py);
 * `masked`: the same weights behind a binarising input layer (pixels > 0.5 -> 1, else 0)
   whose input gradient is exactly zero: a model that masks its gradients, where APGD and FAB
-  cannot move and Square decides (and where FAB's treatment of zero-gradient pixels shows).
+  cannot move and Square decides (and where FAB's treatment of zero-gradient pixels shows);
+* `randomised`: the same weights behind random resizing and padding (Xie et al. 2018, scaled
+  to 28 pixels: common/defences/random_resize_pad.py; on the reference's side the same
+  transform written in PyTorch, drawing from torch's generator, which the reference seeds),
+  for the rand version (--version rand: APGD-CE and APGD-DLR with EOT over 20 draws). The
+  draws differ between the sides by construction; compare with the reference's spread over
+  seeds (--seeds 0,1,2).
 
 The reference runs in its own process, under another Python that has torch (the reference
 needs nothing else), from a local copy of its repository; it is no dependency of the project
@@ -41,14 +47,42 @@ from torch_reference import (PORTED, keras_weights, mnist_network, python_with_t
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
-VARIANTS = ('shipped', 'masked')
+RAND = ('apgd-ce', 'apgd-dlr')
+VERSIONS = {'standard': STANDARD, 'rand': RAND}
+VARIANTS = ('shipped', 'masked', 'randomised')
 REFERENCE_NORMS = {'linf': 'Linf', 'l2': 'L2'}
 
 
 # --- the reference's side (runs under --reference_python; imports torch, not TensorFlow) ---
 
+def resize_and_pad(x):
+  """common/defences/random_resize_pad.py in PyTorch, on NCHW images, drawing from torch's
+  global generator: r uniform in [round(S·299/331), S − 1], the image shrunk to r × r by
+  nearest neighbour (source ⌊(i − offset)·S / r⌋) and zero-padded to S × S at offsets uniform
+  in [0, S − r]."""
+  import torch
+  n, c, s, _ = x.shape
+  r = torch.randint(int(round(s * 299 / 331)), s, (n,))
+  unit = torch.rand(2, n)
+  room = (s - r + 1).float()
+  top = torch.minimum((unit[0] * room).floor().long(), s - r)
+  left = torch.minimum((unit[1] * room).floor().long(), s - r)
+  positions = torch.arange(s)[None, :]
+
+  def source(offset):
+    inside = (positions >= offset[:, None]) & (positions < (offset + r)[:, None])
+    index = torch.div((positions - offset[:, None]) * s, r[:, None], rounding_mode='floor')
+    return index.clamp(0, s - 1), inside
+
+  rows, rows_inside = source(top)
+  columns, columns_inside = source(left)
+  picked = x.gather(2, rows[:, None, :, None].expand(n, c, s, s))
+  picked = picked.gather(3, columns[:, None, None, :].expand(n, c, s, s))
+  return picked * (rows_inside[:, None, :, None] & columns_inside[:, None, None, :]).float()
+
+
 def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, attacks,
-                   out_path):
+                   out_path, version):
   import torch
   sys.path.insert(0, reference_dir)
   from autoattack import AutoAttack
@@ -58,8 +92,8 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
   tensor = lambda name: torch.from_numpy(arrays[name])
 
   masked = lambda x: (x > 0.5).float().detach() + 0.0 * x  # the gradient is exactly zero
-  model = mnist_network(arrays, str(arrays['network']),
-                        masked if variant == 'masked' else None).eval()
+  preprocess = {'masked': masked, 'randomised': resize_and_pad}.get(variant)
+  model = mnist_network(arrays, str(arrays['network']), preprocess).eval()
 
   # The robust flags after each attack, read where the reference records an attack as run.
   after = {}
@@ -72,10 +106,11 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
 
   images = tensor('images').reshape(-1, 1, 28, 28)
   labels = tensor('labels')
-  # The standard version's settings (one restart, 9 targets, 5,000 queries) for a part of the
-  # chain too: its 'custom' version would leave APGD-CE and FAB at 5 restarts.
+  # The version's settings (standard: one restart, 9 targets, 5,000 queries; rand: EOT 20)
+  # for a part of the chain too: its 'custom' version would leave APGD-CE and FAB at 5
+  # restarts.
   adversary = AutoAttack(model, norm=REFERENCE_NORMS[norm], eps=float(arrays['epsilon']),
-                         version='standard', seed=seed, device='cpu', verbose=False)
+                         version=version, seed=seed, device='cpu', verbose=False)
   adversary.attacks_to_run = list(attacks)
   began = time.perf_counter()
   adversary.run_standard_evaluation(images, labels, bs=batch_size)
@@ -89,11 +124,12 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
 
 # --- ours, and the comparison --------------------------------------------------------------
 
-def ours(model_fn, images, labels, epsilon, batch_size, seed, norm, attacks):
+def ours(model_fn, images, labels, epsilon, batch_size, seed, norm, attacks, version):
   from common.attacks import autoattack
   seconds_per_attack, began = {}, time.perf_counter()
   attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), attacks,
-                                   batch_size, seed, log=lambda *a, **k: None, norm=norm)
+                                   batch_size, seed, log=lambda *a, **k: None, norm=norm,
+                                   version=version)
   robust = {}
   report = attacker.run(images, labels)
   seconds = time.perf_counter() - began
@@ -123,8 +159,9 @@ def main():
   parser.add_argument('--batch_size', type=int, default=500)
   parser.add_argument('--seeds', default='0',
                       help='comma-separated: each variant runs once per seed, on both sides')
-  parser.add_argument('--attacks', default=','.join(STANDARD),
-                      help='a part of the standard chain, in its order (default: all)')
+  parser.add_argument('--version', default='standard', choices=tuple(VERSIONS))
+  parser.add_argument('--attacks', default='',
+                      help='a part of the version\'s chain, in its order (default: all)')
   parser.add_argument('--norm', default='linf', choices=tuple(REFERENCE_NORMS))
   parser.add_argument('--epsilon', type=float, default=0.0,
                       help='the radius (default: the challenge\'s for the norm: 0.3, 2.0)')
@@ -132,14 +169,16 @@ def main():
   parser.add_argument('--reference_side', nargs=3, metavar=('ARRAYS', 'VARIANT', 'OUT'),
                       help=argparse.SUPPRESS)
   options = parser.parse_args()
-  attacks = [a for a in STANDARD if a in options.attacks.split(',')]
-  if not attacks or len(attacks) != len(options.attacks.split(',')):
-    sys.exit(f'error: --attacks "{options.attacks}": use a part of ' + ','.join(STANDARD))
+  chain = VERSIONS[options.version]
+  asked = options.attacks.split(',') if options.attacks else list(chain)
+  attacks = [a for a in chain if a in asked]
+  if not attacks or len(attacks) != len(asked):
+    sys.exit(f'error: --attacks "{options.attacks}": use a part of ' + ','.join(chain))
   seeds = [int(seed) for seed in options.seeds.split(',')]
   if options.reference_side:
     arrays, variant, out = options.reference_side
     reference_side(arrays, variant, options.reference, options.batch_size, seeds[0],
-                   options.norm, attacks, out)
+                   options.norm, attacks, out, options.version)
     return
 
   if not os.path.isfile(os.path.join(options.reference, 'autoattack', 'autoattack.py')):
@@ -162,7 +201,7 @@ def main():
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from common import cli  # noqa: F401  (TensorFlow starts quietly)
   import tensorflow as tf
-  from common import checkpoints, runtime
+  from common import checkpoints, defences, runtime
   from mnist_challenge.challenge import MNIST
   from timing import machine
 
@@ -194,16 +233,21 @@ def main():
         subprocess.run([python, os.path.abspath(__file__), '--reference', options.reference,
                         '--batch_size', str(batch_size), '--seeds', str(seed),
                         '--norm', options.norm, '--attacks', ','.join(attacks),
+                        '--version', options.version,
                         '--reference_side', arrays, variant, out], check=True)
         with open(out) as f:
           theirs = json.load(f)
+        randomised = defences.Defended(model, defences.RandomResizePad((28, 28, 1), 1.0),
+                                       seed=seed)
 
         def model_fn(x, variant=variant):
           if variant == 'masked':
             x = tf.stop_gradient(tf.cast(x > 0.5, tf.float32)) + 0.0 * x
+          if variant == 'randomised':
+            return randomised(x)
           return model(x, training=False)
         robust, seconds, per_attack = ours(model_fn, images, labels, epsilon, batch_size,
-                                           seed, options.norm, attacks)
+                                           seed, options.norm, attacks, options.version)
         finals.append(report(f'{variant}, seed {seed}', n, theirs, robust, seconds,
                              per_attack, attacks))
       if len(seeds) > 1:

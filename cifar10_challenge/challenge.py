@@ -5,7 +5,7 @@ import os
 import tensorflow as tf
 
 from cifar10_challenge import data, model
-from common import losses, optimizers, training
+from common import defences, losses, optimizers, training
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge, norm_keys,
                               threat_radius_and_step, training_method_keys)
@@ -51,7 +51,8 @@ CONFIG_KEYS = (
 ) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
     trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3,
     mma_l2_max_epsilon=1.0 * 255, mma_l2_min_epsilon=0.5 * 255
-) + norm_keys(l2_epsilon=0.5 * 255)  # ε 0.5 on [0, 1] images, as RobustBench's ℓ2 track
+) + norm_keys(l2_epsilon=0.5 * 255) + defences.config_keys(bit_depth=5)
+# (ℓ2 ε 0.5 on [0, 1] images, as RobustBench's ℓ2 track)
 
 PIXEL_MAX = 255.0
 
@@ -60,7 +61,8 @@ def attack_params(config) -> PGDParams:
   epsilon, step_size = threat_radius_and_step(config, config.epsilon, config.step_size,
                                               config.num_steps)
   return PGDParams(epsilon, config.num_steps, step_size, config.random_start,
-                   config.loss_func, clip_min=0.0, clip_max=PIXEL_MAX, norm=config.norm)
+                   config.loss_func, clip_min=0.0, clip_max=PIXEL_MAX, norm=config.norm,
+                   eot_samples=config.eot_samples)
 
 
 def build_optimizer(config):

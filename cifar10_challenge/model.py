@@ -24,6 +24,7 @@ import math
 import keras
 import tensorflow as tf
 
+from common import defences
 from common.errors import ChallengeError
 
 INPUT_SHAPE = (32, 32, 3)
@@ -171,7 +172,10 @@ def build_model(config=None, filters=None, portable=False) -> keras.Model:
   """The network with config.filters (or `filters`; default: the wide one); `portable`:
   from Keras' own layers and ops only (for export), computing the same function."""
   filters = check_filters(filters or (config.filters if config is not None else WIDE_FILTERS))
-  inputs = keras.Input(INPUT_SHAPE, name='x_input')
+  # Behind a thermometer defence (config.defence) the network takes the codes: 3·levels
+  # channels.
+  channels = defences.input_channels(config, INPUT_SHAPE[-1]) if config is not None else 3
+  inputs = keras.Input(INPUT_SHAPE[:2] + (channels,), name='x_input')
   x = _standardize(inputs, portable)
   x = _conv(filters[0], 1, 'init_conv')(x)
   for stage in range(3):

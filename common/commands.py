@@ -16,8 +16,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from common import (checkpoints, distribute, files, landscape, model_files, paper_table,
-                    precision, runtime, submission, tf1_checkpoints, training)
+from common import (checkpoints, defences, distribute, files, landscape, model_files,
+                    paper_table, precision, runtime, submission, tf1_checkpoints, training)
 from common.attacks import autoattack, pgd, registry
 from common.attacks.threat import ThreatModel
 from common.data import Split
@@ -102,14 +102,23 @@ def _check_model_file_options(model_path, unsafe_model):
 
 
 def _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log):
-  """(model, build) under `strategy`: the file at model_path, checked against the
+  """(network, build) under `strategy`: the file at model_path, checked against the
   challenge's contract (build None: no twin in another precision), or model_dir's network
-  (model_files.architecture_config) for its checkpoints (not yet restored)."""
+  (model_files.architecture_config) for its checkpoints (not yet restored). The config's
+  defence is checked here; `_defended` puts it in front."""
+  expected = defences.network_input_shape(config, challenge)
   with strategy.scope():
     if model_path:
-      return model_files.load_checked(challenge, model_path, unsafe_model, log), None
+      return model_files.load_checked(challenge, model_path, unsafe_model, log,
+                                      expected), None
     network = model_files.architecture_config(challenge, config, config.model_dir)
     return challenge.build_model(network), lambda: challenge.build_model(network)
+
+
+def _defended(challenge, config, network, seed, what):
+  """network behind the config's defence (itself without one); a randomised defence's
+  draws from `seed`."""
+  return defences.defend(network, config, challenge, seed, what)
 
 
 def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_path='',
@@ -122,15 +131,18 @@ def _model_and_evaluator(challenge, config, strategy, log, attack=True, model_pa
   _check_model_file_options(model_path, unsafe_model)
   attack_precision = precision.check(config.eval_precision if attack else 'float32',
                                      'eval_precision')
+  defences.require_float32(config, attack_precision)
   model, build = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model,
                                     log)
-  twin = model_files.twin(model, build, attack_precision)
+  name = model_path or f'the model of {config.model_dir}'
+  defended = _defended(challenge, config, model, challenge.seed(config), name)
+  twin = model_files.twin(model, build, attack_precision) if defended is model else (
+      precision.Twin(defended, None, 'float32'))
   precision.announce_attack_precision(attack_precision, log)
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
                        log if attack else None)  # run_attack's output stays the original's
-  return model, Evaluator(model, challenge.attack_params(config), strategy, twin,
-                          seed=challenge.seed(config), jit_compile=jit,
-                          name=model_path or f'the model of {config.model_dir}')
+  return model, Evaluator(defended, challenge.attack_params(config), strategy, twin,
+                          seed=challenge.seed(config), jit_compile=jit, name=name)
 
 
 # Options of eval.py beyond the config: {name: (default, help)}; cli.run makes them flags.
@@ -416,7 +428,8 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
   traces = {}
   for name, model_dir in model_dirs.items():
     model, _ = paper_table.load_model(challenge, config, model_dir, log,
-                                      unsafe_model=unsafe_model)
+                                      unsafe_model=unsafe_model, defend=True,
+                                      seed=challenge.seed(config))
     traces[name] = landscape.trace_losses(model, test, params, restarts,
                                           challenge.seed(config), config.eval_batch_size, jit,
                                           name=model_dir)
@@ -435,8 +448,11 @@ def loss_landscape(challenge, config, num_examples=5, restarts=0, compare_model_
 # Options of autoattack.py beyond the config.
 AUTOATTACK_OPTIONS = {
     'version': ('standard', 'standard: APGD-CE, APGD-T, FAB-T, Square, each on the points '
-                            'still robust (Croce & Hein 2020); ignored with --attacks'),
-    'attacks': ('', 'a comma-separated chain instead, from: ' + ', '.join(autoattack.STANDARD)),
+                            'still robust (Croce & Hein 2020); rand (randomised defences): '
+                            'APGD-CE and APGD-DLR, each gradient averaged over 20 draws (EOT), '
+                            'as the reference\'s version=\'rand\'; --attacks replaces the '
+                            'chain'),
+    'attacks': ('', 'a comma-separated chain instead, from: ' + ', '.join(autoattack.CHAIN)),
     'num_examples': (0, 'test images to attack (the first ones; default: num_eval_examples)'),
     'batch_size': (0, 'examples per compiled batch (default: eval_batch_size)'),
     'seed': (0, 'the seed of the random starts and squares'),
@@ -449,19 +465,21 @@ AUTOATTACK_OPTIONS = {
 }
 
 
-def _model_to_attack(challenge, config, model_path, unsafe_model, log):
+def _model_to_attack(challenge, config, model_path, unsafe_model, log, seed=0):
   """(model, strategy, jit, the model's path, its step or None) for the attack commands: the
-  file at model_path, or model_dir's newest checkpoint restored; float32, on one device."""
+  file at model_path, or model_dir's newest checkpoint restored, behind the config's defence
+  (a randomised one's draws from `seed`); float32, on one device."""
   if not model_path:
     checkpoints.require_latest(config.model_dir)
   strategy = distribute.local_strategy()
   model, _ = _model_to_evaluate(challenge, config, strategy, model_path, unsafe_model, log)
   jit = runtime.set_up(strategy, 'float32', config.jit_compile, config.deterministic, log)
   if model_path:
-    return model, strategy, jit, model_path, None
+    return (_defended(challenge, config, model, seed, model_path), strategy, jit, model_path,
+            None)
   path, step = checkpoints.restore_newest_model(model, config.model_dir,
                                                 challenge.tf1_variables, log)
-  return model, strategy, jit, path, step
+  return _defended(challenge, config, model, seed, path), strategy, jit, path, step
 
 
 def run_autoattack(challenge, config, version='standard', attacks='', num_examples=0,
@@ -472,32 +490,38 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   that broke each example) and the adversarial test set to store_adv_path (the submission
   format: the rest of the test set, beyond num_examples, unchanged)."""
   _check_model_file_options(model_path, unsafe_model)
-  if version != 'standard' and not attacks:
-    raise ChallengeError(f'unknown version "{version}"; use standard, or --attacks')
+  if version not in autoattack.VERSIONS:
+    raise ChallengeError(f'unknown version "{version}"; use one of: '
+                         + ', '.join(autoattack.VERSIONS))
   if iterations < 1:
     raise ChallengeError(f'--iterations must be at least 1, found {iterations}')
   chain = [a.strip() for a in attacks.split(',') if a.strip()] if attacks else list(
-      autoattack.STANDARD)
+      autoattack.VERSIONS[version])
   output_dir = output_dir or model_files.results_dir(config.model_dir, model_path, 'autoattack')
   _check_outputs(challenge, config, [
       ('store_adv_path', config.store_adv_path, False), ('--output_dir', output_dir, True),
       ('--output_dir\'s autoattack.json', os.path.join(output_dir, 'autoattack.json'), False)],
       [model_path or config.model_dir])
   model, strategy, jit, path, step = _model_to_attack(challenge, config, model_path,
-                                                      unsafe_model, log)
+                                                      unsafe_model, log, seed)
   test = challenge.load_data(config).test
   num_examples = min(num_examples or config.num_eval_examples, len(test))
   params = challenge.attack_params(config)
   standard = autoattack.STANDARD_ITERATIONS
   shortened = ('' if iterations == standard else
                f', {iterations} iterations (the standard: {standard})')
-  log(f'{challenge.name}: AutoAttack ({", ".join(chain)}) on {path}, first {num_examples} '
-      f'test images, {"" if params.norm == "linf" else "ℓ2 "}ε {params.epsilon:g}, seed '
-      f'{seed}{shortened}')
+  eot = config.eot_samples if config.eot_samples > 1 else 0  # 0: the version's (1 or 20)
+  defended = '' if config.defence == defences.NONE else (
+      f', behind {config.defence} (bpda {config.bpda})')
+  log(f'{challenge.name}: AutoAttack ({", ".join(chain)}{"" if version == "standard" else ", "}'
+      f'{"" if version == "standard" else version + " version"}) on {path}{defended}, first '
+      f'{num_examples} test images, {"" if params.norm == "linf" else "ℓ2 "}ε '
+      f'{params.epsilon:g}, seed {seed}{shortened}')
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
       challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
-      **autoattack.budget(iterations), log=log, model_name=path, norm=params.norm)
+      **autoattack.budget(iterations), log=log, model_name=path, norm=params.norm,
+      version=version, eot_samples=eot)
   head = test.head(num_examples)
   report = attacker.run(head.images, head.labels)
   adversarial = test.images.copy()
@@ -506,7 +530,9 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   summary = {
       'model': path, 'step': step, 'norm': params.norm, 'epsilon': params.epsilon,
       'num_examples': num_examples,
-      'attacks': chain, 'seed': seed, 'batch_size': attacker.batch_size,
+      'attacks': chain, 'version': version, 'eot samples': attacker.eot_samples,
+      'defence': config.defence, 'bpda': config.bpda,
+      'seed': seed, 'batch_size': attacker.batch_size,
       'iterations': iterations, 'square queries': attacker.square_queries,
       'clean accuracy %': 100 * report.clean_accuracy,
       'robust accuracy % after each attack': {o.attack: 100 * o.robust_accuracy
@@ -582,7 +608,7 @@ def run_named_attack(challenge, config, attack='', targeted=False, num_examples=
       ('--output_dir\'s attack.json', summary_path, False),
       ('--output_dir\'s distances.npy', distances_path, False)], [model_path or config.model_dir])
   model, strategy, jit, path, _ = _model_to_attack(challenge, config, model_path, unsafe_model,
-                                                   log)
+                                                   log, seed)
   test = challenge.load_data(config).test
   head = test.head(min(num_examples or config.num_eval_examples, len(test)))
   params = challenge.attack_params(config)
@@ -602,7 +628,8 @@ def run_named_attack(challenge, config, attack='', targeted=False, num_examples=
   targets = (head.labels + np.random.default_rng(seed).integers(1, classes, len(head))) % classes
   began = time.perf_counter()
   x_adv = attack_by_name(attack, model_fn, params, head, challenge.image_shape, strategy,
-                         batch_size, seed, iterations, targets if targeted else None, jit, path)
+                         batch_size, seed, iterations, targets if targeted else None, jit, path,
+                         config.eot_samples)
   seconds = time.perf_counter() - began
   clean = np.argmax(clean_logits, 1) == head.labels
   adversarial_logits = logits(x_adv)

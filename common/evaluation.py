@@ -189,22 +189,25 @@ def evaluate(model, x, y, epsilon: float, num_steps: int = 40, step_size: float 
 def attack_by_name(name: str, model_fn, params: pgd.PGDParams, split: data.Split, image_shape,
                    strategy=None, batch_size: int = 500, seed: int = 0, iterations: int = 0,
                    targets=None, jit_compile: bool = False,
-                   model_name: str = 'the model') -> np.ndarray:
+                   model_name: str = 'the model', eot_samples: int = 1) -> np.ndarray:
   """The adversarial examples of the attack `name` (common.attacks.registry) on every
   example of `split`, in the threat model of `params` (PGD: params' steps, step size and
   loss): AutoAttack's four as its chain runs them (APGD-T and FAB-T towards the 2nd ... 10th
   most likely classes in turn, each run on the points still robust); the others in one pass
   of the runner (the C&W attacks towards `targets` where given). `iterations` 0: the
-  attack's default."""
-  if name in autoattack.STANDARD:
+  attack's default. `eot_samples` > 1: PGD's and APGD's gradients averaged over that many
+  passes of a randomised model (the others refuse it)."""
+  if name in autoattack.CHAIN:
+    if eot_samples > 1:
+      registry.make(name, params.threat, eot_samples=eot_samples)  # refused where it must be
     return autoattack.AutoAttack(
         model_fn, params.epsilon, params.clip_min, params.clip_max, image_shape, [name],
         batch_size, seed, strategy, jit_compile,
         **autoattack.budget(iterations or autoattack.STANDARD_ITERATIONS),
-        log=lambda *a, **k: None, model_name=model_name, norm=params.norm).run(
-            split.images, split.labels).adversarial
+        log=lambda *a, **k: None, model_name=model_name, norm=params.norm,
+        eot_samples=eot_samples).run(split.images, split.labels).adversarial
   attack = registry.make(name, params.threat, iterations, image_shape, targets is not None,
-                         **({'params': params} if name == 'pgd' else {}))
+                         eot_samples, **({'params': params} if name == 'pgd' else {}))
   return runner.Runner(strategy, batch_size).attack(
       attack, model_fn, split.images, split.labels, targets, seed=seed,
       jit_compile=jit_compile)[0]

@@ -257,10 +257,11 @@ def _shape(dims) -> str:
   return '(' + ', '.join('None' if d is None else str(d) for d in dims) + ')'
 
 
-def check_contract(model, path: str, challenge, log=print) -> None:
-  """Raises unless `model` takes the challenge's inputs and returns ten values per example;
-  warns (AutoAttack's check) when those look like probabilities."""
-  expected = tuple(challenge.input_shape)
+def check_contract(model, path: str, challenge, log=print, input_shape=None) -> None:
+  """Raises unless `model` takes the challenge's inputs (or `input_shape`: a network behind
+  a thermometer defence takes its codes) and returns ten values per example; warns
+  (AutoAttack's check) when those look like probabilities."""
+  expected = tuple(input_shape or challenge.input_shape)
   contract = (f'the {challenge.name} challenge\'s inputs are {_shape((None,) + expected)}, '
               f'pixels in [0, {challenge.pixel_max:g}]')
   found = declared_input_shape(model, path)
@@ -268,6 +269,8 @@ def check_contract(model, path: str, challenge, log=print) -> None:
       f is not None and f != e for f, e in zip(found, expected))):
     raise ChallengeError(f'{path} takes inputs of shape {_shape((None,) + found)}; {contract}')
   probe = np.random.default_rng(0).uniform(0, challenge.pixel_max, (4,) + expected)
+  if input_shape is not None and tuple(input_shape) != tuple(challenge.input_shape):
+    probe = np.round(probe / challenge.pixel_max)  # codes are 0 or 1
   try:
     outputs = np.asarray(model(tf.constant(probe.astype(np.float32)), training=False))
   except Exception as e:  # noqa: BLE001  (whatever the foreign model raises)
@@ -280,10 +283,10 @@ def check_contract(model, path: str, challenge, log=print) -> None:
     log(f'warning: {path}: {autoattack.PROBABILITIES_WARNING}')
 
 
-def load_checked(challenge, path: str, unsafe: bool = False, log=print):
-  """`load`, then `check_contract`."""
+def load_checked(challenge, path: str, unsafe: bool = False, log=print, input_shape=None):
+  """`load`, then `check_contract` (against `input_shape`, default the challenge's)."""
   model = load(path, unsafe)
-  check_contract(model, path, challenge, log)
+  check_contract(model, path, challenge, log, input_shape)
   return model
 
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from common import evaluation, files, losses, model_files, precision, runtime
+from common import defences, evaluation, files, losses, model_files, precision, runtime
 from common.attacks import autoattack, pgd, registry
 from common.errors import ChallengeError
 from common.evaluation import Evaluator
@@ -88,16 +88,27 @@ def evaluator_for(row: Row, model, attacker, params: pgd.PGDParams, strategy, se
 
 
 def load_model(challenge, config, where: str, log, attack_precision='float32',
-               unsafe_model=False):
+               unsafe_model=False, defend=False, seed=0):
   """The model in `where` and its Twin in attack_precision: a model file (a .keras file or
   a SavedModel directory, float32 only), or a model_dir whose newest readable checkpoint is
-  restored (its architecture from the config.json train.py saved there, else `config`'s)."""
+  restored (its architecture from the config.json train.py saved there, else `config`'s).
+  With `defend`, behind the config's defence (common/defences; float32, a randomised
+  defence's draws from `seed`): the evaluated model, not a transfer source."""
+  if defend:
+    defences.require_float32(config, attack_precision)
   if model_files.is_model_file(where) or (os.path.lexists(where) and not os.path.isdir(where)):
-    model = model_files.load_checked(challenge, where, unsafe_model, log)  # (a FIFO: refused)
-    return model, model_files.twin(model, None, attack_precision)
-  model, model_config, _, _ = model_files.restore(challenge, config, where, log)
-  return model, precision.Twin(model, lambda: challenge.build_model(model_config),
-                               attack_precision)
+    model = model_files.load_checked(  # (a FIFO: refused)
+        challenge, where, unsafe_model, log,
+        defences.network_input_shape(config, challenge) if defend else None)
+    twin = model_files.twin(model, None, attack_precision)
+  else:
+    model, model_config, _, _ = model_files.restore(challenge, config, where, log)
+    twin = precision.Twin(model, lambda: challenge.build_model(model_config),
+                          attack_precision)
+  if not defend:
+    return model, twin
+  defended = defences.defend(model, config, challenge, seed, where)
+  return defended, (twin if defended is model else precision.Twin(defended, None, 'float32'))
 
 
 def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_examples: int,
@@ -124,7 +135,8 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
   jit = runtime.set_up(strategy, attack_precision, config.jit_compile, config.deterministic,
                        log)
   model, twin = load_model(challenge, config, model_path or config.model_dir, log,
-                           attack_precision, unsafe_model)
+                           attack_precision, unsafe_model, defend=True,
+                           seed=challenge.seed(config))
   attackers = {WHITE_BOX: twin}
   for name, where in sources.items():
     attackers[name] = load_model(challenge, config, where, log, attack_precision,
@@ -161,7 +173,8 @@ def run(challenge, config, rows: Sequence[Row], sources: Dict[str, str], num_exa
       adversarial = evaluation.attack_by_name(
           row.method, model_fn, params, test, challenge.image_shape, strategy,
           config.eval_batch_size, challenge.seed(config) + index, row.steps or 0,
-          jit_compile=jit, model_name=model_path or config.model_dir)
+          jit_compile=jit, model_name=model_path or config.model_dir,
+          eot_samples=params.eot_samples)
       accuracy = 100.0 * evaluation.robust_accuracy(
           model_fn, params.threat, test, adversarial, config.eval_batch_size, strategy,
           model_path or config.model_dir)

@@ -40,8 +40,8 @@ import zlib
 import keras
 import tensorflow as tf
 
-from common import (checkpoints, data, distribute, files, guard, losses, model_files, precision,
-                    runtime, tf1_checkpoints, training_methods)
+from common import (checkpoints, data, defences, distribute, files, guard, losses,
+                    model_files, precision, runtime, tf1_checkpoints, training_methods)
 from common.challenge import Challenge
 from common.config import Config, check_value
 from common.errors import ChallengeError
@@ -60,11 +60,13 @@ class _StatefulForward:
   twin's precision, with the model's non-trainable state carried here as tensors instead
   of assigned."""
 
-  def __init__(self, twin: precision.Twin):
-    self.twin, self.model = twin, twin.model
+  def __init__(self, twin: precision.Twin, defend=None):
+    self.twin, self.model, self.defend = twin, twin.model, defend
     self.state = [v.value for v in self.model.non_trainable_variables]
 
   def __call__(self, x, update_state):
+    if self.defend is not None:  # the input defence in front of the network
+      x = self.defend(x)
     logits, state = self.twin.stateless_call(
         [v.value for v in self.model.trainable_variables], self.state, x, training=True)
     if update_state:
@@ -109,6 +111,22 @@ class Trainer:
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,
                                       config.deterministic)
+    # An input defence (common/defences) in front of the network, in every forward pass of
+    # training and of its attack; the checkpoint holds the network alone.
+    self.defence = defences.from_config(config, challenge.image_shape, challenge.pixel_max)
+    self._defend = None
+    if self.defence is not None:
+      if self.defence.randomised:
+        raise ChallengeError(f'{self.defence.name} is applied at evaluation only (Xie et al. '
+                             'put it in front of a trained network): train without it '
+                             '(defence "none") and evaluate with --defence '
+                             f'{self.defence.name}')
+      if config.training_attack == 'yopo':
+        raise ChallengeError('YOPO differentiates the network\'s first layer, which a defence '
+                             'in front of it hides: train behind a defence with another '
+                             'training_attack, or without the defence')
+      backward = defences.backward_of(config, self.defence)
+      self._defend = lambda x: self.defence.apply(x, backward)
     with self.strategy.scope():
       self.model = challenge.build_model(config)
       # The optimizer whose state is checkpointed; `updater` applies updates through it
@@ -165,9 +183,9 @@ class Trainer:
     """The method's attack and the (scaled) loss's weight gradients: (gradients, the model's
     new non-trainable state, correct, xent sum, x_adv, the method's outputs);
     XLA-compiled with jit_compile."""
-    forward = _StatefulForward(self.twin)
+    forward = _StatefulForward(self.twin, self._defend)
     step = training_methods.Step(
-        forward=forward, inference=lambda v: self.twin(v, training=False),
+        forward=forward, inference=lambda v: self.twin(self._defended(v), training=False),
         attack_model=self._attack_model(forward),
         loss=lambda labels, logits, per_example=None: self.training_loss(
             labels, logits, self.model, self.global_batch, per_example),
@@ -177,10 +195,22 @@ class Trainer:
     return (result.gradients, forward.state, losses.num_correct(y, result.logits),
             tf.reduce_sum(losses.xent(y, result.logits)), result.x_adv, result.outputs)
 
+  def _defended(self, x):
+    """The network's inputs: x behind the defence, if any."""
+    return x if self._defend is None else self._defend(x)
+
+  @property
+  def defended(self):
+    """The model as evaluation sees it: behind the defence, if any (x -> logits)."""
+    if self.defence is None:
+      return self.model
+    return defences.Defended(self.model, self.defence,
+                             defences.backward_of(self.config, self.defence))
+
   def _attack_model(self, forward):
     """The x -> logits function the training-time attack differentiates."""
     if self.attack_batch_norm == 'inference':
-      return lambda x: self.twin(x, training=False)
+      return lambda x: self.twin(self._defended(x), training=False)
     return lambda x: forward(x, update_state=self.attack_batch_norm == 'batch_update')
 
   @tf.function
@@ -196,7 +226,8 @@ class Trainer:
     """Correct predictions on the natural batch, with batch norm as the attack sees it (the
     original's train-mode model), changing no state."""
     def replica_correct(x, y, *unused_indices):
-      return losses.num_correct(y, self._attack_model(_StatefulForward(self.twin))(x))
+      return losses.num_correct(
+          y, self._attack_model(_StatefulForward(self.twin, self._defend))(x))
     correct = self.strategy.run(replica_correct, args=batch)
     return self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
 
@@ -261,6 +292,14 @@ class Trainer:
       if theirs != ours:
         raise ChallengeError(f'{saved} says it was trained with "{key}": {theirs}, not {ours}: '
                              f'pass --config {saved}, or train into another --model_dir')
+    # A thermometer network takes its codes: its first layer has C·levels channels.
+    channels = [defences.input_channels(c, self.challenge.image_shape[-1])
+                for c in (trained, self.config)]
+    if channels[0] != channels[1]:
+      raise ChallengeError(f'{saved} says its network takes {channels[0]} channels per pixel '
+                           f'(defence {trained.defence}), this config {channels[1]} (defence '
+                           f'{self.config.defence}): pass --config {saved}, or train into '
+                           'another --model_dir')
 
   def _check_workers_agree(self, num_train):
     """Every worker must resume from the same step with the same settings and data, or

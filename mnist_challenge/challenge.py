@@ -4,7 +4,7 @@ import os
 import keras
 import tensorflow as tf
 
-from common import losses, optimizers
+from common import defences, losses, optimizers
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge, norm_keys,
                               threat_radius_and_step, training_method_keys)
@@ -40,13 +40,14 @@ CONFIG_KEYS = (
 ) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
     trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10,
     mma_l2_max_epsilon=2.0, mma_l2_min_epsilon=0.5
-) + norm_keys(l2_epsilon=2.0)
+) + norm_keys(l2_epsilon=2.0) + defences.config_keys(bit_depth=1)
 
 
 def attack_params(config) -> PGDParams:
   epsilon, step_size = threat_radius_and_step(config, config.epsilon, config.a, config.k)
   return PGDParams(epsilon, config.k, step_size, config.random_start,
-                   config.loss_func, clip_min=0.0, clip_max=1.0, norm=config.norm)
+                   config.loss_func, clip_min=0.0, clip_max=1.0, norm=config.norm,
+                   eot_samples=config.eot_samples)
 
 
 def build_optimizer(config):

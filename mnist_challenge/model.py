@@ -9,7 +9,7 @@ the same function), for a `.keras` file that loads where this project is not ins
 """
 import keras
 
-from common import pooling
+from common import defences, pooling
 from common.errors import ChallengeError
 
 INPUT_SHAPE = (784,)
@@ -17,17 +17,25 @@ INPUT_SHAPE = (784,)
 
 def build_model(config=None, portable=False) -> keras.Model:
   """The network config.model names (default: the challenge's own); `portable`: from Keras'
-  own layers only (for export), computing the same function."""
+  own layers only (for export), computing the same function. Behind a thermometer defence
+  (config.defence) it takes the codes: 784·levels values per image, levels channels."""
   name = getattr(config, 'model', 'madry') if config is not None else 'madry'
   try:
     build = ARCHITECTURES[name]
   except KeyError:
     raise ChallengeError(f'unknown model "{name}"; use one of: '
                          + ', '.join(ARCHITECTURES)) from None
-  return build(portable=portable)
+  channels = defences.input_channels(config, 1) if config is not None else 1
+  return build(portable=portable, channels=channels)
 
 
-def build_madry(portable=False) -> keras.Model:
+def _image_input(channels):
+  """The input (flat rows of 784·channels values) and its reshape to 28 x 28 x channels."""
+  return (keras.Input((INPUT_SHAPE[0] * channels,)),
+          keras.layers.Reshape((28, 28, channels), name='x_image'))
+
+
+def build_madry(portable=False, channels=1) -> keras.Model:
   """The challenge's network."""
   layers = keras.layers
   max_pooling = layers.MaxPooling2D if portable else pooling.MaxPooling2D
@@ -37,8 +45,7 @@ def build_madry(portable=False) -> keras.Model:
                 bias_initializer=keras.initializers.Constant(0.1))
 
   return keras.Sequential([
-      keras.Input(INPUT_SHAPE),
-      layers.Reshape((28, 28, 1), name='x_image'),
+      *_image_input(channels),
       layers.Conv2D(32, 5, padding='same', activation='relu', name='conv1', **init()),
       max_pooling(2, 2, padding='same', name='pool1'),
       layers.Conv2D(64, 5, padding='same', activation='relu', name='conv2', **init()),
@@ -51,7 +58,7 @@ def build_madry(portable=False) -> keras.Model:
   ], name='mnist_challenge_model')
 
 
-def build_tramer_b(portable=False) -> keras.Model:
+def build_tramer_b(portable=False, channels=1) -> keras.Model:
   """Architecture B of Tramèr et al. 2017, "Ensemble Adversarial Training", appendix B: a
   transfer-attack source of the paper's Table 1. Padding as their reference code
   (ftramer/ensemble-adv-training, mnist.py modelB): same, valid, valid; Keras' default
@@ -60,8 +67,7 @@ def build_tramer_b(portable=False) -> keras.Model:
   del portable
   layers = keras.layers
   return keras.Sequential([
-      keras.Input(INPUT_SHAPE),
-      layers.Reshape((28, 28, 1), name='x_image'),
+      *_image_input(channels),
       layers.Dropout(0.2, name='dropout_input'),
       layers.Conv2D(64, 8, strides=2, padding='same', activation='relu', name='conv1'),
       layers.Conv2D(128, 6, strides=2, padding='valid', activation='relu', name='conv2'),
@@ -72,7 +78,7 @@ def build_tramer_b(portable=False) -> keras.Model:
   ], name='tramer_b_model')
 
 
-def build_small_cnn(portable=False) -> keras.Model:
+def build_small_cnn(portable=False, channels=1) -> keras.Model:
   """The "Small CNN" of TRADES (Zhang et al. 2019; yaodongyu/TRADES, models/small_cnn.py),
   which YOPO's MNIST experiments train too: conv 32 3x3, conv 32 3x3, max pool 2, conv 64
   3x3, conv 64 3x3, max pool 2 (valid padding: 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4), dense
@@ -100,8 +106,7 @@ def build_small_cnn(portable=False) -> keras.Model:
         bias_initializer=keras.initializers.RandomUniform(-bound, bound))
 
   return keras.Sequential([
-      keras.Input(INPUT_SHAPE),
-      layers.Reshape((28, 28, 1), name='x_image'),
+      *_image_input(channels),
       conv(32, 'conv1'), conv(32, 'conv2'), max_pooling(2, 2, name='maxpool1'),
       conv(64, 'conv3'), conv(64, 'conv4'), max_pooling(2, 2, name='maxpool2'),
       layers.Flatten(name='flatten'),

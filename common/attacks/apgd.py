@@ -32,7 +32,7 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
-from common.attacks import pgd
+from common.attacks import eot, pgd
 from common.attacks.threat import ThreatModel
 
 MOMENTUM = 0.75
@@ -97,14 +97,18 @@ def boundary_start(x, threat: ThreatModel, seed, examples):
                           threat.clip_max)
 
 
-def _loss_and_gradient(model_fn, x, labels, loss_fn):
-  """(logits, per-example loss, ∇ₓ of the summed loss) from one forward and backward pass."""
-  with tf.GradientTape(watch_accessed_variables=False) as tape:
-    tape.watch(x)
-    logits = tf.cast(model_fn(x), tf.float32)
-    loss = loss_fn(labels, logits)
-    total = tf.reduce_sum(loss)
-  return logits, loss, tape.gradient(total, x)
+def _loss_and_gradient(model_fn, x, labels, loss_fn, samples=1):
+  """(logits, per-example loss, ∇ₓ of the summed loss) from one forward and backward pass;
+  with `samples` > 1 the gradient is the mean of that many passes' (EOT: the reference's
+  eot_iter), the logits and loss the last pass's (common/attacks/eot.py)."""
+  def one_pass():
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(x)
+      logits = tf.cast(model_fn(x), tf.float32)
+      loss = loss_fn(labels, logits)
+      total = tf.reduce_sum(loss)
+    return logits, loss, tape.gradient(total, x)
+  return eot.averaged(one_pass, samples)
 
 
 def _stationary(x, x_next, x_best, grad_next):
@@ -122,11 +126,13 @@ def _expand(mask, like):
 
 
 def apgd(model_fn, x, labels, threat: ThreatModel, num_iterations, loss_fn, start,
-         trace=False, stop_when_stationary=True):
+         trace=False, stop_when_stationary=True, eot_samples=1):
   """APGD from `start` in the ball of `threat`: (x_adv, fooled); with `trace`, also the step
   sizes after every iteration [num_iterations, batch] (for tests; it runs every iteration).
   `loss_fn(labels, logits)` per example. `stop_when_stationary`: stop once no example can
-  move again (the result is the same; see `_stationary`)."""
+  move again (the result is the same; see `_stationary`). `eot_samples`: each gradient the
+  mean over that many passes of a randomised model (EOT), the loss and the prediction the
+  last pass's, as the reference's eot_iter."""
   x = tf.convert_to_tensor(x)
   labels = tf.cast(labels, tf.int64)
   batch = tf.shape(x)[0]
@@ -141,7 +147,7 @@ def apgd(model_fn, x, labels, threat: ThreatModel, num_iterations, loss_fn, star
 
   project = lambda z: threat.project(z, x)
 
-  logits, loss, grad = _loss_and_gradient(model_fn, start, labels, loss_fn)
+  logits, loss, grad = _loss_and_gradient(model_fn, start, labels, loss_fn, eot_samples)
   fooled = tf.not_equal(tf.argmax(logits, axis=1), labels)
   step = tf.fill([batch], tf.constant(2.0 * threat.epsilon, tf.float32))
   # The reference's loss history starts as zeros and its first rise is counted against its
@@ -161,7 +167,7 @@ def apgd(model_fn, x, labels, threat: ThreatModel, num_iterations, loss_fn, star
     eta = _expand(s['step'], x)
     z = project(threat.ascent_step(s['x'], s['grad'], eta))
     x_new = project(s['x'] + momentum * (z - s['x']) + (1.0 - momentum) * (s['x'] - s['x_prev']))
-    logits, loss, grad = _loss_and_gradient(model_fn, x_new, labels, loss_fn)
+    logits, loss, grad = _loss_and_gradient(model_fn, x_new, labels, loss_fn, eot_samples)
     now = tf.not_equal(tf.argmax(logits, axis=1), labels)
     adversarial = tf.where(_expand(now, x), x_new, s['adversarial'])
     loss_prev = s['loss_prev'] if num_iterations > 1 else tf.where(i > 0, s['loss_prev'], loss)

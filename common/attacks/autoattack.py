@@ -1,8 +1,17 @@
-"""AutoAttack's standard version (Croce & Hein, ICML 2020), ℓ∞ and ℓ2, as fra31/auto-attack's
-`autoattack.py` runs it (`version='standard'`, `norm='Linf'` or `'L2'`; the reference's
-behaviour is the specification): APGD-CE, APGD-T, FAB-T and Square (`common.attacks.apgd`,
-`.fab`, `.square`, each in the norm), each on the points no earlier attack broke, for any
-`model_fn` x -> logits and either pixel scale.
+"""AutoAttack (Croce & Hein, ICML 2020), ℓ∞ and ℓ2, as fra31/auto-attack's `autoattack.py`
+runs it (`norm='Linf'` or `'L2'`; the reference's behaviour is the specification), for any
+`model_fn` x -> logits and either pixel scale, in two versions:
+
+* standard (`version='standard'`): APGD-CE, APGD-T, FAB-T and Square (`common.attacks.apgd`,
+  `.fab`, `.square`, each in the norm), each on the points no earlier attack broke.
+* rand (`version='rand'`, for randomised defences): APGD-CE and APGD-DLR (untargeted DLR),
+  each gradient the mean over 20 passes of the model (EOT, `common.attacks.eot`; the
+  reference's eot_iter 20), one restart. As the reference judges it: a point is broken when
+  one more pass of the (random) model misclassifies what the attack returned, the point it
+  found misclassified or else the clean image (the reference's perturb returns the clean
+  image where its attack never fooled the model). The reference also skips, before each
+  attack, the points one random pass already misclassifies (returning them clean, judged by
+  the next pass); ours attacks them (it can only break more).
 
 * Budget (`budget`): APGD's and FAB's 100 iterations, Square's 5,000; one restart each;
   APGD-T and FAB-T towards the 2nd ... 10th most likely clean classes (9 runs, each on the
@@ -36,10 +45,19 @@ from common.config import MAX_EVAL_BATCH
 from common.errors import ChallengeError, require_finite_logits
 
 STANDARD = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
+RAND = ('apgd-ce', 'apgd-dlr')
+VERSIONS = {'standard': STANDARD, 'rand': RAND}
+RAND_EOT_SAMPLES = 20  # the reference's eot_iter in the rand version
+CHAIN = STANDARD + ('apgd-dlr',)  # the attacks a chain may hold
 STANDARD_ITERATIONS = 100  # the standard version's APGD and FAB iterations
 SQUARE_QUERIES_PER_ITERATION = 50  # the standard version: 5,000 queries for 100 iterations
 NUM_TARGETS = 9  # APGD-T and FAB-T: the 2nd ... 10th most likely classes
 
+
+# What to do when the gradients look masked (docs/obfuscated_gradients.md).
+NEXT_STEP = ('attack it with BPDA if it is deterministic (--bpda on behind a defence: the '
+             'defence\'s backward pass replaced), with the rand version if it is randomised '
+             '(--version rand: EOT over 20 draws)')
 
 PROBABILITIES_WARNING = ('the model outputs look like probabilities (they sum to 1): AutoAttack '
                          'needs logits; remove the softmax')
@@ -85,7 +103,9 @@ class AutoAttack:
   """The chain of attacks on a model.
 
   model_fn: x -> logits (inference mode). The threat model: `norm` ('linf' or 'l2'), ε and
-  the pixel range. attacks: names from STANDARD (the standard version: all, in that order).
+  the pixel range. attacks: names from CHAIN (default: the version's, in order). `version`:
+  'standard' or 'rand' (its judging rule, EOT over 20 passes, no randomness warning);
+  `eot_samples` (default: the version's, 1 or 20): APGD's passes per gradient.
   The attacks run on the examples still robust, through the runner: in batches of
   `batch_size` (the last padded to `padded_size`; one compiled function per attack), under
   `strategy` (a batch's rows split over its replicas; batch_size is rounded up to a multiple
@@ -94,17 +114,22 @@ class AutoAttack:
   """
 
   def __init__(self, model_fn, epsilon, clip_min, clip_max, image_shape,
-               attacks: Sequence[str] = STANDARD, batch_size=500, seed=0, strategy=None,
+               attacks: Sequence[str] = (), batch_size=500, seed=0, strategy=None,
                jit_compile=False, apgd_iterations=STANDARD_ITERATIONS,
                fab_iterations=STANDARD_ITERATIONS,
                square_queries=SQUARE_QUERIES_PER_ITERATION * STANDARD_ITERATIONS, log=print,
-               model_name='the model', norm='linf'):
+               model_name='the model', norm='linf', version='standard', eot_samples=0):
     if not 1 <= batch_size <= MAX_EVAL_BATCH:  # a padded batch is up to 1/16 of it
       raise ChallengeError(f'the batch size must be between 1 and {MAX_EVAL_BATCH}, found '
                            f'{batch_size}')
-    unknown = [a for a in attacks if a not in STANDARD]
+    if version not in VERSIONS:
+      raise ChallengeError(f'unknown version "{version}"; use one of: ' + ', '.join(VERSIONS))
+    attacks = tuple(attacks) if attacks else VERSIONS[version]
+    unknown = [a for a in attacks if a not in CHAIN]
     if unknown:
-      raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(STANDARD))
+      raise ChallengeError(f'unknown attack(s) {", ".join(unknown)}; use: ' + ', '.join(CHAIN))
+    self.version = version
+    self.eot_samples = eot_samples or (RAND_EOT_SAMPLES if version == 'rand' else 1)
     self.model_fn, self.epsilon = model_fn, float(epsilon)
     self.threat = ThreatModel(norm, self.epsilon, clip_min, clip_max)
     self.clip_min, self.clip_max, self.image_shape = clip_min, clip_max, tuple(image_shape)
@@ -114,9 +139,11 @@ class AutoAttack:
     self.jit_compile, self.log, self.model_name = jit_compile, log, model_name
     self.apgd_iterations, self.fab_iterations = apgd_iterations, fab_iterations
     self.square_queries = square_queries
-    budgets = {'apgd-ce': apgd_iterations, 'apgd-t': apgd_iterations,
-               'fab-t': fab_iterations, 'square': square_queries}
-    self._chain = [registry.make(name, self.threat, budgets[name], self.image_shape)
+    budgets = {'apgd-ce': apgd_iterations, 'apgd-dlr': apgd_iterations,
+               'apgd-t': apgd_iterations, 'fab-t': fab_iterations, 'square': square_queries}
+    self._chain = [registry.make(
+        name, self.threat, budgets[name], self.image_shape,
+        eot_samples=self.eot_samples if registry.ATTACKS[name].averages_draws else 1)
                    for name in self.attacks]
     self._logits = tf.function(lambda x: tf.cast(self.model_fn(x), tf.float32))
 
@@ -139,8 +166,7 @@ class AutoAttack:
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int64)
     n = len(labels)
-    clean_logits = np.concatenate([self._logits(images[i:i + self.batch_size]).numpy()
-                                   for i in range(0, n, self.batch_size)])
+    clean_logits = self._logits_in_batches(images)
     require_finite_logits(clean_logits, self.model_name, 'clean examples')
     robust = np.argmax(clean_logits, 1) == labels
     clean = float(robust.mean())
@@ -169,6 +195,16 @@ class AutoAttack:
                               f'adversarial examples of {name.upper()}')
         inside = self.threat.contains(x_adv, images[todo], tolerance)
         wrong = np.argmax(logits, 1) != labels[todo]
+        if self.version == 'rand':
+          # The reference's rule: one more pass judges the returned point (the attack's
+          # where it fooled the model, else the clean image).
+          x_adv = np.where(fooled.reshape((-1,) + (1,) * (x_adv.ndim - 1)), x_adv,
+                           images[todo])
+          logits = self._logits_in_batches(x_adv)
+          require_finite_logits(logits, self.model_name,
+                                f'adversarial examples of {name.upper()}')
+          fooled = np.argmax(logits, 1) != labels[todo]
+          wrong = fooled
         broke = todo[fooled & wrong & inside]
         adversarial[broke] = x_adv[fooled & wrong & inside]
         broken_by[broke] = name
@@ -180,16 +216,20 @@ class AutoAttack:
     warn_if_square_beats_gradients(self.attacks, broken_by)
     return Report(clean, outcomes, broken_by, adversarial, robust)
 
+  def _logits_in_batches(self, x):
+    return np.concatenate([self._logits(x[i:i + self.batch_size]).numpy()
+                           for i in range(0, len(x), self.batch_size)])
+
   # --- checks, as the reference's --------------------------------------------------------
 
   def _check(self, x, y):
     logits = self._logits(x).numpy()
     if looks_like_probabilities(logits):
       warnings.warn(PROBABILITIES_WARNING, stacklevel=3)
-    if not np.allclose(self._logits(x).numpy(), logits, atol=1e-5):
+    if self.version != 'rand' and not np.allclose(self._logits(x).numpy(), logits, atol=1e-5):
       warnings.warn('the model gives other logits for the same inputs: it is randomised; '
-                    'AutoAttack assumes a deterministic model (see the reference\'s rand '
-                    'version for randomised defences)', stacklevel=3)
+                    'the standard version assumes a deterministic model: run the rand '
+                    'version (--version rand: APGD with EOT over 20 draws)', stacklevel=3)
     xt = tf.constant(x)
     with tf.GradientTape() as tape:
       tape.watch(xt)
@@ -197,7 +237,8 @@ class AutoAttack:
     grad = tape.gradient(loss, xt)
     if grad is None or not np.any(grad.numpy()):
       warnings.warn('the input gradient is zero at the clean points: the gradient attacks '
-                    'cannot move; the model may mask its gradients', stacklevel=3)
+                    'cannot move; the model may mask its gradients: ' + NEXT_STEP,
+                    stacklevel=3)
     if logits.shape[-1] < 4 and any(a in self.attacks for a in ('apgd-t', 'fab-t')):
       warnings.warn(f'the model has {logits.shape[-1]} classes: targeted DLR needs at least '
                     '4', stacklevel=3)
@@ -216,7 +257,7 @@ def warn_if_square_beats_gradients(attacks, broken_by):
   if 1000 * broke > 2 * len(broken_by):
     warnings.warn(f'Square, which uses no gradients, broke {100 * broke / len(broken_by):.2f}% '
                   'more of the examples after the gradient attacks: the model may mask its '
-                  'gradients', stacklevel=3)
+                  'gradients: ' + NEXT_STEP, stacklevel=3)
 
 
 # --- one call ----------------------------------------------------------------------------
@@ -235,17 +276,19 @@ def image_shape_of(x: np.ndarray) -> tuple:
                        'image_shape=(height, width, channels)')
 
 
-def evaluate(model, x, y, epsilon: float, clip=(0.0, 1.0), attacks: Sequence[str] = STANDARD,
+def evaluate(model, x, y, epsilon: float, clip=(0.0, 1.0), attacks: Sequence[str] = (),
              image_shape=None, batch_size: int = 500, seed: int = 0,
              iterations: int = STANDARD_ITERATIONS, jit_compile: bool = False,
-             log=print, norm: str = 'linf') -> Report:
+             log=print, norm: str = 'linf', version: str = 'standard') -> Report:
   """AutoAttack on any Keras model or callable x -> logits (in inference mode), as the
   reference's `run_standard_evaluation`: x a batch of inputs as the model takes them, pixels
-  in `clip`; y integer labels; `norm` 'linf' or 'l2' (ε its radius). `image_shape` (H, W, C)
-  for Square, if x is not NHWC, NHW or flat square images. Prints each attack's robust
-  accuracy; returns the Report."""
+  in `clip`; y integer labels; `norm` 'linf' or 'l2' (ε its radius); `version` 'standard' or
+  'rand' (randomised models: APGD-CE and APGD-DLR with EOT over 20 passes); `attacks` another
+  chain. `image_shape` (H, W, C) for Square, if x is not NHWC, NHW or flat square images.
+  Prints each attack's robust accuracy; returns the Report."""
   x = np.asarray(x, np.float32)
   attacker = AutoAttack(pgd.inference_fn(model), epsilon, clip[0], clip[1],
                         image_shape or image_shape_of(x), attacks, batch_size, seed,
-                        jit_compile=jit_compile, **budget(iterations), log=log, norm=norm)
+                        jit_compile=jit_compile, **budget(iterations), log=log, norm=norm,
+                        version=version)
   return attacker.run(x, np.asarray(y, np.int64))

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import losses
+from common.attacks import eot
 from common.attacks.threat import ThreatModel
 from common.errors import ChallengeError
 
@@ -55,6 +56,8 @@ class PGDParams:
   # not: its perturbation may exceed ε.
   project_to_ball: bool = True
   norm: str = 'linf'  # the threat model's (common/attacks/threat.py NORMS)
+  # Each gradient the mean over this many passes of a randomised model (common/attacks/eot.py).
+  eot_samples: int = 1
 
   @property
   def noise_radius(self) -> float:
@@ -123,22 +126,25 @@ def project(x, x_nat, epsilon, clip_min, clip_max):
   return ThreatModel('linf', 0.0, clip_min, clip_max).project(x, x_nat, epsilon)
 
 
-def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None):
-  """∇ₓ Σ loss_fn(labels, model_fn(x)); only x is watched, so no weight gradients.
+def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None, samples=1):
+  """∇ₓ Σ loss_fn(labels, model_fn(x)); only x is watched, so no weight gradients. With
+  `samples` > 1, the mean of that many passes' gradients (EOT, common/attacks/eot.py).
 
   loss_scale (for float16 models): the loss is multiplied by it first, so that small
   gradients do not underflow (their sign is what the attack uses), and components that
   overflow come back as 0 instead of inf/NaN.
   """
-  with tf.GradientTape(watch_accessed_variables=False) as tape:
-    tape.watch(x)
-    loss = tf.reduce_sum(loss_fn(labels, model_fn(x)))
+  def one_pass():
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(loss_fn(labels, model_fn(x)))
+      if loss_scale is not None:
+        loss *= loss_scale
+    grad = tape.gradient(loss, x)
     if loss_scale is not None:
-      loss *= loss_scale
-  grad = tape.gradient(loss, x)
-  if loss_scale is not None:
-    grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
-  return grad
+      grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
+    return (), (), grad
+  return eot.averaged(one_pass, samples)[2]
 
 
 def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_scale,
@@ -155,7 +161,7 @@ def _iterates(model_fn, x_nat, labels, params: PGDParams, seed, loss_fn, loss_sc
     x = tf.identity(x_nat)
   yield x
   for _ in range(params.num_steps):
-    grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale)
+    grad = input_gradient(model_fn, x, labels, loss_fn, loss_scale, params.eot_samples)
     x = threat.ascent_step(x, grad, params.step_size)
     if params.project_to_ball:
       x = threat.project(x, x_nat)

@@ -17,6 +17,7 @@ then, on a batch:
   pgd       the threat's  no                           pgd.py (the config's steps, loss,
                                                        step size and start)
   apgd-ce   the threat's  no                           apgd.py
+  apgd-dlr  the threat's  no                           apgd.py, DLR (the rand version's)
   apgd-t    the threat's  always (the caller's)        apgd.py, targeted DLR
   fab-t     the threat's  always                       fab.py
   square    the threat's  no (uses no gradients)       square.py
@@ -27,7 +28,8 @@ then, on a batch:
 `iterations` 0 is each attack's default: PGD the params' steps, APGD's and FAB's 100,
 Square's 5,000 queries, the C&W attacks' (10,000 for ℓ2, 1,000 per constant for ℓ∞ and ℓ0).
 The minimum-distance attacks take only the threat model's pixel range (their ε plays no
-part); the others stay in its ε-ball.
+part); the others stay in its ε-ball. `eot_samples` > 1 (PGD and APGD only): each gradient the
+mean over that many passes of a randomised model (common/attacks/eot.py).
 """
 import dataclasses
 from typing import Optional, Tuple
@@ -47,14 +49,22 @@ class Attack:
   can_target = False  # towards `targets` when made with to_targets (the C&W attacks)
   uses_gradients = True
   xla = True  # may be XLA-compiled (Square's thousands of short loops: no)
+  averages_draws = False  # takes eot_samples
   default_iterations = 0
 
   def __init__(self, threat: ThreatModel, iterations: int = 0,
-               image_shape: Optional[Tuple[int, int, int]] = None, to_targets: bool = False):
+               image_shape: Optional[Tuple[int, int, int]] = None, to_targets: bool = False,
+               eot_samples: int = 1):
     if to_targets and not (self.targeted or self.can_target):
       raise ChallengeError(f'{self.name} has no targeted form; the targeted attacks: '
                            + ', '.join(n for n, a in ATTACKS.items()
                                        if a.targeted or a.can_target))
+    if eot_samples > 1 and not self.averages_draws:
+      raise ChallengeError(f'{self.name} takes one pass per gradient: eot_samples '
+                           f'{eot_samples} applies to ' + ', '.join(
+                               n for n, a in ATTACKS.items() if a.averages_draws)
+                           + '; set eot_samples 1 for it')
+    self.eot_samples = eot_samples
     self.threat, self.image_shape = threat, image_shape
     self.iterations = iterations or self.default_iterations
     self.to_targets = self.targeted or to_targets
@@ -74,13 +84,16 @@ def _fooled(model_fn, x_adv, labels):
 class PGD(Attack):
   """The config's PGD (`params`: steps, step size, loss, start; ε and norm from it)."""
   name = 'pgd'
+  averages_draws = True
 
-  def __init__(self, threat, iterations=0, image_shape=None, to_targets=False,
+  def __init__(self, threat, iterations=0, image_shape=None, to_targets=False, eot_samples=1,
                params: Optional[pgd.PGDParams] = None):
     if params is None:
       raise ChallengeError('pgd needs its PGDParams (the config\'s steps and step size)')
-    super().__init__(threat, iterations, image_shape, to_targets)
-    self.params = dataclasses.replace(params, num_steps=self.iterations or params.num_steps)
+    super().__init__(threat, iterations, image_shape, to_targets, eot_samples)
+    self.params = dataclasses.replace(
+        params, num_steps=self.iterations or params.num_steps,
+        eot_samples=eot_samples if eot_samples > 1 else params.eot_samples)
 
   def draw(self, x, seed, examples, batch):
     return (pgd.starting_points(x, self.params, seed, examples=examples)[0],)
@@ -93,6 +106,7 @@ class PGD(Attack):
 class APGD(Attack):
   """APGD on the cross-entropy (apgd-ce)."""
   name = 'apgd-ce'
+  averages_draws = True
   default_iterations = 100
 
   def draw(self, x, seed, examples, batch):
@@ -104,7 +118,16 @@ class APGD(Attack):
 
   def __call__(self, model_fn, x, labels, targets, start):
     return apgd.apgd(model_fn, x, labels, self.threat, self.iterations, self.loss(targets),
-                     start)
+                     start, eot_samples=self.eot_samples)
+
+
+class APGDDLR(APGD):
+  """APGD on the (untargeted) DLR loss (apgd-dlr: the reference's rand and plus versions)."""
+  name = 'apgd-dlr'
+
+  def loss(self, targets):
+    del targets
+    return apgd.dlr
 
 
 class APGDTargeted(APGD):
@@ -168,15 +191,15 @@ class CWL0(CarliniWagner):
     return cw_l0.cw_l0(model_fn, x, labels, self.threat, self.image_shape, targets, **budget)
 
 
-ATTACKS = {a.name: a for a in (PGD, APGD, APGDTargeted, FABTargeted, Square, CWL2, CWLinf,
+ATTACKS = {a.name: a for a in (PGD, APGD, APGDDLR, APGDTargeted, FABTargeted, Square, CWL2, CWLinf,
                                CWL0)}
 MINIMUM_DISTANCE = tuple(n for n, a in ATTACKS.items() if a.norm is not None)
 
 
 def make(name: str, threat: ThreatModel, iterations: int = 0, image_shape=None,
-         to_targets: bool = False, **options) -> Attack:
-  """The attack `name` for `threat` and `iterations` (0: its default); `options`: pgd's
-  params."""
+         to_targets: bool = False, eot_samples: int = 1, **options) -> Attack:
+  """The attack `name` for `threat` and `iterations` (0: its default), each gradient averaged
+  over `eot_samples` passes (PGD and APGD); `options`: pgd's params."""
   if name not in ATTACKS:
     raise ChallengeError(f'unknown attack "{name}"; use one of: ' + ', '.join(ATTACKS))
-  return ATTACKS[name](threat, iterations, image_shape, to_targets, **options)
+  return ATTACKS[name](threat, iterations, image_shape, to_targets, eot_samples, **options)
