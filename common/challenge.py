@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from common import defences
 from common.attacks.pgd import PGDParams
 from common.attacks.threat import NORMS
 from common.config import Config, Key, load_config
@@ -188,7 +189,11 @@ class Challenge:
     return os.path.join(self.package_dir, 'config.json')
 
   def load_config(self, path=None, overrides=None) -> Config:
-    return load_config(path or self.default_config_path, self.config_keys, overrides)
+    config = load_config(path or self.default_config_path, self.config_keys, overrides)
+    # The defence's keys together (a BPDA without a defence, EOT over a deterministic one):
+    # refused here, before any command starts its work.
+    defences.from_config(config, self.image_shape, self.pixel_max)
+    return config
 
   def summary_images(self, x):
     """Adversarial inputs as [N, H, W, C] images in [0, 1] for TensorBoard."""

@@ -107,7 +107,9 @@ def _loss_and_gradient(model_fn, x, labels, loss_fn, samples=1):
       logits = tf.cast(model_fn(x), tf.float32)
       loss = loss_fn(labels, logits)
       total = tf.reduce_sum(loss)
-    return logits, loss, tape.gradient(total, x)
+    # A model without any gradient (a step function in front): zeros, not None.
+    return logits, loss, tape.gradient(total, x,
+                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
   return eot.averaged(one_pass, samples)
 
 

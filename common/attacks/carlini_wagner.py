@@ -48,7 +48,8 @@ def number_of_classes(model_fn, x, attack):
   if tape.gradient(logits, x) is None:
     raise ChallengeError(f'{attack} needs the gradient of the model\'s logits with respect to '
                          'its input, and this model has none: attack it with square '
-                         '(score-based), or make its forward pass differentiable')
+                         '(score-based), behind a defence with --bpda on, or make its forward '
+                         'pass differentiable')
   return logits.shape[-1]
 
 

@@ -116,7 +116,8 @@ def fab_targeted(model_fn, x, labels, targets, threat: ThreatModel, num_iteratio
       pick = lambda c: tf.gather(logits, c, batch_dims=1)
       difference = pick(labels) - pick(targets)  # > 0 while correctly ranked
       total = tf.reduce_sum(difference)
-    return difference, tape.gradient(total, z)
+    return difference, tape.gradient(total, z,
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
   def body(i, x1, best, best_norm, _):
     f, g = difference_and_gradient(x1)

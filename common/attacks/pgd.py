@@ -140,7 +140,8 @@ def input_gradient(model_fn, x, labels, loss_fn, loss_scale=None, samples=1):
       loss = tf.reduce_sum(loss_fn(labels, model_fn(x)))
       if loss_scale is not None:
         loss *= loss_scale
-    grad = tape.gradient(loss, x)
+    # A model without any gradient (a step function in front) gives zeros, not None.
+    grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     if loss_scale is not None:
       grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
     return (), (), grad
