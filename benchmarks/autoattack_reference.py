@@ -82,7 +82,7 @@ def resize_and_pad(x):
 
 
 def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, attacks,
-                   out_path, version):
+                   out_path, version, iterations):
   import torch
   sys.path.insert(0, reference_dir)
   from autoattack import AutoAttack
@@ -111,6 +111,8 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
   # restarts.
   adversary = AutoAttack(model, norm=REFERENCE_NORMS[norm], eps=float(arrays['epsilon']),
                          version=version, seed=seed, device='cpu', verbose=False)
+  adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = iterations
+  adversary.square.n_queries = 50 * iterations
   adversary.attacks_to_run = list(attacks)
   began = time.perf_counter()
   adversary.run_standard_evaluation(images, labels, bs=batch_size)
@@ -124,12 +126,13 @@ def reference_side(arrays_path, variant, reference_dir, batch_size, seed, norm, 
 
 # --- ours, and the comparison --------------------------------------------------------------
 
-def ours(model_fn, images, labels, epsilon, batch_size, seed, norm, attacks, version):
+def ours(model_fn, images, labels, epsilon, batch_size, seed, norm, attacks, version,
+         iterations):
   from common.attacks import autoattack
   seconds_per_attack, began = {}, time.perf_counter()
   attacker = autoattack.AutoAttack(model_fn, epsilon, 0.0, 1.0, (28, 28, 1), attacks,
                                    batch_size, seed, log=lambda *a, **k: None, norm=norm,
-                                   version=version)
+                                   version=version, **autoattack.budget(iterations))
   robust = {}
   report = attacker.run(images, labels)
   seconds = time.perf_counter() - began
@@ -160,6 +163,9 @@ def main():
   parser.add_argument('--seeds', default='0',
                       help='comma-separated: each variant runs once per seed, on both sides')
   parser.add_argument('--version', default='standard', choices=tuple(VERSIONS))
+  parser.add_argument('--iterations', type=int, default=100,
+                      help='APGD\'s and FAB\'s iterations, Square\'s queries / 50, on both sides '
+                           '(the versions\': 100)')
   parser.add_argument('--attacks', default='',
                       help='a part of the version\'s chain, in its order (default: all)')
   parser.add_argument('--norm', default='linf', choices=tuple(REFERENCE_NORMS))
@@ -178,7 +184,7 @@ def main():
   if options.reference_side:
     arrays, variant, out = options.reference_side
     reference_side(arrays, variant, options.reference, options.batch_size, seeds[0],
-                   options.norm, attacks, out, options.version)
+                   options.norm, attacks, out, options.version, options.iterations)
     return
 
   if not os.path.isfile(os.path.join(options.reference, 'autoattack', 'autoattack.py')):
@@ -220,7 +226,8 @@ def main():
   batch_size = min(options.batch_size, n)
   weights = keras_weights(model, PORTED[network])
   print(f'{path}, the first {n} test images, {options.norm} ε {epsilon:g}, batch {batch_size}, '
-        f'seeds {options.seeds}; the reference: {options.reference} under {python}')
+        f'seeds {options.seeds}, {options.version} version, {options.iterations} iterations; '
+        f'the reference: {options.reference} under {python}')
 
   with tempfile.TemporaryDirectory() as scratch:
     arrays = os.path.join(scratch, 'arrays.npz')
@@ -233,7 +240,7 @@ def main():
         subprocess.run([python, os.path.abspath(__file__), '--reference', options.reference,
                         '--batch_size', str(batch_size), '--seeds', str(seed),
                         '--norm', options.norm, '--attacks', ','.join(attacks),
-                        '--version', options.version,
+                        '--version', options.version, '--iterations', str(options.iterations),
                         '--reference_side', arrays, variant, out], check=True)
         with open(out) as f:
           theirs = json.load(f)
@@ -247,7 +254,8 @@ def main():
             return randomised(x)
           return model(x, training=False)
         robust, seconds, per_attack = ours(model_fn, images, labels, epsilon, batch_size,
-                                           seed, options.norm, attacks, options.version)
+                                           seed, options.norm, attacks, options.version,
+                                           options.iterations)
         finals.append(report(f'{variant}, seed {seed}', n, theirs, robust, seconds,
                              per_attack, attacks))
       if len(seeds) > 1:

@@ -513,10 +513,10 @@ def run_autoattack(challenge, config, version='standard', attacks='', num_exampl
   eot = config.eot_samples if config.eot_samples > 1 else 0  # 0: the version's (1 or 20)
   defended = '' if config.defence == defences.NONE else (
       f', behind {config.defence} (bpda {config.bpda})')
-  log(f'{challenge.name}: AutoAttack ({", ".join(chain)}{"" if version == "standard" else ", "}'
-      f'{"" if version == "standard" else version + " version"}) on {path}{defended}, first '
-      f'{num_examples} test images, {"" if params.norm == "linf" else "ℓ2 "}ε '
-      f'{params.epsilon:g}, seed {seed}{shortened}')
+  chain_note = ', '.join(chain) + ('' if version == 'standard' else f'; {version} version')
+  log(f'{challenge.name}: AutoAttack ({chain_note}) on {path}{defended}, first {num_examples} '
+      f'test images, {"" if params.norm == "linf" else "ℓ2 "}ε {params.epsilon:g}, seed '
+      f'{seed}{shortened}')
   attacker = autoattack.AutoAttack(
       lambda x: model(x, training=False), params.epsilon, params.clip_min, params.clip_max,
       challenge.image_shape, chain, batch_size or config.eval_batch_size, seed, strategy, jit,
@@ -694,6 +694,11 @@ def export_model(challenge, config, output='', format='', overwrite=False, log=p
   model_files.refuse_existing(output, overwrite, config.model_dir)  # before the work
   model, model_config, path, step = model_files.restore(challenge, config, config.model_dir,
                                                         log)
+  if model.input_shape[1:] != tuple(challenge.input_shape):
+    raise ChallengeError(f'{path} holds a network trained behind {model_config.defence}, '
+                         f'which takes inputs of shape {model.input_shape[1:]}, not the '
+                         'challenge\'s: a model file holds the network alone, so it is not '
+                         'exported; evaluate the checkpoint behind its defence instead')
   portable = model_files.portable_copy(
       model, lambda: challenge.build_portable_model(model_config), challenge.input_shape,
       challenge.pixel_max)

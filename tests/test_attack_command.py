@@ -27,8 +27,8 @@ def trained(tmp_path_factory, mnist_dir):
 
 # Small budgets: the command's plumbing is what is tested here (the attacks' own tests:
 # test_autoattack*.py, test_carlini_wagner.py, test_threat.py).
-BUDGET = {'pgd': 5, 'apgd-ce': 5, 'apgd-t': 2, 'fab-t': 2, 'square': 2, 'cw-l2': 30,
-          'cw-linf': 10, 'cw-l0': 10}
+BUDGET = {'pgd': 5, 'apgd-ce': 5, 'apgd-dlr': 5, 'apgd-t': 2, 'fab-t': 2, 'square': 2,
+          'cw-l2': 30, 'cw-linf': 10, 'cw-l0': 10}
 
 
 @pytest.mark.parametrize('attack', commands.NAMED_ATTACKS)

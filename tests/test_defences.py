@@ -1,20 +1,19 @@
 """Input defences (common/defences), BPDA and EOT (common/attacks/eot.py), and AutoAttack's
 rand version: each against numpy or a loop, and the obfuscated-gradients lesson on a model
-whose gradient is exactly zero."""
-import json
-import os
+whose gradient is exactly zero. Through the commands: test_defence_commands.py."""
+import dataclasses
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import commands, defences, losses, training
+from common import defences, losses
 from common.attacks import apgd, autoattack, pgd, registry
 from common.attacks.threat import ThreatModel
 from common.defences import bit_depth, random_resize_pad, thermometer
 from common.errors import ChallengeError
-from conftest import MNIST, TINY_TEST, quiet, run_script, tiny_config, tiny_cifar_config
+from conftest import MNIST, quiet, tiny_cifar_config
 
 RNG_SEED = 2049
 RNG = np.random.default_rng(RNG_SEED)
@@ -229,14 +228,9 @@ def test_pgd_with_eot_repeats_with_its_seed_and_averages_inside_the_attack():
   singles = [pgd.input_gradient(model, tf.constant(x), labels, losses.xent).numpy()
              for _ in range(5)]
   model.reseed(1)
-  step = pgd.pgd(model, tf.constant(x), labels, dataclasses_replace(params, num_steps=1)).numpy()
+  step = pgd.pgd(model, tf.constant(x), labels, dataclasses.replace(params, num_steps=1)).numpy()
   expected = np.clip(x + 0.1 * np.sign(np.sum(singles, 0) / 5), 0, 1)
   np.testing.assert_allclose(step, expected, atol=1e-6)
-
-
-def dataclasses_replace(params, **changes):
-  import dataclasses
-  return dataclasses.replace(params, **changes)
 
 
 # --- AutoAttack's rand version ----------------------------------------------------------------
@@ -302,73 +296,6 @@ def test_bad_combinations_are_refused_in_one_line():
   assert defences.from_config(config(), shape, top) is None
   net = network()
   assert defences.defend(net, config(), MNIST) is net  # nothing changes without a defence
-
-
-def test_training_refuses_a_randomised_defence_and_yopo_behind_one(tmp_path, mnist_dir):
-  with pytest.raises(ChallengeError, match='evaluation only'):
-    training.Trainer(MNIST, tiny_config(tmp_path, mnist_dir, defence='random_resize_pad'),
-                     log=quiet)
-  with pytest.raises(ChallengeError, match='YOPO differentiates'):
-    training.Trainer(MNIST, tiny_config(tmp_path, mnist_dir, defence='bit_depth',
-                                        training_attack='yopo'), log=quiet)
-
-
-def test_thermometer_training_through_the_trainer_and_evaluation_behind_it(tmp_path, mnist_dir):
-  """PGD training with BPDA behind a thermometer: the network takes the codes; eval.py,
-  attack.py and autoattack.py read it behind the same defence, and refuse it without."""
-  config = tiny_config(tmp_path, mnist_dir, defence='thermometer', thermometer_levels=4,
-                       bpda='on', num_eval_examples=20)
-  # The training attack (no random start here) moves through the defence with BPDA only.
-  for backward, moves in (('off', False), ('on', True)):
-    trainer = training.Trainer(MNIST, config.replace(bpda=backward, random_start=False),
-                               log=quiet)
-    assert trainer.model.input_shape == (None, 784 * 4)
-    batch = next(iter(trainer._input(MNIST.load_data(config).train, 0)))
-    _, _, x_adv = trainer.train_step(batch)
-    x_adv = trainer.strategy.experimental_local_results(x_adv)[0].numpy()
-    x = trainer.strategy.experimental_local_results(batch[0])[0].numpy()
-    assert (np.abs(x_adv - x).max() > 0.1) == moves, backward  # 3 steps of 0.05
-  training.train(MNIST, config, log=quiet)
-  results = commands.evaluate(MNIST, config, once=True, log=quiet)
-  assert results.num_examples == 20
-  summary = commands.run_named_attack(MNIST, config, attack='apgd-ce', iterations=2,
-                                      output_dir=str(tmp_path / 'a'), log=quiet)
-  assert summary['num_examples'] == 20
-  with pytest.raises(ChallengeError, match='takes inputs of shape'):
-    commands.evaluate(MNIST, config.replace(defence='none', bpda='off'), once=True, log=quiet)
-
-
-def test_a_randomised_defence_through_autoattack_py_and_eval_py(tmp_path, mnist_dir):
-  config = tiny_config(tmp_path, mnist_dir, max_num_training_steps=2, num_eval_examples=12)
-  training.train(MNIST, config, log=quiet)
-  behind = config.replace(defence='random_resize_pad', eot_samples=2)
-  out = tmp_path / 'aa'
-  report = commands.run_autoattack(MNIST, behind, version='rand', iterations=2,
-                                   output_dir=str(out), log=quiet)
-  summary = json.loads((out / 'autoattack.json').read_text())
-  assert summary['attacks'] == ['apgd-ce', 'apgd-dlr'] and summary['version'] == 'rand'
-  assert summary['eot samples'] == 2 and summary['defence'] == 'random_resize_pad'
-  assert 0 <= report.robust_accuracy <= report.clean_accuracy
-  results = commands.evaluate(MNIST, behind, once=True, log=quiet)
-  assert results.num_examples == 12
-  # The same seed, the same figures.
-  again = commands.evaluate(MNIST, behind, once=True, log=quiet)
-  assert (again.nat_correct, again.adv_correct) == (results.nat_correct, results.adv_correct)
-
-
-def test_the_scripts_refuse_bad_defence_settings_in_one_line(tmp_path, mnist_dir):
-  cases = [
-      (['mnist_challenge/attack.py', '--attack', 'pgd', '--eot_samples', '2'],
-       'nothing to average'),
-      (['mnist_challenge/eval.py', '--once', '--bpda', 'on'], 'no defence is set'),
-      (['mnist_challenge/autoattack.py', '--eot_samples', '0'],
-       'config key "eot_samples" must be at least 1'),
-  ]
-  for args, match in cases:
-    result = run_script(args + ['--data_dir', mnist_dir, '--model_dir',
-                                str(tmp_path / 'none')], timeout=120)
-    assert result.returncode == 1, (args, result.stderr)
-    assert match in result.stderr and result.stderr.count('\n') == 1, result.stderr
 
 
 def test_cifar_thermometer_network_takes_the_codes(tmp_path):

@@ -193,7 +193,6 @@ class AutoAttack:
             self.jit_compile, score_fn=self._logits)
         require_finite_logits(logits, self.model_name,
                               f'adversarial examples of {name.upper()}')
-        inside = self.threat.contains(x_adv, images[todo], tolerance)
         wrong = np.argmax(logits, 1) != labels[todo]
         if self.version == 'rand':
           # The reference's rule: one more pass judges the returned point (the attack's
@@ -205,6 +204,7 @@ class AutoAttack:
                                 f'adversarial examples of {name.upper()}')
           fooled = np.argmax(logits, 1) != labels[todo]
           wrong = fooled
+        inside = self.threat.contains(x_adv, images[todo], tolerance)
         broke = todo[fooled & wrong & inside]
         adversarial[broke] = x_adv[fooled & wrong & inside]
         broken_by[broke] = name
