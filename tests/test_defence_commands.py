@@ -94,3 +94,13 @@ def test_the_scripts_refuse_bad_defence_settings_in_one_line(tmp_path, mnist_dir
                                 str(tmp_path / 'none')], timeout=120)
     assert result.returncode == 1, (args, result.stderr)
     assert match in result.stderr and result.stderr.count('\n') == 1, result.stderr
+
+
+def test_the_thermometer_recipe_trains_behind_its_code(tmp_path, mnist_dir):
+  recipe = MNIST.load_config(f'{MNIST.package_dir}/configs/thermometer.json', {
+      'data_dir': mnist_dir, 'model_dir': str(tmp_path / 'model'), 'max_num_training_steps': 2,
+      'training_batch_size': 8, 'robustness_check_steps': 0, 'num_checkpoint_steps': 2})
+  assert (recipe.defence, recipe.thermometer_levels, recipe.bpda) == ('thermometer', 16, 'on')
+  training.train(MNIST, recipe, log=quiet)
+  with open(tmp_path / 'model' / 'config.json') as f:
+    assert json.load(f)['defence'] == 'thermometer'
