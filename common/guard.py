@@ -61,8 +61,8 @@ class RobustnessGuard:
     self.trainer, self.config, self.held_out = trainer, config, held_out
     self.params = check_params(params, config.robustness_check_k)
     # A fixed seed: the same random starts at every check, so checks compare the model alone.
-    self.evaluator = Evaluator(trainer.defended, self.params, trainer.strategy, seed=trainer.seed,
-                               jit_compile=trainer.jit_compile,
+    self.evaluator = Evaluator(trainer.defended, self.params, trainer.strategy,
+                               seed=trainer.seed, jit_compile=trainer.jit_compile,
                                name=f'the model trained in {config.model_dir}')
     self.directory = os.path.join(checkpoint_dir, BEST_DIR)
     self.manager = tf.train.CheckpointManager(trainer.checkpoint, self.directory, max_to_keep=1,

@@ -1,6 +1,7 @@
 """The input defences through the commands: training behind a thermometer code (BPDA in the
 training attack), every evaluation command behind a defence, AutoAttack's rand version from
-autoattack.py, and the scripts' one-line refusals (common/defences, docs/obfuscated_gradients.md)."""
+autoattack.py, and the scripts' one-line refusals (common/defences;
+docs/obfuscated_gradients.md)."""
 import json
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_a_randomised_defence_through_autoattack_py_and_eval_py(tmp_path, mnist_
     commands.run_named_attack(MNIST, behind, attack='fab-t', iterations=2,
                               output_dir=str(tmp_path / 'fab'), log=quiet)
   table = commands.evaluate_table(MNIST, behind.replace(k=2), num_examples=12,
-                                  method=('natural', 'PGD'), attack=('apgd-ce:2',),
+                                  method=('natural', 'FGSM'), attack=('apgd-ce:2',),
                                   output_dir=str(tmp_path / 'table'), log=quiet)
   assert [r.accuracy is not None for r in table].count(True) >= 3
   squeezed = config.replace(defence='bit_depth', bpda='on', k=2)

@@ -21,6 +21,9 @@ operations.
   is robust.
 * Result: per example the last misclassified point (the start or an iterate), else the point
   of highest loss.
+* EOT (`eot_samples`, the reference's eot_iter; its rand version: 20): each gradient the mean
+  over that many passes of a randomised model, the loss and the prediction the last pass's
+  (`common.attacks.eot`).
 * Ours stops early, with the same result, once every example of the batch is at a fixed
   point of the iteration (`_stationary`); the reference runs every iteration.
 * Losses (per example, logits in float32): the cross-entropy; DLR = -(z_y - max_{i≠y} z_i) /

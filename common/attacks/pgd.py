@@ -8,7 +8,8 @@ run inside a `tf.function` (the training step calls it there); `make_pgd` compil
 its own. The step order is the original's: random start (then clip to the pixel range),
 then each step: x += step_size * sign(grad) (ℓ2: step_size * grad / ‖grad‖₂), project to the
 ε-ball, clip to the pixel range. `random_start`, `sign_step` and `project` are the ℓ∞
-operations on their own (the original's, for users' scripts).
+operations on their own (the original's, for users' scripts). With `eot_samples` > 1 each
+gradient is the mean over that many passes of a randomised model (`common/attacks/eot.py`).
 
 The k steps are unrolled with a Python loop inside one compiled function. On our CPU this
 was ~1.35x faster than a `tf.range`/`tf.while_loop` loop (same outputs, bit for bit) and as
