@@ -73,7 +73,7 @@ def test_a_randomised_defence_through_autoattack_py_and_eval_py(tmp_path, mnist_
     commands.run_named_attack(MNIST, behind, attack='fab-t', iterations=2,
                               output_dir=str(tmp_path / 'fab'), log=quiet)
   table = commands.evaluate_table(MNIST, behind.replace(k=2), num_examples=12,
-                                  method=('natural', 'FGSM'), attack=('apgd-ce:2',),
+                                  method=('natural', 'FGSM', 'apgd-ce'), attack=('apgd-ce:2',),
                                   output_dir=str(tmp_path / 'table'), log=quiet)
   assert [r.accuracy is not None for r in table].count(True) >= 3
   squeezed = config.replace(defence='bit_depth', bpda='on', k=2)
