@@ -152,10 +152,8 @@ def test_bpda_approximation_is_the_soft_codes_chain_rule():
   # The network's gradient at the code, through the soft code's Jacobian (diagonal per
   # pixel: levels where levels·x − k + 1 lies in (0, 1), else 0).
   upstream = input_gradient(net, defence.apply(tf.constant(x)).numpy(), labels).numpy()
-  ramp = numpy_soft(x, levels)
-  slope = np.where((levels * x[..., None] - np.arange(levels) + 1 > 0)
-                   & (levels * x[..., None] - np.arange(levels) + 1 < 1), levels, 0.0)
-  del ramp
+  ramp = levels * x[..., None] - np.arange(levels) + 1
+  slope = np.where((ramp > 0) & (ramp < 1), levels, 0.0)
   expected = np.sum(upstream.reshape(6, 784, levels) * slope, -1)
   np.testing.assert_allclose(bpda, expected, rtol=1e-5, atol=1e-6)
   assert np.any(bpda)
@@ -316,7 +314,7 @@ def test_apgd_takes_eot_samples_passes_per_gradient():
 
 def test_bad_combinations_are_refused_in_one_line():
   shape, top = SHAPE, 1.0
-  config = lambda **o: MNIST.load_config(overrides=o)
+  config = lambda **overrides: MNIST.load_config(overrides=overrides)
   cases = [
       (dict(bpda='on'), 'no defence is set'),
       (dict(eot_samples=2), 'nothing to average'),
