@@ -105,3 +105,25 @@ def test_the_thermometer_recipe_trains_behind_its_code(tmp_path, mnist_dir):
   training.train(MNIST, recipe, log=quiet)
   with open(tmp_path / 'model' / 'config.json') as f:
     assert json.load(f)['defence'] == 'thermometer'
+
+
+def test_cifar_commands_behind_each_defence(tmp_path, cifar_dir):
+  """CIFAR-10 (pixels in [0, 255], colour): training behind a thermometer code with BPDA,
+  eval.py behind it and behind bit_depth, autoattack.py's rand version behind
+  random_resize_pad."""
+  from conftest import CIFAR10, tiny_cifar_config
+  coded = tiny_cifar_config(tmp_path / 'coded', cifar_dir, max_num_training_steps=2,
+                            defence='thermometer', thermometer_levels=4, bpda='on',
+                            num_eval_examples=8)
+  training.train(CIFAR10, coded, log=quiet)
+  assert commands.evaluate(CIFAR10, coded, once=True, log=quiet).num_examples == 8
+  plain = tiny_cifar_config(tmp_path / 'plain', cifar_dir, max_num_training_steps=2,
+                            num_eval_examples=8)
+  training.train(CIFAR10, plain, log=quiet)
+  squeezed = commands.evaluate(CIFAR10, plain.replace(defence='bit_depth', bpda='on'),
+                               once=True, log=quiet)
+  assert squeezed.num_examples == 8
+  report = commands.run_autoattack(
+      CIFAR10, plain.replace(defence='random_resize_pad', eot_samples=2), version='rand',
+      iterations=1, output_dir=str(tmp_path / 'aa'), log=quiet)
+  assert 0 <= report.robust_accuracy <= report.clean_accuracy
