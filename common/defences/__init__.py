@@ -20,6 +20,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from common import precision
 from common.config import Key
 from common.defences.base import BACKWARDS, Defence
 from common.defences.bit_depth import BitDepth
@@ -131,7 +132,11 @@ class Defended:
 def network_input_shape(config, challenge) -> tuple:
   """The shape of one input of the network behind the config's defence (the challenge's
   own, but for thermometer codes)."""
-  defence = from_config(config, challenge.image_shape, challenge.pixel_max)
+  return _network_shape(from_config(config, challenge.image_shape, challenge.pixel_max),
+                        challenge)
+
+
+def _network_shape(defence: Optional[Defence], challenge) -> tuple:
   return (defence.network_input_shape(challenge.input_shape) if defence is not None
           else tuple(challenge.input_shape))
 
@@ -141,7 +146,7 @@ def defend(network, config, challenge, seed: int = 0, what: str = 'the model'):
   checking that the network takes what the defence gives it (a thermometer network takes
   the codes: its checkpoint holds a first layer of C·levels channels)."""
   defence = from_config(config, challenge.image_shape, challenge.pixel_max)
-  expected = network_input_shape(config, challenge)
+  expected = _network_shape(defence, challenge)
   found = getattr(network, 'input_shape', None)
   if isinstance(found, tuple) and len(found) > 1 and tuple(found[1:]) != expected:
     codes = tuple(found[1:])
@@ -157,6 +162,7 @@ def defend(network, config, challenge, seed: int = 0, what: str = 'the model'):
 def require_float32(config, attack_precision: str) -> None:
   """A defended model is attacked in float32 (or tf32): its twin in another precision
   would need the defence inside the network."""
-  if getattr(config, 'defence', NONE) != NONE and attack_precision not in ('float32', 'tf32'):
+  if (getattr(config, 'defence', NONE) != NONE
+      and not precision.computes_in_float32(attack_precision)):
     raise ChallengeError(f'eval_precision {attack_precision} with a defence: a defended model '
                          'is attacked in float32 (or tf32); set eval_precision to one of those')
