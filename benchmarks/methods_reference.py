@@ -462,7 +462,7 @@ def main():
                   {k: v for k, v in ours.items() if k.startswith('conv1')}, theirs, 'grad',
                   n / m)
       elif method == 'bilateral':
-        from common import bilateral
+        from common.methods import bilateral
         natural = trainer.model(images, training=False)
         labels_ours = bilateral.adversarial_labels(natural, labels, trainer.method.beta).numpy()
         pixels('labels', labels_ours, theirs, 'labels')

@@ -5,10 +5,10 @@ import os
 import tensorflow as tf
 
 from cifar10_challenge import data, model
-from common import defences, losses, optimizers, training
+from common import defences, losses, methods, optimizers, training
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge, norm_keys,
-                              threat_radius_and_step, training_method_keys)
+                              threat_radius_and_step)
 from common.config import MAX_EVAL_BATCH, MAX_TRAINING_BATCH, SEED_MAXIMUM, Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -48,10 +48,9 @@ CONFIG_KEYS = (
     Key('epsilon', float, 8.0, minimum=0),
     Key('num_steps', int, 10, minimum=0, help='PGD steps'),
     Key('step_size', float, 2.0, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
-    trades_beta=6.0, mma_max_epsilon=12.0, mma_min_epsilon=0.005 * 255, yopo_inner_steps=3,
-    mma_l2_max_epsilon=1.0 * 255, mma_l2_min_epsilon=0.5 * 255
-) + norm_keys(l2_epsilon=0.5 * 255) + defences.config_keys(bit_depth=5)
+) + (ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS
+       + methods.config_keys('cifar10') + norm_keys(l2_epsilon=0.5 * 255)
+       + defences.config_keys(bit_depth=5))
 # (ℓ2 ε 0.5 on [0, 1] images, as RobustBench's ℓ2 track)
 
 PIXEL_MAX = 255.0

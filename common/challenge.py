@@ -6,13 +6,12 @@ from typing import Callable, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from common import defences
-from common.attacks.pgd import PGDParams
+from common import defences, methods
+from common.attacks.pgd import TRAINING_ATTACKS, PGDParams
 from common.attacks.threat import NORMS
 from common.config import Config, Key, load_config
 from common.data import Datasets
 from common.optimizers import LR_SCHEDULES
-from common.training_methods import TRAINING_ATTACKS
 
 # The last config keys of both challenges, alike in both (the originals' order).
 ATTACK_OUTPUT_KEYS = (
@@ -28,9 +27,10 @@ ATTACK_OUTPUT_KEYS = (
 # Fast adversarial training: the training-time attack, the learning-rate schedule and the
 # catastrophic-overfitting guard (the same keys in both challenges; defaults: the original).
 FAST_TRAINING_KEYS = (
-    Key('training_attack', str, 'pgd', choices=tuple(TRAINING_ATTACKS),
-        help='the attack of adversarial training: ' + '; '.join(
-            f'"{name}": {what}' for name, what in TRAINING_ATTACKS.items()) + '; new'),
+    Key('training_attack', str, 'pgd', choices=tuple(TRAINING_ATTACKS) + ('yopo',),
+        help='the attack of PGD training (training_method madry): ' + '; '.join(
+            f'"{name}": {what}' for name, what in TRAINING_ATTACKS.items())
+        + '; "yopo": the old spelling of training_method yopo; new'),
     Key('training_step_size', float, 0.0, minimum=0,
         help='the training attack\'s step; 0: the method\'s own (pgd, trades and yopo: the '
              'configured PGD\'s, fgsm_rs 1.25 ε, n_fgsm ε, bilateral ε); new'),
@@ -62,23 +62,6 @@ FAST_TRAINING_KEYS = (
 )
 
 
-# The objective adversarial training minimises: {name: what it is} (common.trades,
-# common.bilateral, common.mma).
-TRAINING_LOSSES = {
-    'madry': "the loss on the training attack's examples (the original)",
-    'trades': 'TRADES (Zhang et al. 2019): cross-entropy on the natural examples + '
-              'trades_beta x KL(f(x) || f(x\')), x\' maximising the KL by training_num_steps '
-              'sign steps of training_step_size (0: the configured PGD\'s) from x + 0.001 N(0, 1)',
-    'bilateral': 'bilateral adversarial training, R-MC-LA (Wang & Zhang 2019): the soft-label '
-                 'cross-entropy of an adversarial label (bilateral_beta) on an image moved by '
-                 'training_num_steps (0: one) targeted sign steps of training_step_size (0: ε) '
-                 'towards the most confusing class from a random start',
-    'mma': 'MMA training (Ding et al. 2020): each example\'s margin by AN-PGD (PGD at its '
-           'remembered ε, then a bisection), the cross-entropy at the margin (up to '
-           'mma_max_epsilon) mixed with the natural one (mma_clean_weight)',
-}
-
-
 def norm_keys(l2_epsilon: float):
   """The threat model's norm, and the ℓ2 radius and step (the challenge's pixel units): the
   original keys (epsilon, the PGD step) stay the ℓ∞ ones."""
@@ -99,47 +82,6 @@ def threat_radius_and_step(config, epsilon: float, step_size: float, num_steps: 
   if config.norm == 'linf':
     return epsilon, step_size
   return config.l2_epsilon, config.l2_step_size or 2.5 * config.l2_epsilon / max(num_steps, 1)
-
-
-def training_method_keys(trades_beta: float, mma_max_epsilon: float, mma_min_epsilon: float,
-                         yopo_inner_steps: int, mma_l2_max_epsilon: float,
-                         mma_l2_min_epsilon: float):
-  """The training objective's keys and the methods' own; the defaults are each method's
-  authors' for the data set (`mma_*` in the challenge's pixel units)."""
-  return (
-      Key('training_loss', str, 'madry', choices=tuple(TRAINING_LOSSES),
-          help='the objective: ' + '; '.join(f'"{name}": {what}'
-                                             for name, what in TRAINING_LOSSES.items())
-          + '; new'),
-      Key('trades_beta', float, trades_beta, minimum=0,
-          help=f'TRADES\'s β (the authors\': {trades_beta:g} for this data set); new'),
-      Key('bilateral_beta', float, 9.0, minimum=0,
-          help='bilateral: the adversarial label\'s true-class mass over its largest '
-               'wrong-class mass (the authors\' 9); new'),
-      Key('mma_max_epsilon', float, mma_max_epsilon, minimum=0,
-          help=f'MMA\'s d_max: margins beyond it are not trained on (the authors\': '
-               f'{mma_max_epsilon:g} for this data set); new'),
-      Key('mma_min_epsilon', float, mma_min_epsilon, minimum=0,
-          help=f'MMA: the smallest ε AN-PGD starts from (the authors\': {mma_min_epsilon:g}); '
-               'new'),
-      Key('mma_l2_max_epsilon', float, mma_l2_max_epsilon, minimum=0,
-          help=f'MMA with norm l2: d_max, an ℓ2 length (the authors\': {mma_l2_max_epsilon:g} '
-               'for this data set); new'),
-      Key('mma_l2_min_epsilon', float, mma_l2_min_epsilon, minimum=0,
-          help=f'MMA with norm l2: the smallest ε (the authors\': {mma_l2_min_epsilon:g}); '
-               'new'),
-      Key('mma_clean_weight', float, 1.0 / 3.0, minimum=0, maximum=1,
-          help='MMA: the natural cross-entropy\'s weight c, the margin loss\'s 1 - c (the '
-               'authors\' 1/3); new'),
-      Key('mma_search_steps', int, 10, minimum=0,
-          help='MMA: AN-PGD\'s bisection steps (the authors\' 10); new'),
-      Key('yopo_outer_steps', int, 5, minimum=1,
-          help='YOPO\'s m: full forward and backward passes per update (the authors\' 5); '
-               'new'),
-      Key('yopo_inner_steps', int, yopo_inner_steps, minimum=0,
-          help=f'YOPO\'s n: first-layer updates after each full pass (the authors\': '
-               f'{yopo_inner_steps} for this data set); new'),
-  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +132,8 @@ class Challenge:
 
   def load_config(self, path=None, overrides=None) -> Config:
     config = load_config(path or self.default_config_path, self.config_keys, overrides)
+    # The method the keys name (`training_method`, or the old spellings of it).
+    config = methods.resolve(config)
     # The defence's keys together (a BPDA without a defence, EOT over a deterministic one):
     # refused here, before any command starts its work.
     defences.from_config(config, self.image_shape, self.pixel_max)

@@ -1,6 +1,6 @@
 """Adversarial training, shared by both challenges, under a tf.distribute strategy: the loop,
 checkpoints, the guard, strategies and precisions; what a step computes (the original's PGD
-training, TRADES, bilateral, MMA, YOPO) is the configured method (common.training_methods).
+training, TRADES, bilateral, MMA, YOPO, ...) is the configured method (common.methods).
 
 The loop follows the original train.py: at step s (weights after s updates) it first writes
 the checkpoint (every num_checkpoint_steps, from step 0), then prints (every
@@ -40,8 +40,8 @@ import zlib
 import keras
 import tensorflow as tf
 
-from common import (checkpoints, data, defences, distribute, files, guard, losses,
-                    model_files, precision, runtime, tf1_checkpoints, training_methods)
+from common import (checkpoints, data, defences, distribute, files, guard, losses, methods,
+                    model_files, precision, runtime, tf1_checkpoints)
 from common.challenge import Challenge
 from common.config import Config, check_value
 from common.errors import ChallengeError
@@ -102,10 +102,11 @@ class Trainer:
     self.chief = distribute.is_chief(self.strategy)
     if not self.chief:
       self.log = lambda *args, **kwargs: None  # the chief reports for everyone
-    # The training method (common.training_methods): the original's PGD training (with the
+    # The training method (common.methods): the original's PGD training (with the
     # configured PGD, fewer or other steps, or a single-step attack), TRADES, bilateral
-    # adversarial training, MMA or YOPO; its attack's settings.
-    self.method = training_methods.build(challenge, config, challenge.attack_params(config))
+    # adversarial training, MMA, YOPO, ...; its attack's settings.
+    self.method_name = methods.resolve(config).training_method
+    self.method = methods.build(challenge, config, challenge.attack_params(config))
     self.attack_params = self.method.params
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
@@ -121,10 +122,10 @@ class Trainer:
                              'put it in front of a trained network): train without it '
                              '(defence "none") and evaluate with --defence '
                              f'{self.defence.name}')
-      if config.training_attack == 'yopo':
+      if self.method_name == 'yopo':
         raise ChallengeError('YOPO differentiates the network\'s first layer, which a defence '
                              'in front of it hides: train behind a defence with another '
-                             'training_attack, or without the defence')
+                             'training_method, or without the defence')
       backward = defences.backward_of(config, self.defence)
       self._defend = lambda x: self.defence.apply(x, backward)
     with self.strategy.scope():
@@ -184,13 +185,14 @@ class Trainer:
     new non-trainable state, correct, xent sum, x_adv, the method's outputs);
     XLA-compiled with jit_compile."""
     forward = _StatefulForward(self.twin, self._defend)
-    step = training_methods.Step(
+    step = methods.Step(
         forward=forward, inference=lambda v: self.twin(self._defended(v), training=False),
         attack_model=self._attack_model(forward),
         loss=lambda labels, logits, per_example=None: self.training_loss(
             labels, logits, self.model, self.global_batch, per_example),
         scale_loss=self.updater.scale_loss,  # the loss itself unless float16
-        variables=self.model.trainable_variables, loss_scale=self.twin.loss_scale)
+        variables=self.model.trainable_variables, loss_scale=self.twin.loss_scale,
+        stateful=bool(self.model.non_trainable_variables))
     result = self.method.gradients(step, x, y, inputs)
     return (result.gradients, forward.state, losses.num_correct(y, result.logits),
             tf.reduce_sum(losses.xent(y, result.logits)), result.x_adv, result.outputs)
@@ -504,8 +506,8 @@ def record_config(challenge: Challenge, config: Config, start: int, log=print) -
 
 def check_training_method(config: Config) -> None:
   """A method with its own search and another training attack, and the like, are errors,
-  not silently ignored (common.training_methods.check)."""
-  training_methods.check(config)
+  not silently ignored (common.methods.check)."""
+  methods.check(methods.resolve(config))
 
 
 def train(challenge: Challenge, config: Config, strategy=None, log=print,

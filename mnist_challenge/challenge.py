@@ -4,10 +4,10 @@ import os
 import keras
 import tensorflow as tf
 
-from common import defences, losses, optimizers
+from common import defences, losses, methods, optimizers
 from common.attacks.pgd import PGDParams
 from common.challenge import (ATTACK_OUTPUT_KEYS, FAST_TRAINING_KEYS, Challenge, norm_keys,
-                              threat_radius_and_step, training_method_keys)
+                              threat_radius_and_step)
 from common.config import MAX_EVAL_BATCH, MAX_TRAINING_BATCH, SEED_MAXIMUM, Key
 from common.paper_table import Row
 from common.precision import PRECISION_KEYS
@@ -37,10 +37,9 @@ CONFIG_KEYS = (
     Key('epsilon', float, 0.3, minimum=0),
     Key('k', int, 40, minimum=0, help='PGD steps'),
     Key('a', float, 0.01, minimum=0, help='PGD step size'),
-) + ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS + training_method_keys(
-    trades_beta=1.0, mma_max_epsilon=0.45, mma_min_epsilon=0.1, yopo_inner_steps=10,
-    mma_l2_max_epsilon=2.0, mma_l2_min_epsilon=0.5
-) + norm_keys(l2_epsilon=2.0) + defences.config_keys(bit_depth=1)
+) + (ATTACK_OUTPUT_KEYS + PRECISION_KEYS + RUNTIME_KEYS + FAST_TRAINING_KEYS
+       + methods.config_keys('mnist') + norm_keys(l2_epsilon=2.0)
+       + defences.config_keys(bit_depth=1))
 
 
 def attack_params(config) -> PGDParams:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import commands, guard, submission, training, training_methods
+from common import commands, guard, methods, submission, training
 from common.attacks import autoattack, pgd
 from common.attacks.threat import NORMS, ThreatModel, check_norm
 from common.errors import ChallengeError, SubmissionPerturbationError
@@ -225,7 +225,7 @@ def test_training_methods_take_the_norm(tmp_path, mnist_dir):
   for changes in ({}, {'training_loss': 'trades'}, {'training_attack': 'fgsm_rs'},
                   {'training_attack': 'yopo'}, {'training_loss': 'mma'},
                   {'training_loss': 'bilateral'}):  # (their ℓ2 steps: test_training_l2.py)
-    method = training_methods.build(MNIST, config.replace(**changes),
+    method = methods.build(MNIST, config.replace(**changes),
                                     MNIST.attack_params(config))
     assert method.params.norm == 'l2' and method.params.epsilon == 2.0
   # One training step's examples lie in the ℓ2 ball and outside the ℓ∞ one.

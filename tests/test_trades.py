@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from cifar10_challenge import model as cifar_model
 from cifar10_challenge.challenge import CIFAR10
-from common import trades, training
+from common import training
+from common.methods import trades
 from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import quiet, tiny_cifar_config, tiny_config

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import bilateral, mma, training, training_methods, yopo
+from common import methods, training
+from common.methods import bilateral, mma, yopo
 from common.attacks import pgd
 from conftest import quiet, tiny_config
 from mnist_challenge.challenge import MNIST
@@ -115,7 +116,7 @@ def test_the_bilateral_start_in_l2_lies_on_the_sphere_unclipped():
   assert start.max() > 1.0  # not clipped before the first gradient, as the authors'
   # The method draws it so under norm l2 (ε 2.0).
   config = MNIST.load_config(overrides={'norm': 'l2', 'training_loss': 'bilateral'})
-  method = training_methods.build(MNIST, config, MNIST.attack_params(config))
+  method = methods.build(MNIST, config, MNIST.attack_params(config))
   images = tf.fill([4, 784], 0.5)
   drawn, = method.prepare(images, tf.constant([1, 2], tf.int64), (0, 4), None)
   np.testing.assert_allclose(l2_norms(drawn - images), 2.0, rtol=1e-5)
@@ -124,11 +125,11 @@ def test_the_bilateral_start_in_l2_lies_on_the_sphere_unclipped():
 def test_the_methods_take_their_l2_radii_and_mmas_own_l2_keys():
   for challenge, d_max, smallest in ((MNIST, 2.0, 0.5), (CIFAR10, 255.0, 127.5)):
     config = challenge.load_config(overrides={'norm': 'l2', 'training_loss': 'mma'})
-    method = training_methods.build(challenge, config, challenge.attack_params(config))
+    method = methods.build(challenge, config, challenge.attack_params(config))
     assert (method.max_epsilon, method.min_epsilon) == (d_max, smallest)
     assert method.params.norm == 'l2'
     linf = challenge.load_config(overrides={'training_loss': 'mma'})
-    method = training_methods.build(challenge, linf, challenge.attack_params(linf))
+    method = methods.build(challenge, linf, challenge.attack_params(linf))
     assert (method.max_epsilon, method.min_epsilon) == (linf.mma_max_epsilon,
                                                         linf.mma_min_epsilon)
 

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
-from common import (bilateral, checkpoints, losses, mma, precision, training,
-                    training_methods, yopo)
+from common import checkpoints, losses, methods, precision, training
+from common.methods import bilateral, madry, mma, yopo
 from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import (NON_WIDE, REPO, as_flags, quiet, run_script, tiny_cifar_config,
@@ -42,9 +42,9 @@ def small_model(inputs=12, hidden=16, classes=10):
 
 
 def make_step(model):
-  """A training_methods.Step over `model` in float32, the loss summed (MNIST's reduction)."""
+  """A methods.Step over `model` in float32, the loss summed (MNIST's reduction)."""
   forward = training._StatefulForward(precision.Twin(model, None, 'float32'))  # pylint: disable=protected-access
-  return training_methods.Step(
+  return methods.Step(
       forward=forward, inference=lambda v: model(v, training=False),
       attack_model=lambda v: model(v, training=False),
       loss=lambda labels, logits, per_example=None: tf.reduce_sum(
@@ -454,7 +454,7 @@ def test_the_guard_watches_each_method(tmp_path, mnist_dir, method):
 def built_method(**changes):
   """The method MNIST's default config with `changes` builds."""
   config = MNIST.load_config(overrides=changes)
-  return training_methods.build(MNIST, config, MNIST.attack_params(config))
+  return methods.build(MNIST, config, MNIST.attack_params(config))
 
 
 def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
@@ -464,7 +464,7 @@ def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
   assert (cifar.mma_max_epsilon, cifar.mma_min_epsilon, cifar.yopo_inner_steps) == (
       12.0, pytest.approx(1.275), 3)
   assert mnist.mma_clean_weight == pytest.approx(1 / 3) and mnist.mma_search_steps == 10
-  assert type(built_method()) is training_methods.Madry
+  assert type(built_method()) is madry.Madry
   assert isinstance(built_method(training_loss='bilateral'), bilateral.Bilateral)
   assert built_method(training_loss='bilateral').params.step_size == pytest.approx(0.3)
   assert built_method(training_loss='mma', training_num_steps=10).params.num_steps == 10
@@ -497,7 +497,7 @@ def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
   with pytest.raises(ChallengeError, match='training_epsilon is 0.4, but MMA'):
     built_method(training_loss='mma', training_epsilon=0.4)
   cifar = CIFAR10.load_config(overrides={'training_epsilon': 10.0})
-  assert training_methods.build(CIFAR10, cifar, CIFAR10.attack_params(cifar)).params.epsilon == 10
+  assert methods.build(CIFAR10, cifar, CIFAR10.attack_params(cifar)).params.epsilon == 10
   assert CIFAR10.attack_params(cifar).epsilon == 8.0
 
 
@@ -542,7 +542,7 @@ def test_the_recipes_load(challenge, method):
     named = {name for name in json.load(f) if not name.startswith('_')}
   assert named <= {key.name for key in challenge.config_keys}
   training.check_training_method(config)
-  chosen = training_methods.build(challenge, config, challenge.attack_params(config))
+  chosen = methods.build(challenge, config, challenge.attack_params(config))
   expected = {'bilateral': bilateral.Bilateral, 'mma': mma.MMA, 'yopo': yopo.YOPO}[method]
   assert isinstance(chosen, expected)
 

@@ -1,6 +1,6 @@
 """Bilateral adversarial training, R-MC-LA (Wang & Zhang, ICCV 2019, "Bilateral adversarial
 training: towards fast training of more robust models against adversarial attacks"), a
-training objective of the shared trainer (`training_loss: "bilateral"`), as the authors'
+training method of the shared trainer (`training_method: "bilateral"`), as the authors'
 code computes it (wjyouch/bilateral-adversarial-training, train.py: `adv_labels`,
 `adv_attack` with train.sh's settings; the specification, written anew). Both the image and
 the label are perturbed, from one inference-mode pass over the natural batch (batch norm's
@@ -34,8 +34,25 @@ import dataclasses
 
 import tensorflow as tf
 
-from common import losses, training_methods
+from common import losses
 from common.attacks import pgd
+from common.config import Key
+from common.methods import base
+
+NAME = 'bilateral'
+SUMMARY = ('bilateral adversarial training, R-MC-LA (Wang & Zhang 2019): the soft-label '
+           'cross-entropy of an adversarial label (bilateral_beta) on an image moved by '
+           'training_num_steps (0: one) targeted sign steps of training_step_size (0: ε) '
+           'towards the most confusing class from a random start')
+OWN_SEARCH = 'its targeted step(s) towards the most confusing class'
+
+
+def keys(challenge_name):
+  del challenge_name  # the authors' β for both
+  return (Key('bilateral_beta', float, 9.0, minimum=0,
+              help='bilateral: the adversarial label\'s true-class mass over its largest '
+                   'wrong-class mass (the authors\' 9); new'),)
+
 
 GAMMA = 0.01  # the authors' γ
 STABILITY = 1e-8  # inside the log, as the authors'
@@ -86,7 +103,7 @@ def perturb_image(model_fn, x, targets, params: pgd.PGDParams, start_point, loss
                  loss_scale=loss_scale, start=start_point)
 
 
-class Bilateral(training_methods.Method):
+class Bilateral(base.Method):
   """R-MC-LA on the shared trainer."""
 
   def __init__(self, params: pgd.PGDParams, beta: float):
@@ -104,5 +121,11 @@ class Bilateral(training_methods.Method):
     def loss():
       logits = step.forward(x_adv, update_state=True)
       return step.loss(y, logits, soft_xent(soft_labels, logits)), logits
-    gradients, logits = training_methods.descend(step, loss)
-    return training_methods.Result(gradients, logits, x_adv)
+    gradients, logits = base.descend(step, loss)
+    return base.Result(gradients, logits, x_adv)
+
+
+def build(challenge, config, params: pgd.PGDParams) -> Bilateral:
+  del challenge
+  return Bilateral(image_params(params, config.training_num_steps, config.training_step_size),
+                   config.bilateral_beta)

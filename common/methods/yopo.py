@@ -1,6 +1,7 @@
 """YOPO-m-n (Zhang, Zhang, Lu, Zhu & Dong, NeurIPS 2019, "You only propagate once:
 accelerating adversarial training via maximal principle"), a training attack of the shared
-trainer (`training_attack: "yopo"`), as the paper states it and its authors' code means it
+trainer (`training_method: "yopo"`; the old spelling `training_attack: "yopo"` still
+loads), as the paper states it and its authors' code means it
 (a1600012888/YOPO-You-Only-Propagate-Once, experiments/MNIST/YOPO-5-10: training_function.py,
 loss.py; the specification, written anew).
 
@@ -42,9 +43,40 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from common import training_methods
 from common.attacks import pgd
+from common.config import Key
 from common.errors import ChallengeError
+from common.methods import base
+
+NAME = 'yopo'
+SUMMARY = ('YOPO-m-n (Zhang et al. 2019, "You only propagate once"): PGD training\'s objective, '
+           'its attack from a start uniform in the ε-ball by yopo_outer_steps full forward and '
+           'backward passes, each followed by yopo_inner_steps sign steps of '
+           'training_step_size (0: the configured PGD\'s) through the first layer alone; the '
+           'weights\' gradients come from those passes (the first layer\'s through its '
+           'Hamiltonian)')
+OWN_SEARCH = 'yopo_outer_steps full passes, each followed by yopo_inner_steps first-layer steps'
+INNER_STEPS = {'mnist': 10, 'cifar10': 3}  # the authors' YOPO-5-10 and YOPO-5-3
+
+
+def keys(challenge_name):
+  inner = INNER_STEPS[challenge_name]
+  return (
+      Key('yopo_outer_steps', int, 5, minimum=1,
+          help='YOPO\'s m: full forward and backward passes per update (the authors\' 5); '
+               'new'),
+      Key('yopo_inner_steps', int, inner, minimum=0,
+          help=f'YOPO\'s n: first-layer updates after each full pass (the authors\': '
+               f'{inner} for this data set); new'),
+  )
+
+
+def check(config):
+  if config.training_num_steps:
+    raise ChallengeError(
+        f'training_num_steps is {config.training_num_steps}, but YOPO counts its steps with '
+        'yopo_outer_steps (m full passes) and yopo_inner_steps (n first-layer updates); '
+        'set training_num_steps to 0')
 
 
 def first_layer_name(model) -> str:
@@ -119,7 +151,7 @@ def inner_updates(first_fn, x, eta, costate, params: pgd.PGDParams, num_steps):
   return tf.stop_gradient(eta)
 
 
-class YOPO(training_methods.Method):
+class YOPO(base.Method):
   """YOPO-m-n on the shared trainer."""
 
   def __init__(self, params: pgd.PGDParams, outer_steps: int, inner_steps: int):
@@ -159,4 +191,10 @@ class YOPO(training_methods.Method):
       total = [t + (0.0 if g is None else g) + (next(first_gradients) if first else 0.0)
                for t, g, first in zip(total, gradients, split.in_first)]
     x_adv = tf.clip_by_value(x + eta, params.clip_min, params.clip_max)
-    return training_methods.Result(total, logits, x_adv)
+    return base.Result(total, logits, x_adv)
+
+
+def build(challenge, config, params: pgd.PGDParams) -> YOPO:
+  del challenge
+  return YOPO(step_params(params, config.training_step_size), config.yopo_outer_steps,
+              config.yopo_inner_steps)

@@ -1,6 +1,6 @@
 """MMA training (Ding, Sharma, Lui & Huang, ICLR 2020, "MMA training: direct input space
 margin maximization through adversarial training"), a training objective of the shared
-trainer (`training_loss: "mma"`), ℓ∞ and ℓ2, as the authors' code computes it
+trainer (`training_method: "mma"`), ℓ∞ and ℓ2, as the authors' code computes it
 (BorealisAI/mma_training: anpgd.py, trainer.py, config.py, train.py's --norm, with
 advertorch's LinfPGDAttack and L2PGDAttack; the specification, written anew):
 
@@ -44,12 +44,62 @@ the bisection runs in inference mode like the attack (theirs runs the model in t
 mode there, so with batch norm its eleven passes update the moving averages; MNIST's network
 has none).
 """
+import dataclasses
+
 import tensorflow as tf
 
-from common import losses, training_methods
+from common import losses
 from common.attacks import pgd
 from common.attacks.threat import ThreatModel
+from common.config import Key
 from common.errors import ChallengeError
+from common.methods import base
+
+NAME = 'mma'
+SUMMARY = ('MMA training (Ding et al. 2020): each example\'s margin by AN-PGD (PGD at its '
+           'remembered ε, then a bisection), the cross-entropy at the margin (up to '
+           'mma_max_epsilon) mixed with the natural one (mma_clean_weight)')
+OWN_SEARCH = 'AN-PGD at each example\'s own ε'
+# The authors' d_max and ε_min in each challenge's pixel units (CIFAR-10: [0, 255]): ℓ∞
+# MNIST MMA-0.45, CIFAR-10 MMA-12 (of 255); ℓ2 MNIST MMA-2.0, CIFAR-10 MMA-1.0 on [0, 1].
+DEFAULTS = {'mnist': dict(max_epsilon=0.45, min_epsilon=0.1, l2_max_epsilon=2.0,
+                          l2_min_epsilon=0.5),
+            'cifar10': dict(max_epsilon=12.0, min_epsilon=0.005 * 255,
+                            l2_max_epsilon=1.0 * 255, l2_min_epsilon=0.5 * 255)}
+
+
+def keys(challenge_name):
+  d = DEFAULTS[challenge_name]
+  return (
+      Key('mma_max_epsilon', float, d['max_epsilon'], minimum=0,
+          help=f'MMA\'s d_max: margins beyond it are not trained on (the authors\': '
+               f'{d["max_epsilon"]:g} for this data set); new'),
+      Key('mma_min_epsilon', float, d['min_epsilon'], minimum=0,
+          help=f'MMA: the smallest ε AN-PGD starts from (the authors\': '
+               f'{d["min_epsilon"]:g}); new'),
+      Key('mma_l2_max_epsilon', float, d['l2_max_epsilon'], minimum=0,
+          help=f'MMA with norm l2: d_max, an ℓ2 length (the authors\': '
+               f'{d["l2_max_epsilon"]:g} for this data set); new'),
+      Key('mma_l2_min_epsilon', float, d['l2_min_epsilon'], minimum=0,
+          help=f'MMA with norm l2: the smallest ε (the authors\': {d["l2_min_epsilon"]:g}); '
+               'new'),
+      Key('mma_clean_weight', float, 1.0 / 3.0, minimum=0, maximum=1,
+          help='MMA: the natural cross-entropy\'s weight c, the margin loss\'s 1 - c (the '
+               'authors\' 1/3); new'),
+      Key('mma_search_steps', int, 10, minimum=0,
+          help='MMA: AN-PGD\'s bisection steps (the authors\' 10); new'),
+  )
+
+
+def check(config):
+  if config.training_epsilon:
+    raise ChallengeError(
+        f'training_epsilon is {config.training_epsilon:g}, but MMA trains each example at its '
+        'own ε (up to mma_max_epsilon); set training_epsilon to 0 and choose mma_max_epsilon')
+  if config.training_step_size:
+    raise ChallengeError(
+        f'training_step_size is {config.training_step_size:g}, but MMA\'s AN-PGD steps by '
+        '2.5 ε / steps at each example\'s own ε (the authors\'); set training_step_size to 0')
 
 SEARCH_CEILING = 1.05  # × d_max: the bisection's upper end (the authors')
 STEP_SCALE = 2.5  # PGD's step: 2.5 ε / steps (the authors')
@@ -134,7 +184,7 @@ def per_example_loss(labels, natural_logits, mixed_logits, correct, new_epsilon,
                                                                          natural_logits)
 
 
-class MMA(training_methods.Method):
+class MMA(base.Method):
   """MMA on the shared trainer; remembers each training example's ε."""
   needs_examples = True
 
@@ -181,9 +231,9 @@ class MMA(training_methods.Method):
       per_example = per_example_loss(y, natural, mixed, correct, new_epsilon,
                                      self.max_epsilon, self.clean_weight)
       return step.loss(y, mixed, per_example), (mixed, mixed_input, correct)
-    gradients, (logits, x_adv, correct) = training_methods.descend(step, loss)
+    gradients, (logits, x_adv, correct) = base.descend(step, loss)
     remembered = tf.where(correct, new_epsilon, tf.zeros_like(new_epsilon))
-    return training_methods.Result(gradients, logits, x_adv, outputs=(remembered,))
+    return base.Result(gradients, logits, x_adv, outputs=(remembered,))
 
   def finish(self, examples, outputs):
     context = tf.distribute.get_replica_context()
@@ -202,3 +252,12 @@ def last_occurrences(indices):
   n = tf.shape(indices)[0]
   later = tf.range(n)[None, :] > tf.range(n)[:, None]
   return ~tf.reduce_any(same & later, axis=1)
+
+
+def build(challenge, config, params: pgd.PGDParams) -> MMA:
+  del challenge
+  l2 = params.norm == 'l2'  # d_max and ε_min in the norm's units
+  return MMA(dataclasses.replace(params, num_steps=config.training_num_steps or params.num_steps),
+             config.mma_l2_max_epsilon if l2 else config.mma_max_epsilon,
+             config.mma_l2_min_epsilon if l2 else config.mma_min_epsilon,
+             config.mma_clean_weight, config.mma_search_steps)

@@ -1,0 +1,71 @@
+"""What every training method shares (the registry, common.methods, lists the methods): the
+trainer (common.training) lends a method a `Step` and gets back a `Result`.
+
+A method has three parts, so that its random draws and its memory stay outside XLA (whose
+generators give other numbers, and which cannot hold collectives):
+  prepare(x, seed, rows, examples) -> inputs     draws (stateless, from (seed, step)) and reads
+  gradients(step, x, y, inputs) -> Result         the attack and the weights' gradients
+  finish(examples, outputs)                       writes what the method remembers (MMA)
+`rows` is (this replica's first row, the global batch): draws are made for the whole global
+batch and each replica keeps its rows, so a step does not depend on the number of replicas.
+`examples` are the batch's indices in the training split (MMA remembers per example).
+"""
+import dataclasses
+from typing import Any, Callable, List, Optional
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass
+class Step:
+  """What the trainer lends a method for one replica's step."""
+  forward: Any  # training._StatefulForward: (x, update_state) -> logits in training mode
+  inference: Callable  # x -> logits in inference mode (batch norm's moving averages)
+  attack_model: Callable  # x -> logits as the training attack sees batch norm (ATTACK_BATCH_NORM)
+  # (labels, logits, per_example=None) -> this replica's share of the loss, reduced as the
+  # challenge reduces its own (MNIST: the sum; CIFAR-10: the mean over the global batch + the
+  # weight decay); `per_example` replaces the cross-entropy of the logits.
+  loss: Callable
+  scale_loss: Callable  # loss -> the loss to differentiate (float16: scaled)
+  variables: List[tf.Variable]  # the trainable variables, in the model's order
+  loss_scale: Optional[float]  # the attacks' loss scale (float16), else None
+  # Whether the network's training-mode passes read or write state (batch norm's averages,
+  # dropout's seed): only then can two passes over one batch differ.
+  stateful: bool = True
+
+
+@dataclasses.dataclass
+class Result:
+  gradients: List[tf.Tensor]  # of step.scale_loss(loss), one per trainable variable
+  logits: tf.Tensor  # on the examples trained on (the training statistics' accuracy and loss)
+  x_adv: tf.Tensor  # the adversarial batch (TensorBoard's images)
+  outputs: tuple = ()  # for `finish`
+
+
+def descend(step: Step, loss_fn):
+  """(gradients of step.scale_loss(loss), logits) for `loss_fn() -> (loss, logits)`, run
+  under the tape."""
+  with tf.GradientTape() as tape:
+    loss, logits = loss_fn()
+    scaled = step.scale_loss(loss)
+  return tape.gradient(scaled, step.variables), logits
+
+
+class Method:
+  """The interface; see the module docstring. `params`: the attack's settings (the
+  trainer reports its ε and checks its loss)."""
+  needs_examples = False  # whether `prepare`/`finish` need the examples' indices
+
+  def state(self, num_train: int, strategy) -> dict:
+    """Variables to checkpoint with the training state ({name: variable})."""
+    del num_train, strategy
+    return {}
+
+  def prepare(self, x, seed, rows, examples) -> tuple:
+    raise NotImplementedError
+
+  def gradients(self, step: Step, x, y, inputs) -> Result:
+    raise NotImplementedError
+
+  def finish(self, examples, outputs) -> None:
+    del examples, outputs
