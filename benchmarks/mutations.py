@@ -157,6 +157,33 @@ MUTATIONS = (
              'it)', 'common/methods/trades.py',
              [('+ beta * kl(target, adversarial_logits)',
                '+ beta * kl(tf.stop_gradient(target), adversarial_logits)')]),
+    Mutation('trades_search_in_training_mode', "TRADES's search with batch norm in training "
+             'mode (batch statistics) instead of the authors\' model.eval()',
+             'common/methods/trades.py',
+             [('x_adv = search(step.inference, x,',
+               'x_adv = search(lambda v: step.forward(v, update_state=False), x,')],
+             ['tests/test_trades.py']),
+    Mutation('trades_adversarial_pass_keeps_the_state', "TRADES's pass over x' leaves batch "
+             "norm's averages as they were (the authors' update them)",
+             'common/methods/trades.py',
+             [('logits = step.forward(x_adv, update_state=three)',
+               'logits = step.forward(x_adv, update_state=False)')],
+             ['tests/test_trades.py']),
+    Mutation('trades_two_passes', "TRADES's KL target from the cross-entropy's pass (two passes, "
+             "not the authors' three)", 'common/methods/trades.py',
+             [('target = step.forward(x, update_state=True) if three and step.stateful else '
+               'natural', 'target = natural')],
+             ['tests/test_trades.py']),
+    Mutation('mma_epsilon_by_batch_position', "MMA's memory read by the example's position in "
+             'the batch, not its index in the training split', 'common/methods/mma.py',
+             [('remembered = tf.gather(self.epsilon, examples)',
+               'remembered = tf.gather(self.epsilon, tf.range(tf.size(examples)))')],
+             ['tests/test_training_methods.py']),
+    Mutation('yopo_hamiltonian_unclipped', "YOPO's Hamiltonian reads f0(x + η) unclipped",
+             'common/methods/yopo.py',
+             [('first_fn(tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), '
+               'tf.float32))', 'first_fn(x + eta), tf.float32))')],
+             ['tests/test_training_methods.py']),
     Mutation('trades_start_per_replica', "TRADES's start noise drawn per replica, not as rows "
              'of the global batch', 'common/methods/trades.py',
              [('whole, seed, stddev=NOISE * pixel_max, dtype=x.dtype), x, rows)',

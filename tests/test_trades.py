@@ -1,16 +1,19 @@
-"""TRADES (`training_loss: "trades"`): the loss against its formula, the inner search, β = 0
-against natural training, two replicas against one device, resuming, precision, the guard
-and the recipes."""
+"""TRADES (`training_method: "trades"`): the loss against its formula, the inner search (in
+inference mode), the authors' three training-mode passes (batch norm's averages, the
+stateless shortcut), β = 0 against natural training, two replicas against one device,
+resuming, precision, the guard and the recipes."""
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cifar10_challenge import model as cifar_model
 from cifar10_challenge.challenge import CIFAR10
-from common import training
+from common import losses, precision, training
+from common.methods import base
 from common.methods import trades
 from common.attacks import pgd
 from common.errors import ChallengeError
@@ -96,8 +99,101 @@ def test_the_search_raises_the_kl_and_stays_in_the_ball_and_the_pixel_range():
   np.testing.assert_array_equal(zero, np.clip(start.numpy(), 0, 1))
 
 
+def batch_norm_model(dropout=0.0):
+  """Dense, batch norm (momentum 0.5: each pass moves the averages visibly), dropout, dense."""
+  keras.utils.set_random_seed(4)
+  layers = [keras.Input((6,)), keras.layers.Dense(8, name='hidden'),
+            keras.layers.BatchNormalization(momentum=0.5, name='norm'),
+            keras.layers.Activation('tanh')]
+  if dropout:
+    layers.append(keras.layers.Dropout(dropout, seed=1))
+  return keras.Sequential(layers + [keras.layers.Dense(5, name='logits')])
+
+
+def trades_step(model):
+  """A base.Step over `model` in float32, the loss summed; `stateful` as the trainer sets it."""
+  forward = training._StatefulForward(precision.Twin(model, None, 'float32'))  # pylint: disable=protected-access
+  return base.Step(
+      forward=forward, inference=lambda v: model(v, training=False),
+      attack_model=lambda v: model(v, training=False),
+      loss=lambda labels, logits, per_example=None: tf.reduce_sum(
+          losses.xent(labels, logits) if per_example is None else per_example),
+      scale_loss=lambda loss: loss, variables=model.trainable_variables, loss_scale=None,
+      stateful=bool(model.non_trainable_variables))
+
+
+def trades_batch(n=16):
+  x = RNG.uniform(0, 1, (n, 6)).astype(np.float32)
+  return tf.constant(x), tf.constant(RNG.integers(0, 5, n)), tf.constant(x + 0.001)
+
+
+def test_the_search_runs_in_inference_mode():
+  # Batch norm in training mode (batch statistics) would give another f(x) and another x'.
+  model = batch_norm_model()
+  model(tf.constant(RNG.normal(3, 2, (64, 6)).astype(np.float32)), training=True)  # averages
+  x, y, start = trades_batch()
+  params = pgd.PGDParams(0.1, 3, 0.03)
+  method = trades.Trades(params, 1.0, 1.0)
+  got = method.gradients(trades_step(model), x, y, (start,)).x_adv
+  want = trades.search(lambda v: model(v, training=False), x, params, start)
+  np.testing.assert_array_equal(got, want)
+  in_training = trades.search(lambda v: model(v, training=True), x, params, start)
+  assert np.abs(in_training.numpy() - want.numpy()).max() > 1e-3
+
+
+@pytest.mark.parametrize('passes', ['three', 'one'])
+def test_batch_norm_sees_the_authors_passes(passes):
+  # The authors: model(x) for the cross-entropy, then model(x'), model(x) for the KL, all in
+  # training mode: the averages move three times. "one": once, over x.
+  model = batch_norm_model()
+  x, y, start = trades_batch()
+  method = trades.Trades(pgd.PGDParams(0.1, 2, 0.03), 1.0, 1.0, passes)
+  step = trades_step(model)
+  x_adv = method.gradients(step, x, y, (start,)).x_adv
+  reference = batch_norm_model()
+  for inputs in ((x, x_adv, x) if passes == 'three' else (x,)):
+    reference(inputs, training=True)
+  norm = reference.get_layer('norm')
+  expected = [norm.moving_mean.numpy(), norm.moving_variance.numpy()]
+  for got, want in zip(step.forward.state, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_three_passes_are_the_authors_objective_and_one_pass_where_the_network_has_no_state():
+  # With batch norm: CE(f1(x)) + β KL(f3(x) || f2(x')), every pass in training mode, the
+  # averages carried from one pass to the next. Without state the shortcut (one pass over x
+  # for both terms) is the same function.
+  x, y, start = trades_batch()
+  params = pgd.PGDParams(0.1, 2, 0.03)
+  for model in (batch_norm_model(), keras.Sequential(
+      [keras.Input((6,)), keras.layers.Dense(8, activation='tanh'), keras.layers.Dense(5)])):
+    result = trades.Trades(params, 2.0, 1.0).gradients(trades_step(model), x, y, (start,))
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    with tf.GradientTape() as tape:
+      natural = reference(x, training=True)
+      adversarial = reference(result.x_adv, training=True)
+      target = reference(x, training=True)
+      loss = tf.reduce_sum(losses.xent(y, natural) + 2.0 * trades.kl(target, adversarial))
+    expected = tape.gradient(loss, reference.trainable_variables)
+    for got, want in zip(result.gradients, expected):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_each_pass_draws_its_own_dropout_mask():
+  # The authors' three passes each draw a mask: the KL's target is not the cross-entropy's
+  # logits (one pass would give KL(f(x) || f(x)) = 0 at x' = x).
+  model = batch_norm_model(dropout=0.5)
+  x, y, _ = trades_batch()
+  step = trades_step(model)
+  three = trades.Trades(pgd.PGDParams(0.0, 0, 0.03), 1.0, 1.0).gradients(step, x, y, (x,))
+  one = trades.Trades(pgd.PGDParams(0.0, 0, 0.03), 1.0, 1.0, 'one').gradients(
+      trades_step(model), x, y, (x,))
+  assert max(np.abs(a - b).max() for a, b in zip(three.gradients, one.gradients)) > 1e-4
+
+
 def trades_config(tmp_path, mnist_dir, **changes):
-  settings = dict(training_loss='trades', max_num_training_steps=1)
+  settings = dict(training_method='trades', max_num_training_steps=1)
   settings.update(changes)
   return tiny_config(tmp_path, mnist_dir, **settings)
 
@@ -154,7 +250,7 @@ def test_the_guard_watches_a_trades_run(tmp_path, mnist_dir):
 
 
 def test_trades_runs_on_cifar10_with_batch_norm(tmp_path, cifar_dir):
-  config = tiny_cifar_config(tmp_path, cifar_dir, training_loss='trades',
+  config = tiny_cifar_config(tmp_path, cifar_dir, training_method='trades',
                              max_num_training_steps=2)
   assert config.trades_beta == 6.0  # the authors' CIFAR-10 β
   trainer = training.Trainer(CIFAR10, config, log=quiet)
@@ -165,10 +261,13 @@ def test_trades_runs_on_cifar10_with_batch_norm(tmp_path, cifar_dir):
 
 
 def test_trades_settings_and_their_errors():
-  assert MNIST.load_config().training_loss == 'madry'
+  assert MNIST.load_config().training_method == 'madry'
   assert MNIST.load_config().trades_beta == 1.0
-  with pytest.raises(ChallengeError, match='training_loss'):
-    MNIST.load_config(overrides={'training_loss': 'mart'})
+  assert MNIST.load_config().trades_passes == 'three'
+  with pytest.raises(ChallengeError, match='training_method'):
+    MNIST.load_config(overrides={'training_method': 'mart'})
+  with pytest.raises(ChallengeError, match='trades_passes'):
+    MNIST.load_config(overrides={'trades_passes': 'two'})
   with pytest.raises(ChallengeError, match='trades.*its own search'):
     training.check_training_method(MNIST.load_config(
         overrides={'training_loss': 'trades', 'training_attack': 'fgsm_rs'}))
@@ -178,7 +277,7 @@ def test_trades_settings_and_their_errors():
 def test_the_trades_recipes_load(challenge):
   path = os.path.join(challenge.package_dir, 'configs', 'trades.json')
   config = challenge.load_config(path)
-  assert config.training_loss == 'trades' and config.training_attack == 'pgd'
+  assert config.training_method == 'trades' and config.training_attack == 'pgd'
   with open(path) as f:
     named = {name for name in json.load(f) if not name.startswith('_')}
   assert named <= {key.name for key in challenge.config_keys}

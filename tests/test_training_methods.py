@@ -24,8 +24,8 @@ from test_training import (assert_same_gradient, first_moments, one_device_and_t
 RNG_SEED = 11  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
 
-METHODS = {'bilateral': dict(training_loss='bilateral'), 'mma': dict(training_loss='mma'),
-           'yopo': dict(training_attack='yopo', yopo_outer_steps=2, yopo_inner_steps=2)}
+METHODS = {'bilateral': dict(training_method='bilateral'), 'mma': dict(training_method='mma'),
+           'yopo': dict(training_method='yopo', yopo_outer_steps=2, yopo_inner_steps=2)}
 
 
 def softmax(z):
@@ -115,6 +115,35 @@ def test_yopo_inner_step_from_the_pass_point_is_pgds_sign_step_and_stays_in_the_
   x_edge = tf.constant(np.where(RNG.uniform(size=x.shape) < 0.3, 0.02, x.numpy()), tf.float32)
   far = yopo.YOPO(params, 2, 6).gradients(make_step(model), x_edge, y, (eta,)).x_adv.numpy()
   assert np.all(np.abs(far - x_edge.numpy()) <= 0.1 + 1e-6) and far.min() >= 0
+
+
+def test_yopo_reads_the_first_layer_at_the_clipped_point():
+  # η's start is not clipped (the authors'), so x + η leaves the pixel range at the edges;
+  # the Hamiltonian, its gradient for the first layer and the first inner step all read
+  # f0(clip(x + η)), the pass itself x + η.
+  model = small_model()
+  _, y, _ = yopo_batch()
+  x = tf.constant(np.where(RNG.uniform(size=(6, 12)) < 0.5, 0.02, 0.98), tf.float32)
+  eta = tf.constant(np.where(x.numpy() < 0.5, -0.1, 0.1) * RNG.uniform(0.5, 1, (6, 12)),
+                    tf.float32)
+  params = pgd.PGDParams(0.1, 0, 0.03)
+  result = yopo.YOPO(params, 1, 0).gradients(make_step(model), x, y, (eta,))
+  costate, rest_gradients = full_pass(model, x + eta, y)
+  clipped = tf.clip_by_value(x + eta, 0.0, 1.0)
+  first_gradients = hamiltonian_gradients(model, clipped, costate)
+  for got, want in zip(result.gradients, first_gradients + rest_gradients):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  unclipped = hamiltonian_gradients(model, x + eta, costate)
+  assert np.abs(unclipped[0].numpy() - first_gradients[0].numpy()).max() > 1e-3
+  # One inner step: the sign of the Hamiltonian's gradient at the clipped point.
+  stepped = yopo.YOPO(params, 1, 1).gradients(make_step(model), x, y, (eta,)).x_adv
+  with tf.GradientTape() as tape:
+    tape.watch(eta)
+    value = tf.reduce_sum(costate * model.get_layer('first')(
+        tf.clip_by_value(x + eta, 0.0, 1.0)))
+  expected = tf.clip_by_value(x + tf.clip_by_value(eta + 0.03 * tf.sign(tape.gradient(
+      value, eta)), -0.1, 0.1), 0.0, 1.0)
+  np.testing.assert_allclose(stepped, expected, atol=1e-6)
 
 
 def test_yopo_first_layer_learns_from_the_hamiltonian_at_the_updated_eta():
@@ -377,6 +406,27 @@ def test_mma_remembers_each_examples_epsilon(tmp_path, mnist_dir):
   _, start = trainer.method.prepare(x, tf.constant([0, 0], tf.int64), (0, 2),
                                     tf.constant([int(np.argmax(touched)), 0], tf.int64))
   assert start.numpy()[0] == pytest.approx(max(remembered[touched][0], 0.1))
+
+
+def test_mma_keys_its_memory_by_the_examples_index_in_the_training_split(tmp_path, mnist_dir):
+  # Not by the position in the batch: an example's ε follows it through the shuffles.
+  method = methods.build(MNIST, MNIST.load_config(overrides=dict(training_method='mma')),
+                         MNIST.attack_params(MNIST.load_config()))
+  method.state(20, tf.distribute.get_strategy())
+  examples = tf.constant([13, 4, 17], tf.int64)
+  method.finish(examples, (tf.constant([0.2, 0.3, 0.0]),))
+  expected = np.zeros(20, np.float32)
+  expected[[13, 4, 17]] = [0.2, 0.3, 0.0]
+  np.testing.assert_allclose(method.epsilon.numpy(), expected)
+  _, start = method.prepare(tf.zeros([4, 784]), tf.constant([0, 0], tf.int64), (0, 4),
+                            tf.constant([4, 0, 13, 17], tf.int64))
+  np.testing.assert_allclose(start, [0.3, 0.1, 0.2, 0.1])  # at least ε_min, 0.1
+  # On the trainer: the examples it touched are the shuffled batches', not positions 0-15.
+  trainer = training.Trainer(MNIST, method_config(tmp_path, mnist_dir, 'mma',
+                                                  max_num_training_steps=2), log=quiet)
+  trainer.run()
+  touched = set(np.flatnonzero(trainer.method.epsilon.numpy()))
+  assert touched and not touched <= set(range(16))
 
 
 @pytest.mark.versions

@@ -69,3 +69,30 @@ class Method:
 
   def finish(self, examples, outputs) -> None:
     del examples, outputs
+
+
+def input_gradients(step: Step, x, directions, pixel_max: float):
+  """One training-mode pass over x (it updates the state) and, for each direction v ([batch,
+  classes]), the gradient of Σ v · logits with respect to the image on [0, 1] (x /
+  pixel_max), recorded for a second derivative: (logits, [gradients like x]). In float32;
+  under float16 the inner gradient is taken of the loss-scaled product and unscaled."""
+  scale = step.loss_scale or 1.0
+  with tf.GradientTape(persistent=len(directions) > 1) as tape:
+    tape.watch(x)
+    logits = step.forward(x, update_state=True)
+    wide = tf.cast(logits, tf.float32)
+    products = [tf.reduce_sum(wide * v) * scale for v in directions]
+  gradients = [tf.cast(tape.gradient(p, x), tf.float32) * (pixel_max / scale)
+               for p in products]
+  del tape
+  return logits, gradients
+
+
+def adversarial_rows(x, fraction: float, rows):
+  """Whether each of this replica's examples is among the global batch's first
+  round(fraction · batch) (`rows`: (this replica's first row, the global batch)): those a
+  regulariser mixed with adversarial training replaces by the training attack's (as
+  Hein and Andriushchenko's `alpha_adv` replaces the first ones of each batch)."""
+  first, total = rows
+  count = int(round(fraction * total))
+  return tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count
