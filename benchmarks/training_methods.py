@@ -2,9 +2,11 @@
 (mnist_challenge/configs/fast.json) is trained first and timed; each other method's recipe
 (configs/<method>.json) is then trained for as many steps as fit that time (its seconds per
 step measured by a short run first; `--time_fraction` scales the budget, e.g. 0.6 for YOPO's
-goal), and every model is evaluated alike: natural and PGD-40 on all 10,000 test images,
+goal), and every model is evaluated alike: natural, FGSM (one step of ε from the image, as
+the regularisers' and neural ODEs' authors report) and PGD-40 on all 10,000 test images,
 PGD-100 with 10 restarts and AutoAttack (APGD-CE, APGD-T, then Square, whose gains beyond the
-gradient attacks are the masking warning) on the first 1,000; ε 0.3, float32.
+gradient attacks, the Square margin in points, are the masking warning) on the first 1,000;
+ε 0.3, float32.
 
   python benchmarks/training_methods.py --data_dir ../shared/data/mnist
   python benchmarks/training_methods.py ... --methods yopo --time_fraction 0.6
@@ -43,6 +45,10 @@ METHODS = {
     'yopo': ('yopo.json', {}),
     'bilateral': ('bilateral.json', {}),
     'mma': ('mma.json', {}),
+    'jacobian': ('jacobian.json', {}),
+    'cross_lipschitz': ('cross_lipschitz.json', {}),
+    'ode': ('ode.json', {}),
+    'tisode': ('tisode.json', {}),
     'pgd40': ('fast.json', {'training_num_steps': 40, 'training_step_size': 0.01}),
 }
 CALIBRATION_STEPS = 30
@@ -51,7 +57,8 @@ CALIBRATION_STEPS = 30
 def config_for(method, options, work, **changes):
   recipe, own = METHODS[method]
   return MNIST.load_config(os.path.join(CONFIGS, recipe), {
-      **own, 'data_dir': options.data_dir, 'model': options.model,
+      **own, 'data_dir': options.data_dir,
+      **({'model': options.model} if options.model else {}),
       'model_dir': os.path.join(work, method), **changes})
 
 
@@ -79,14 +86,16 @@ def seconds_per_step(config, work):
 
 
 def evaluate(config, model_dir, test, first, with_cw):
-  """{'natural', 'pgd40', 'pgd100x10', 'apgd-ce', 'apgd-t', 'square', 'cw40' (with_cw),
-  'masking warning'} (%) of the model in model_dir."""
+  """{'natural', 'fgsm', 'pgd40', 'pgd100x10', 'apgd-ce', 'apgd-t', 'square', 'cw40'
+  (with_cw), 'square margin' (points), 'masking warning'} (%) of the model in model_dir."""
   model = MNIST.build_model(config)
   checkpoints.restore_model(model, checkpoints.latest(model_dir))
   params = dataclasses.replace(MNIST.attack_params(config), epsilon=0.3, num_steps=40,
                                step_size=0.01, random_start=True, loss_func='xent')
   pgd40 = Evaluator(model, params, seed=0).attack(test, 500)
   figures = {'natural': 100 * pgd40.nat_accuracy, 'pgd40': 100 * pgd40.adv_accuracy}
+  fgsm = dataclasses.replace(params, num_steps=1, step_size=0.3, random_start=False)
+  figures['fgsm'] = 100 * Evaluator(model, fgsm, seed=0).attack(test, 500).adv_accuracy
   head = test.head(first)
   figures['pgd100x10'] = 100 * Evaluator(model, dataclasses.replace(params, num_steps=100),
                                          restarts=10, seed=0).attack(head, 500).adv_accuracy
@@ -100,6 +109,7 @@ def evaluate(config, model_dir, test, first, with_cw):
                                  log=lambda *a, **k: None)
   for outcome in report.outcomes:
     figures[outcome.attack] = 100 * outcome.robust_accuracy
+  figures['square margin'] = min(figures['apgd-ce'], figures['apgd-t']) - figures['square']
   figures['masking warning'] = any('Square' in str(w.message) for w in caught)
   return figures
 
@@ -109,7 +119,8 @@ def main():
   parser.add_argument('--data_dir', required=True)
   parser.add_argument('--methods', default='pgd3,yopo,bilateral,mma,trades',
                       help='comma-separated, from: ' + ', '.join(METHODS))
-  parser.add_argument('--model', default='madry', help='madry or small_cnn')
+  parser.add_argument('--model', default='', help='the network of every recipe (madry, '
+                      'small_cnn, ...); default: each recipe\'s own')
   parser.add_argument('--seconds', type=float, default=0,
                       help='the budget; 0: the PGD-3 recipe\'s training time')
   parser.add_argument('--time_fraction', type=float, default=1.0)
@@ -160,11 +171,11 @@ def main():
               f'{k} {v:.2f}%' if not isinstance(v, bool) else f'{k} {v}'
               for k, v in figures.items()))
     sys.stdout.flush()
-  print(f'\nMNIST, model {options.model}, budget {budget:.0f} s x {options.time_fraction:g}; '
+  print(f'\nMNIST, model {options.model or "each recipe\'s"}, budget {budget:.0f} s x {options.time_fraction:g}; '
         f'natural, PGD-40{", CW-40" if options.model == "small_cnn" else ""} on all 10,000; '
         f'the rest on the first {options.first}')
-  columns = ['natural', 'pgd40'] + (['cw40'] if options.model == 'small_cnn' else []) + [
-      'pgd100x10', 'apgd-ce', 'apgd-t', 'square']
+  columns = ['natural', 'fgsm', 'pgd40'] + (['cw40'] if options.model == 'small_cnn' else []) + [
+      'pgd100x10', 'apgd-ce', 'apgd-t', 'square', 'square margin']
   print('| method | steps | seconds | ' + ' | '.join(columns) + ' | masking warning |')
   print('| --- ' * (len(columns) + 4) + '|')
   for method, steps, seconds, outcome, _, figures in rows:
