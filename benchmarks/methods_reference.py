@@ -360,6 +360,7 @@ def reference_trades(arrays, copy, dtype):
 
 def reference_jacobian(arrays, copy, dtype):
   import torch
+  warnings.filterwarnings('ignore', 'This overload of addcdiv is deprecated')  # theirs
   sys.path.insert(0, copy)
   import jacobian.jacobian as their_jacobian
   count = int(arrays['projections'])
@@ -415,6 +416,7 @@ def reference_cross_lipschitz(arrays, copy, dtype):
   serves every λ. float64: their module's `tf` answers float64 for float32 and "float"
   (their placeholders and n_summations' cast), nothing else changed."""
   import tensorflow
+  tensorflow.get_logger().setLevel('ERROR')  # their TF 1.2 calls' deprecation notices
   tf = tensorflow.compat.v1
   tf.disable_eager_execution()
   sys.path.insert(0, copy)
@@ -479,11 +481,13 @@ def reference_cross_lipschitz(arrays, copy, dtype):
       lr=0.2, lr_decay_scheme='manual', lr_decay_n_updates=[1, 2])  # lr: their unused lr_tf
   namespace = dict(tf=their_tf, np=np, hps=hps, models_dict={'cnn': MadryCnn},
                    regularizers=their_regularizers, augmentation=None)
-  exec(compile(ast.Module(body=functions, type_ignores=[]), path, 'exec'), namespace)  # pylint: disable=exec-used
+  run = lambda body: exec(  # pylint: disable=exec-used
+      compile(ast.Module(body=body, type_ignores=[]), path, 'exec'), namespace)
+  run(functions)
   hps.activation = namespace['f_activation'](hps)  # Madry's ReLU (theirs: softplus)
-  exec(compile(ast.Module(body=block[:1], type_ignores=[]), path, 'exec'), namespace)  # pylint: disable=exec-used
-  hps.lmbd = tf.placeholder(dtype, [], name='lmbd')
-  exec(compile(ast.Module(body=block[1:], type_ignores=[]), path, 'exec'), namespace)  # pylint: disable=exec-used
+  run(block[:1])  # tf.reset_default_graph()
+  hps.lmbd = tf.placeholder(dtype, [], name='lmbd')  # their float: fed, one graph for all λ
+  run(block[1:])
   model, trainable = namespace['model'], namespace['trainable_variables']
   assert len(trainable) == len(KERAS_NAMES), [v.name for v in trainable]
   index = {id(v): i for i, v in enumerate(trainable)}
@@ -569,7 +573,7 @@ def share(name, theirs, prefix, natural):
   """How much of their gradient the regulariser gives: ||g - g_CE|| / ||g|| per variable."""
   print(f'  {name} (||gradient - the cross-entropy\'s|| / ||gradient||):')
   print('    ' + ', '.join(
-      f'{k} {relative(theirs[f"{prefix}/{k}"] - theirs[f"{natural}/{k}"], theirs[f"{prefix}/{k}"]):.1e}'
+      f'{k} {relative(theirs[f"{natural}/{k}"], theirs[f"{prefix}/{k}"]):.1e}'
       for k in KERAS_NAMES))
 
 
@@ -727,7 +731,8 @@ def main():
             MNIST, config.replace(cross_lipschitz_lambda=CL_DEFAULT_LAMBDA),
             log=lambda *a, **k: None)
         checkpoints.restore_model(at_default.model, path)
-        default_result = at_default._gradients(tf.constant(images), tf.constant(labels), inputs)  # pylint: disable=protected-access
+        default_result = at_default._gradients(  # pylint: disable=protected-access
+            tf.constant(images), tf.constant(labels), inputs)
         assert np.array_equal(default_result[4].numpy(), x_adv)
       arrays_path = os.path.join(scratch, f'{method}.npz')
       out_path = os.path.join(scratch, f'{method}_theirs.npz')
