@@ -184,6 +184,30 @@ MUTATIONS = (
              [('first_fn(tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), '
                'tf.float32))', 'first_fn(x + eta), tf.float32))')],
              ['tests/test_training_methods.py']),
+    Mutation('jacobian_projections_not_unit', "Jacobian regularisation's projections left "
+             'unnormalised (the authors scale each row to unit length)',
+             'common/methods/jacobian.py',
+             [('  return draw / tf.norm(draw, axis=-1, keepdims=True)', '  return draw')],
+             ['tests/test_regularisers.py']),
+    Mutation('jacobian_without_the_class_count', "Jacobian regularisation's estimate without "
+             "the authors' factor C", 'common/methods/jacobian.py',
+             [('(classes / count if count else 1.0)', '(1.0 / count if count else 1.0)')],
+             ['tests/test_regularisers.py']),
+    Mutation('cross_lipschitz_pairs_once', "Cross-Lipschitz's sum over unordered pairs only "
+             '(half the authors\')', 'common/methods/cross_lipschitz.py',
+             [('return 2.0 / len(class_gradients)', 'return 1.0 / len(class_gradients)')],
+             ['tests/test_regularisers.py']),
+    Mutation('regulariser_first_order', "the regularisers' input gradients held constant (no "
+             'second derivative: the weights do not learn from the regulariser)',
+             'common/methods/base.py',
+             [('gradients = [tf.cast(tape.gradient(p, x), tf.float32)',
+               'gradients = [tf.cast(tf.stop_gradient(tape.gradient(p, x)), tf.float32)')],
+             ['tests/test_regularisers.py']),
+    Mutation('adversarial_rows_per_replica', "the regularisers' adversarial share counted in "
+             "each replica's batch, not the global batch's first rows", 'common/methods/base.py',
+             [('return tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count',
+               'return tf.range(tf.shape(x)[0]) < count')],
+             ['tests/test_regularisers.py']),
     Mutation('trades_start_per_replica', "TRADES's start noise drawn per replica, not as rows "
              'of the global batch', 'common/methods/trades.py',
              [('whole, seed, stddev=NOISE * pixel_max, dtype=x.dtype), x, rows)',
