@@ -36,9 +36,9 @@ class Mutation:
 MUTATIONS = (
     Mutation('replica_gradients_averaged', 'replica gradients averaged instead of summed',
              'common/training.py',
-             [('scale_loss=self.updater.scale_loss,',
-               'scale_loss=lambda loss: self.updater.scale_loss(loss) / '
-               'self.strategy.num_replicas_in_sync,')],
+             [('scale_loss=lambda loss: self.updater.scale_loss(forward.with_model_losses(loss)),',
+               'scale_loss=lambda loss: self.updater.scale_loss(forward.with_model_losses(loss)) '
+               '/ self.strategy.num_replicas_in_sync,')],
              ['tests/test_multiworker.py']),
     Mutation('cw_plus_kappa', "CW+ κ 50 -> 0 in the paper's table", 'common/paper_table.py',
              [("CW_CONFIDENCE = {'CW': 0.0, 'CW+': 50.0}", "CW_CONFIDENCE = {'CW': 0.0, 'CW+': 0.0}")]),
@@ -208,6 +208,20 @@ MUTATIONS = (
              [('return tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count',
                'return tf.range(tf.shape(x)[0]) < count')],
              ['tests/test_regularisers.py']),
+    Mutation('model_losses_dropped', "the model's own losses (TisODE's steady-state term) "
+             'left out of the loss the trainer differentiates', 'common/training.py',
+             [('return loss + tf.add_n(self.model_losses) if self.model_losses else loss',
+               'return loss')],
+             ['tests/test_ode.py']),
+    Mutation('tisode_steady_state_from_zero', "TisODE's steady-state integral from t = 0, "
+             'not 0.9', 'common/ode.py',
+             [('first = round(self.steady_from / h)', 'first = 0')],
+             ['tests/test_ode.py']),
+    Mutation('odenet_field_at_time_zero', "the ODENet's field always reads t = 0",
+             'common/ode.py',
+             [('tf.fill(tf.shape(h[..., :1]), tf.cast(t, h.dtype))',
+               'tf.fill(tf.shape(h[..., :1]), tf.cast(0.0, h.dtype))')],
+             ['tests/test_ode.py']),
     Mutation('trades_start_per_replica', "TRADES's start noise drawn per replica, not as rows "
              'of the global batch', 'common/methods/trades.py',
              [('whole, seed, stddev=NOISE * pixel_max, dtype=x.dtype), x, rows)',

@@ -119,10 +119,12 @@ class Twin:
     """The attack's loss scale (None: no scaling)."""
     return ATTACK_LOSS_SCALE_FLOAT16 if self.precision == 'mixed_float16' else None
 
-  def stateless_call(self, trainable_values, non_trainable_values, x, training):
-    """(logits, new non-trainable values) of the model with these values, in precision."""
+  def stateless_call(self, trainable_values, non_trainable_values, x, training,
+                     return_losses=False):
+    """(logits, new non-trainable values[, the model's own losses (Keras add_loss)]) of the
+    model with these values, in precision."""
     return self._runner.stateless_call(trainable_values, non_trainable_values, x,
-                                       training=training)
+                                       training=training, return_losses=return_losses)
 
   def __call__(self, x, training=False):
     """Logits of the model's current weights; in training mode its batch norm state is

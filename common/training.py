@@ -58,20 +58,28 @@ ATTACK_BATCH_NORM = {
 class _StatefulForward:
   """x -> logits in training mode (batch statistics) through `stateless_call`, in the
   twin's precision, with the model's non-trainable state carried here as tensors instead
-  of assigned."""
+  of assigned. The model's own losses (Keras add_loss: TisODE's steady-state term) of each
+  pass that updates the state are kept, for `with_model_losses`."""
 
   def __init__(self, twin: precision.Twin, defend=None):
     self.twin, self.model, self.defend = twin, twin.model, defend
     self.state = [v.value for v in self.model.non_trainable_variables]
+    self.model_losses = []
 
   def __call__(self, x, update_state):
     if self.defend is not None:  # the input defence in front of the network
       x = self.defend(x)
-    logits, state = self.twin.stateless_call(
-        [v.value for v in self.model.trainable_variables], self.state, x, training=True)
+    logits, state, model_losses = self.twin.stateless_call(
+        [v.value for v in self.model.trainable_variables], self.state, x, training=True,
+        return_losses=True)
     if update_state:
       self.state = state
+      self.model_losses += [tf.cast(loss, tf.float32) for loss in model_losses]
     return logits
+
+  def with_model_losses(self, loss):
+    """`loss` plus the model's own losses of the training passes so far."""
+    return loss + tf.add_n(self.model_losses) if self.model_losses else loss
 
 
 def _write_state(model, state):
@@ -134,6 +142,11 @@ class Trainer:
       # (with loss scaling in float16), so a checkpoint does not depend on the precision.
       self.optimizer = challenge.build_optimizer(config)
       self.updater = precision.training_optimizer(self.optimizer, config.precision)
+      if self.method_name == 'yopo' and any(getattr(layer, 'adds_training_losses', False)
+                                            for layer in self.model.layers):
+        raise ChallengeError(f'the {self.model.name} network adds a loss of its own in training '
+                             '(TisODE\'s steady-state term), which YOPO\'s split passes do '
+                             'not compute: train it with another training_method')
       # Keras 3 optimizers must create their slots in the strategy scope, before the
       # first distributed step (not inside tf.function).
       self.updater.build(self.model.trainable_variables)
@@ -190,7 +203,8 @@ class Trainer:
         attack_model=self._attack_model(forward),
         loss=lambda labels, logits, per_example=None: self.training_loss(
             labels, logits, self.model, self.global_batch, per_example),
-        scale_loss=self.updater.scale_loss,  # the loss itself unless float16
+        # The loss itself (unless float16: scaled), with the model's own losses.
+        scale_loss=lambda loss: self.updater.scale_loss(forward.with_model_losses(loss)),
         variables=self.model.trainable_variables, loss_scale=self.twin.loss_scale,
         stateful=bool(self.model.non_trainable_variables))
     result = self.method.gradients(step, x, y, inputs)

@@ -19,8 +19,9 @@ CONFIG_KEYS = (
         help='checkpoints and TensorBoard summaries'),
     Key('model', str, 'madry',
         help='architecture: "madry" (the challenge\'s), "tramer_b" (architecture B of '
-             'Tramèr et al. 2017, a transfer source of the paper\'s Table 1) or "small_cnn" '
-             '(the Small CNN of TRADES and YOPO); new'),
+             'Tramèr et al. 2017, a transfer source of the paper\'s Table 1), "small_cnn" '
+             '(the Small CNN of TRADES and YOPO), "odenet" or "tisode" (the neural ODE and '
+             'the time-invariant steady-state ODE of Yan et al. 2020); new'),
     Key('data_dir', str, 'MNIST_data', is_path=True,
         help='directory of the four MNIST IDX files (.gz or not); new in this project'),
     Key('random_seed', int, 4557077, minimum=0, maximum=SEED_MAXIMUM),

@@ -9,7 +9,7 @@ the same function), for a `.keras` file that loads where this project is not ins
 """
 import keras
 
-from common import defences, pooling
+from common import defences, ode, pooling
 from common.errors import ChallengeError
 
 INPUT_SHAPE = (784,)
@@ -118,8 +118,55 @@ def build_small_cnn(portable=False, channels=1) -> keras.Model:
   ], name='small_cnn_model')
 
 
+def _ode_network(name, time_dependent, step_size, steady_state_weight, portable, channels):
+  """The MNIST networks of Yan et al.'s TisODE code (mnist/networks.py): downsampling (conv
+  64 3x3 valid, group norm 32, ReLU; conv 64 4x4 stride 2 padding 1, group norm, ReLU: 28 ->
+  26 -> 13), the ODE block (common.ode), global average pooling, dense 10; PyTorch's default
+  initialisers, as theirs; group norm's ε 1e-5 (PyTorch's; Keras' is 1e-3)."""
+  if portable:
+    raise ChallengeError(f'the {name} network solves an ODE in a layer of this project '
+                         '(common/ode.py); it has no form in Keras\' own layers to export: '
+                         'use the checkpoint with this project\'s commands')
+  layers = keras.layers
+
+  def conv(filters, size, fan_in, layer_name, **kwargs):
+    kernel, bias = ode.torch_default(fan_in)
+    return layers.Conv2D(filters, size, name=layer_name, kernel_initializer=kernel,
+                         bias_initializer=bias, **kwargs)
+
+  dense_kernel, dense_bias = ode.torch_default(64)
+  return keras.Sequential([
+      *_image_input(channels),
+      conv(64, 3, 9 * channels, 'down_conv1'),
+      layers.GroupNormalization(32, epsilon=1e-5, name='down_norm1'), layers.ReLU(),
+      layers.ZeroPadding2D(1), conv(64, 4, 16 * 64, 'down_conv2', strides=2),
+      layers.GroupNormalization(32, epsilon=1e-5, name='down_norm2'), layers.ReLU(),
+      ode.ODEBlock(64, time_dependent, step_size, steady_state_weight=steady_state_weight,
+                   name='ode'),
+      layers.GlobalAveragePooling2D(name='pool'),
+      layers.Dense(10, name='logits', dtype='float32', kernel_initializer=dense_kernel,
+                   bias_initializer=dense_bias),
+  ], name=f'{name}_model')
+
+
+def build_odenet(portable=False, channels=1) -> keras.Model:
+  """The ODENet of Yan et al. (Chen et al.'s time-dependent field): Euler steps of 0.1 over
+  [0, 1]; 142,410 parameters (the authors' count)."""
+  return _ode_network('odenet', True, 0.1, 0.0, portable, channels)
+
+
+TISODE_STEADY_STATE_WEIGHT = 0.01  # the authors' main_tisode_gaus.py
+
+
+def build_tisode(portable=False, channels=1) -> keras.Model:
+  """TisODE: the time-invariant field, Euler steps of 0.05 over [0, 1], and in training the
+  steady-state term (0.01 · the mean of ∫_0.9^1.5 |f| dt); 141,130 parameters."""
+  return _ode_network('tisode', False, 0.05, TISODE_STEADY_STATE_WEIGHT, portable, channels)
+
+
 # {config "model": builder}
-ARCHITECTURES = {'madry': build_madry, 'tramer_b': build_tramer_b, 'small_cnn': build_small_cnn}
+ARCHITECTURES = {'madry': build_madry, 'tramer_b': build_tramer_b, 'small_cnn': build_small_cnn,
+                 'odenet': build_odenet, 'tisode': build_tisode}
 
 
 def tf1_variables(model) -> dict:

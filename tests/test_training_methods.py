@@ -1,6 +1,7 @@
-"""The training methods beside PGD and TRADES (common.yopo, common.bilateral, common.mma): each
-against its formula on fixed inputs, then on the shared trainer: two replicas against one
-device, resuming, precisions, XLA, batch norm, the guard, the recipes and the errors."""
+"""The training methods beside PGD and TRADES (common/methods: yopo, bilateral, mma; jacobian
+and cross_lipschitz against their formulas in test_regularisers): each against its formula
+on fixed inputs, then on the shared trainer: two replicas against one device, resuming,
+precisions, XLA, batch norm, the guard, the recipes and the errors."""
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ import tensorflow as tf
 
 from cifar10_challenge.challenge import CIFAR10
 from common import checkpoints, losses, methods, precision, training
-from common.methods import bilateral, madry, mma, yopo
+from common.methods import bilateral, cross_lipschitz, jacobian, madry, mma, yopo
 from common.attacks import pgd
 from common.errors import ChallengeError
 from conftest import (NON_WIDE, REPO, as_flags, quiet, run_script, tiny_cifar_config,
@@ -25,7 +26,15 @@ RNG_SEED = 11  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
 
 METHODS = {'bilateral': dict(training_method='bilateral'), 'mma': dict(training_method='mma'),
-           'yopo': dict(training_method='yopo', yopo_outer_steps=2, yopo_inner_steps=2)}
+           'yopo': dict(training_method='yopo', yopo_outer_steps=2, yopo_inner_steps=2),
+           # Half of each batch the training attack's: the mixed batch across replicas.
+           'jacobian': dict(training_method='jacobian', jacobian_adversarial_fraction=0.5),
+           'cross_lipschitz': dict(training_method='cross_lipschitz')}
+# The methods with a recipe file per challenge.
+RECIPES = [(challenge, method) for challenge in (MNIST, CIFAR10) for method in sorted(METHODS)
+           if os.path.exists(os.path.join(challenge.package_dir, 'configs', f'{method}.json'))]
+EXPECTED = {'bilateral': bilateral.Bilateral, 'mma': mma.MMA, 'yopo': yopo.YOPO,
+            'jacobian': jacobian.Jacobian, 'cross_lipschitz': cross_lipschitz.CrossLipschitz}
 
 
 def softmax(z):
@@ -515,19 +524,19 @@ def test_each_method_is_chosen_by_its_keys_with_the_authors_defaults():
       12.0, pytest.approx(1.275), 3)
   assert mnist.mma_clean_weight == pytest.approx(1 / 3) and mnist.mma_search_steps == 10
   assert type(built_method()) is madry.Madry
-  assert isinstance(built_method(training_loss='bilateral'), bilateral.Bilateral)
-  assert built_method(training_loss='bilateral').params.step_size == pytest.approx(0.3)
-  assert built_method(training_loss='mma', training_num_steps=10).params.num_steps == 10
-  assert built_method(training_loss='mma').params.num_steps == 40  # the configured k
-  assert built_method(training_attack='yopo').params.step_size == 0.01  # the configured a
-  assert built_method(training_attack='yopo', training_step_size=0.02).params.step_size == 0.02
+  assert isinstance(built_method(training_method='bilateral'), bilateral.Bilateral)
+  assert built_method(training_method='bilateral').params.step_size == pytest.approx(0.3)
+  assert built_method(training_method='mma', training_num_steps=10).params.num_steps == 10
+  assert built_method(training_method='mma').params.num_steps == 40  # the configured k
+  assert built_method(training_method='yopo').params.step_size == 0.01  # the configured a
+  assert built_method(training_method='yopo', training_step_size=0.02).params.step_size == 0.02
 
 
 def test_each_methods_own_keys_reach_it():
-  method = built_method(training_attack='yopo', yopo_outer_steps=3, yopo_inner_steps=1)
+  method = built_method(training_method='yopo', yopo_outer_steps=3, yopo_inner_steps=1)
   assert (method.outer_steps, method.inner_steps) == (3, 1)
-  assert built_method(training_loss='bilateral', bilateral_beta=4.0).beta == 4.0
-  method = built_method(training_loss='mma', mma_max_epsilon=0.4, mma_min_epsilon=0.05,
+  assert built_method(training_method='bilateral', bilateral_beta=4.0).beta == 4.0
+  method = built_method(training_method='mma', mma_max_epsilon=0.4, mma_min_epsilon=0.05,
                         mma_clean_weight=0.5, mma_search_steps=4)
   assert (method.max_epsilon, method.min_epsilon, method.clean_weight,
           method.search_steps) == (0.4, 0.05, 0.5, 4)
@@ -540,12 +549,12 @@ def test_the_training_epsilon_reaches_each_method_and_scales_its_defaults():
   assert (fgsm_rs.epsilon, fgsm_rs.step_size) == (0.4, pytest.approx(1.25 * 0.4))
   n_fgsm = built_method(training_attack='n_fgsm', training_epsilon=0.4).params
   assert (n_fgsm.step_size, n_fgsm.noise_radius) == (0.4, pytest.approx(0.8))
-  for changes in (dict(training_loss='trades'), dict(training_attack='yopo')):
+  for changes in (dict(training_method='trades'), dict(training_method='yopo')):
     assert built_method(training_epsilon=0.35, **changes).params.epsilon == 0.35
-  bilateral_params = built_method(training_loss='bilateral', training_epsilon=0.4).params
+  bilateral_params = built_method(training_method='bilateral', training_epsilon=0.4).params
   assert bilateral_params.epsilon == bilateral_params.step_size == 0.4
   with pytest.raises(ChallengeError, match='training_epsilon is 0.4, but MMA'):
-    built_method(training_loss='mma', training_epsilon=0.4)
+    built_method(training_method='mma', training_epsilon=0.4)
   cifar = CIFAR10.load_config(overrides={'training_epsilon': 10.0})
   assert methods.build(CIFAR10, cifar, CIFAR10.attack_params(cifar)).params.epsilon == 10
   assert CIFAR10.attack_params(cifar).epsilon == 8.0
@@ -568,8 +577,14 @@ def test_yopo_trains_the_small_cnn_through_its_dropout(tmp_path, mnist_dir):
     (dict(training_loss='bilateral', training_attack='fgsm_rs'), 'bilateral.*its own search'),
     (dict(training_loss='mma', training_attack='yopo'), 'mma.*its own search'),
     (dict(training_loss='trades', training_attack='yopo'), 'trades.*its own search'),
-    (dict(training_attack='yopo', training_num_steps=3), 'yopo_outer_steps'),
-    (dict(training_loss='mma', training_step_size=0.1), 'MMA.*2.5 ε / steps'),
+    (dict(training_method='yopo', training_num_steps=3), 'yopo_outer_steps'),
+    (dict(training_method='mma', training_step_size=0.1), 'MMA.*2.5 ε / steps'),
+    (dict(training_method='yopo', training_attack='fgsm_rs'), 'yopo.*its own search'),
+    (dict(training_method='natural', training_num_steps=3), 'natural.*no training attack'),
+    (dict(training_method='jacobian', training_attack='fgsm_rs'),
+     'jacobian_adversarial_fraction 0.*training_attack fgsm_rs'),
+    (dict(training_method='cross_lipschitz', training_epsilon=0.2),
+     'cross_lipschitz_adversarial_fraction 0.*training_epsilon 0.2'),
 ])
 def test_combinations_that_would_ignore_a_setting_are_errors(changes, message):
   with pytest.raises(ChallengeError, match=message):
@@ -583,8 +598,8 @@ def test_a_method_that_remembers_examples_needs_their_indices(tmp_path, mnist_di
     trainer.train_step((tf.zeros([8, 784]), tf.zeros([8], tf.int64)))
 
 
-@pytest.mark.parametrize('challenge', [MNIST, CIFAR10], ids=['mnist', 'cifar10'])
-@pytest.mark.parametrize('method', sorted(METHODS))
+@pytest.mark.parametrize('challenge, method', RECIPES,
+                         ids=[f'{c.name}-{m}' for c, m in RECIPES])
 def test_the_recipes_load(challenge, method):
   path = os.path.join(challenge.package_dir, 'configs', f'{method}.json')
   config = challenge.load_config(path)
@@ -593,8 +608,7 @@ def test_the_recipes_load(challenge, method):
   assert named <= {key.name for key in challenge.config_keys}
   training.check_training_method(config)
   chosen = methods.build(challenge, config, challenge.attack_params(config))
-  expected = {'bilateral': bilateral.Bilateral, 'mma': mma.MMA, 'yopo': yopo.YOPO}[method]
-  assert isinstance(chosen, expected)
+  assert isinstance(chosen, EXPECTED[method])
 
 
 def test_a_trainer_run_twice_keeps_one_memory(tmp_path, mnist_dir):
@@ -659,7 +673,10 @@ def test_train_py_runs_each_recipe_and_its_flags(tmp_path, mnist_dir, method):
   own = {'bilateral': ['--bilateral_beta', '4'],
          'mma': ['--mma_max_epsilon', '0.4', '--mma_min_epsilon', '0.05',
                  '--mma_clean_weight', '0.5', '--mma_search_steps', '4'],
-         'yopo': ['--yopo_outer_steps', '2', '--yopo_inner_steps', '3']}[method]
+         'yopo': ['--yopo_outer_steps', '2', '--yopo_inner_steps', '3'],
+         'jacobian': ['--jacobian_lambda', '0.5', '--jacobian_projections', '2'],
+         'cross_lipschitz': ['--cross_lipschitz_lambda', '0.2',
+                             '--cross_lipschitz_adversarial_fraction', '0.25']}[method]
   result = run_script(['mnist_challenge/train.py', '--config',
                        f'mnist_challenge/configs/{method}.json', '--data_dir', mnist_dir,
                        '--model_dir', str(tmp_path / 'model'), '--max_num_training_steps', '2',
@@ -673,7 +690,7 @@ def test_train_py_runs_each_recipe_and_its_flags(tmp_path, mnist_dir, method):
              for flag, value in zip(own[::2], own[1::2]))
 
 
-@pytest.mark.parametrize('method', sorted(METHODS))
+@pytest.mark.parametrize('method', [m for c, m in RECIPES if c is CIFAR10])
 def test_cifar_train_py_runs_each_recipe(tmp_path, cifar_dir, method):
   # The recipe file through the script, on the non-wide network so that a step is quick.
   result = run_script(['cifar10_challenge/train.py', '--config',
@@ -694,10 +711,10 @@ def test_cifar_train_py_runs_each_recipe(tmp_path, cifar_dir, method):
 
 def test_train_py_refuses_a_combination_in_one_line(tmp_path, mnist_dir):
   result = run_script(['mnist_challenge/train.py', '--data_dir', mnist_dir, '--model_dir',
-                       str(tmp_path / 'model'), '--training_loss', 'mma',
+                       str(tmp_path / 'model'), '--training_method', 'mma',
                        '--training_attack', 'fgsm_rs'])
   assert result.returncode == 1
-  assert 'training_loss "mma" runs its own search' in result.stderr
+  assert 'training_method "mma" runs its own search' in result.stderr
   assert not (tmp_path / 'model').exists()
 
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, List, Optional
 
 import tensorflow as tf
 
+from common.errors import ChallengeError
+
 
 @dataclasses.dataclass
 class Step:
@@ -96,3 +98,18 @@ def adversarial_rows(x, fraction: float, rows):
   first, total = rows
   count = int(round(fraction * total))
   return tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count
+
+
+ATTACK_KEYS = (('training_attack', 'pgd'), ('training_num_steps', 0),
+               ('training_step_size', 0.0), ('training_epsilon', 0.0), ('noise_multiplier', 2.0))
+
+
+def refuse_attack_settings(config, why: str) -> None:
+  """For a method that runs no training attack (`why` says when): the attack's keys away
+  from their defaults would be ignored, so they are an error."""
+  ignored = [f'{name} {config[name]}' for name, default in ATTACK_KEYS
+             if config[name] != default]
+  if ignored:
+    raise ChallengeError(f'training_method "{config.training_method}" runs no training attack'
+                         f'{" " + why if why else ""}, so {", ".join(ignored)} would be ignored; leave them at '
+                         'their defaults')

@@ -53,6 +53,11 @@ def keys(challenge_name):
   )
 
 
+def check(config):
+  if not config.cross_lipschitz_adversarial_fraction:
+    base.refuse_attack_settings(config, 'with cross_lipschitz_adversarial_fraction 0')
+
+
 def regulariser(class_gradients):
   """1/K² · Σ_{l,m} ‖g_l − g_m‖² per example = 2/K · Σ_l ‖g_l − ḡ‖² (ḡ their mean)."""
   flat = tf.stack([tf.reshape(g, [tf.shape(g)[0], -1]) for g in class_gradients], axis=1)

@@ -56,6 +56,11 @@ def keys(challenge_name):
   )
 
 
+def check(config):
+  if not config.jacobian_adversarial_fraction:
+    base.refuse_attack_settings(config, 'with jacobian_adversarial_fraction 0')
+
+
 def projections(x, classes: int, count: int, seed, rows):
   """[count, batch, classes] directions: N(0, 1) rows (this replica's rows of the global
   batch's draw), each scaled to unit length; count 0: the classes' unit vectors."""
