@@ -85,7 +85,7 @@ def seconds_per_step(config, work):
   return (two_k_more - k_more) / CALIBRATION_STEPS
 
 
-def evaluate(config, model_dir, test, first, with_cw):
+def evaluate(config, model_dir, test, first, with_cw, restarts_first=None):
   """{'natural', 'fgsm', 'pgd40', 'pgd100x10', 'apgd-ce', 'apgd-t', 'square', 'cw40'
   (with_cw), 'square margin' (points), 'masking warning'} (%) of the model in model_dir."""
   model = MNIST.build_model(config)
@@ -97,8 +97,10 @@ def evaluate(config, model_dir, test, first, with_cw):
   fgsm = dataclasses.replace(params, num_steps=1, step_size=0.3, random_start=False)
   figures['fgsm'] = 100 * Evaluator(model, fgsm, seed=0).attack(test, 500).adv_accuracy
   head = test.head(first)
-  figures['pgd100x10'] = 100 * Evaluator(model, dataclasses.replace(params, num_steps=100),
-                                         restarts=10, seed=0).attack(head, 500).adv_accuracy
+  restarts_first = first if restarts_first is None else restarts_first
+  figures['pgd100x10'] = (100 * Evaluator(
+      model, dataclasses.replace(params, num_steps=100), restarts=10, seed=0).attack(
+          test.head(restarts_first), 500).adv_accuracy if restarts_first else float('nan'))
   if with_cw:
     figures['cw40'] = 100 * Evaluator(model, dataclasses.replace(params, loss_func='cw'),
                                       seed=0).attack(test, 500).adv_accuracy
@@ -126,10 +128,16 @@ def main():
   parser.add_argument('--time_fraction', type=float, default=1.0)
   parser.add_argument('--first', type=int, default=1000,
                       help='test images for PGD-100 x 10 and AutoAttack')
+  parser.add_argument('--steps', type=int, default=0,
+                      help='train each method this many steps instead of a time budget')
+  parser.add_argument('--eval_examples', type=int, default=10000,
+                      help='test images for natural, FGSM and PGD-40 (the first N)')
+  parser.add_argument('--restarts_examples', type=int, default=None,
+                      help='test images for PGD-100 x 10 (default: --first; 0: not run)')
   parser.add_argument('--work_dir', default='')
   options = parser.parse_args()
   methods = options.methods.split(',')
-  if not options.seconds:  # the PGD-3 recipe first: its time is the budget
+  if not (options.seconds or options.steps):  # the PGD-3 recipe first: its time is the budget
     methods = ['pgd3'] + [m for m in methods if m != 'pgd3']
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
@@ -141,7 +149,13 @@ def main():
   rows = []
   for method in methods:
     config = config_for(method, options, work)
-    if method == 'pgd3' and not budget:
+    if options.steps:
+      steps = options.steps
+      checks = max(1, steps // 5)
+      config = config.replace(max_num_training_steps=steps, num_checkpoint_steps=checks,
+                              robustness_check_steps=checks if config.robustness_check_steps
+                              else 0)
+    elif method == 'pgd3' and not budget:
       steps = config.max_num_training_steps
     else:
       per_step = seconds_per_step(config, work)
@@ -160,20 +174,26 @@ def main():
     seconds = time.time() - began
     if method == 'pgd3' and not budget:
       budget = seconds
-    test = MNIST.load_data(config).test
+    test = MNIST.load_data(config).test.head(options.eval_examples)
     figures = evaluate(config, config.model_dir, test, options.first,
-                       with_cw=options.model == 'small_cnn')
-    with open(os.path.join(config.model_dir, guard.BEST_DIR, 'best.json')) as f:
-      best = json.load(f)
+                       with_cw=options.model == 'small_cnn',
+                       restarts_first=options.restarts_examples)
+    best_path = os.path.join(config.model_dir, guard.BEST_DIR, 'best.json')
+    best = {'accuracy': float('nan'), 'step': None}  # no guard (robustness_check_steps 0)
+    if os.path.exists(best_path):
+      with open(best_path) as f:
+        best = json.load(f)
     rows.append((method, steps, seconds, outcome, best, figures))
     print(f'{method}: {steps} steps in {seconds:.0f} s ({outcome}; the guard\'s best '
           f'{100 * best["accuracy"]:.2f}% at step {best["step"]}): ' + ', '.join(
               f'{k} {v:.2f}%' if not isinstance(v, bool) else f'{k} {v}'
               for k, v in figures.items()))
     sys.stdout.flush()
-  print(f'\nMNIST, model {options.model or "each recipe\'s"}, budget {budget:.0f} s x {options.time_fraction:g}; '
-        f'natural, PGD-40{", CW-40" if options.model == "small_cnn" else ""} on all 10,000; '
-        f'the rest on the first {options.first}')
+  length = (f'{options.steps} steps each' if options.steps else
+            f'budget {budget:.0f} s x {options.time_fraction:g}')
+  print(f'\nMNIST, model {options.model or "each recipe\'s"}, {length}; natural, FGSM, '
+        f'PGD-40{", CW-40" if options.model == "small_cnn" else ""} on the first '
+        f'{options.eval_examples}; the rest on the first {options.first}')
   columns = ['natural', 'fgsm', 'pgd40'] + (['cw40'] if options.model == 'small_cnn' else []) + [
       'pgd100x10', 'apgd-ce', 'apgd-t', 'square', 'square margin']
   print('| method | steps | seconds | ' + ' | '.join(columns) + ' | masking warning |')
