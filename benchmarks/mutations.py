@@ -178,12 +178,13 @@ MUTATIONS = (
              'the batch, not its index in the training split', 'common/methods/mma.py',
              [('remembered = tf.gather(self.epsilon, examples)',
                'remembered = tf.gather(self.epsilon, tf.range(tf.size(examples)))')],
-             ['tests/test_training_methods.py']),
+             ['tests/test_training_methods.py::'
+              'test_mma_keys_its_memory_by_the_examples_index_in_the_training_split']),
     Mutation('yopo_hamiltonian_unclipped', "YOPO's Hamiltonian reads f0(x + η) unclipped",
              'common/methods/yopo.py',
              [('first_fn(tf.clip_by_value(x + eta, params.clip_min, params.clip_max)), '
                'tf.float32))', 'first_fn(x + eta), tf.float32))')],
-             ['tests/test_training_methods.py']),
+             ['tests/test_training_methods.py::test_yopo_reads_the_first_layer_at_the_clipped_point']),
     Mutation('jacobian_projections_not_unit', "Jacobian regularisation's projections left "
              'unnormalised (the authors scale each row to unit length)',
              'common/methods/jacobian.py',
