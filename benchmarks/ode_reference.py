@@ -212,10 +212,12 @@ def reference_network(network, arrays, copy, dtype):
              **{f'grad/{k}': v for k, v in grads.items()})
   if network == 'tisode':
     out.update(ce=namespace['l1'].item(), steady=namespace['l2'].item())
-    # The cross-entropy's gradients alone: how much the steady-state term adds.
+    # The steady-state term's gradients alone (their w_steady x L1 of their forward pass).
     model.zero_grad(set_to_none=True)
-    torch.nn.CrossEntropyLoss()(model(x)[0], y).backward()
-    out.update({f'grad_ce/{k}': to_keras(k.rsplit('/', 1)[1], p.grad)
+    _, target, difference = model(x)
+    (args.w_steady * torch.nn.L1Loss()(difference, target)).backward()
+    out.update({f'grad_steady/{k}': (to_keras(k.rsplit('/', 1)[1], p.grad) if p.grad is not None
+                                     else np.zeros(arrays[k].shape))
                 for k, p in parameters.items()})
   sys.path[:2] = []
   return out
@@ -228,8 +230,9 @@ def reference_side(network, arrays_path, out_path, copy):
   out = {}
   for dtype, suffix in ((torch.float32, ''), (torch.float64, '@float64')):
     results = reference_network(network, arrays, copy, dtype)
-    out.update({k + suffix: np.asarray(v, np.float64 if k.startswith('times') else np.float32)
-                for k, v in results.items()})
+    # Scalars and times in float64 (their float64 run's digits kept), arrays in float32.
+    out.update({k + suffix: np.asarray(v, np.float64 if np.ndim(v) == 0 or k.startswith('times')
+                                       else np.float32) for k, v in results.items()})
   np.savez(out_path, torch=np.array(torch.__version__), **out)
 
 
@@ -250,11 +253,34 @@ def our_variables(model):
 
 
 def grid(times):
+  """Their recorded field evaluations' times, solve by solve (a solve starts earlier than the
+  last one ended)."""
   times = np.asarray(times)
-  steps = np.diff(times)
-  return (f'{len(times)} field evaluations at t = {times[0]:.4g} .. {times[-1]:.4g} '
-          f'(steps {steps.min():.4g} .. {steps.max():.4g})' if len(times) > 1 else
-          f'{len(times)} field evaluations')
+  starts = [0] + [i for i in range(1, len(times)) if times[i] < times[i - 1]] + [len(times)]
+  parts = []
+  for begin, end in zip(starts[:-1], starts[1:]):
+    part = times[begin:end]
+    unique = np.unique(part)
+    steps = np.diff(unique)
+    text = (f'{len(part)} at t = {unique[0]:.4g}, {unique[1]:.4g}, ..., {unique[-1]:.4g}'
+            if len(unique) > 2 else f'{len(part)} at t = ' + ', '.join(
+                f'{t:.4g}' for t in unique))
+    if len(part) == 2 * len(unique):
+      text += ' (each twice)'
+    if len(steps) and steps.max() - steps.min() > 1e-6:
+      text += f' (steps {steps.min():.3g} .. {steps.max():.3g})'
+    parts.append(text)
+  return '; '.join(parts)
+
+
+def against_float64(name, ours, theirs, prefix, scale):
+  """Ours against their float64 run (ours's own float32 rounding, beside theirs)."""
+  print(f'  {name}, ours against their float64 (theirs x {scale:g}; in brackets their float32 '
+        'against their float64):')
+  print('    ' + ', '.join(
+      f'{k} {relative(v, scale * theirs[f"{prefix}/{k}@float64"]):.1e} '
+      f'({relative(theirs[f"{prefix}/{k}"], theirs[f"{prefix}/{k}@float64"]):.1e})'
+      for k, v in ours.items()))
 
 
 def main():
@@ -340,7 +366,7 @@ def main():
       logits_eval = model(x, training=False).numpy()
       index = {id(v): i for i, v in enumerate(model.trainable_variables)}
       values = [v.value for v in model.trainable_variables]
-      with tf.GradientTape() as tape:
+      with tf.GradientTape(persistent=True) as tape:
         tape.watch(values)
         logits_train, _, model_losses = model.stateless_call(
             values, [v.value for v in model.non_trainable_variables], x, training=True,
@@ -348,19 +374,27 @@ def main():
         ce = tf.reduce_sum(losses.xent(y, logits_train))
         added = tf.add_n(model_losses) if model_losses else tf.constant(0.0)
         total = ce + added
-      grads = tape.gradient(total, values)
-      ours = {name: grads[index[id(v)]].numpy() for name, v in variables.items()}
+      by_name = lambda grads: {name: (np.zeros(v.shape) if grads[index[id(v)]] is None
+                                      else grads[index[id(v)]].numpy())
+                               for name, v in variables.items()}
+      ours = by_name(tape.gradient(total, values))
+      ours_steady = by_name(tape.gradient(added, values)) if model_losses else None
+      del tape
       step = trainer._gradients(x, y, ())  # the trainer's compiled step  # pylint: disable=protected-access
-      ours_step = {name: step[0][index[id(v)]].numpy() for name, v in variables.items()}
+      ours_step = by_name(step[0])
 
       step_size, train_period, test_period = THEIRS[network][2:]
       ode = model.get_layer('ode')
       source = path or f'the recipe\'s seed {config.random_seed}'
       print(f'\n{network} ({source}, the first {n} test images; torch {theirs["torch"]}, '
             f'their {THEIRS[network][0]} with their torchdiffeq)')
-      print(f'  theirs: test time TimePeriod {test_period}, {grid(theirs["times_eval"])}; '
-            f'training TimePeriod {train_period}, {grid(theirs["times_train"])}; step_size '
-            f'{step_size:g}')
+      print(f'  theirs: test time (TimePeriod {test_period}, step_size {step_size:g}): field '
+            f'evaluations {grid(theirs["times_eval"])}')
+      print(f'  theirs: training (TimePeriod {train_period}): field evaluations '
+            f'{grid(theirs["times_train"])}')
+      for when in ('eval', 'train'):
+        if grid(theirs[f'times_{when}@float64']) != grid(theirs[f'times_{when}']):
+          print(f'   (their float64 run, {when}: {grid(theirs[f"times_{when}@float64"])})')
       print(f'  ours: Euler {ode.steps} steps of {ode.step_size:g} over [0, {ode.end_time:g}]'
             + (f'; in training the steady-state term over [{ode.steady_from:g}, '
                f'{ode.steady_to:g}] (weight {ode.steady_state_weight:g})'
@@ -380,17 +414,28 @@ def main():
         print(f'  steady-state term: ours / n {added.numpy() / n:.7g}, theirs '
               f'{steady:.7g}: relative {abs(added.numpy() / n - steady) / steady:.1e} (their '
               f'float32 against their float64: {abs(steady - floor) / floor:.1e})')
-        print('  the steady-state term\'s share of their gradient (||gradient - the '
-              'cross-entropy\'s|| / ||gradient||):')
-        print('    ' + ', '.join(f'{k} {relative(theirs[f"grad_ce/{k}"], theirs[f"grad/{k}"]):.1e}'
-                                 for k in ours))
+        print('  the steady-state term\'s share of their gradient (||its gradient|| / '
+              '||gradient||):')
+        print('    ' + ', '.join(
+            f'{k} {np.linalg.norm(theirs[f"grad_steady/{k}"]) / np.linalg.norm(theirs[f"grad/{k}"]):.1e}'
+            for k in ours))
       else:
         print(f'  theirs: loss (cross-entropy) {theirs["loss"]:.7g}')
       print(f'  ours: total loss / n {total.numpy() / n:.7g}, theirs {theirs["loss"]:.7g}: '
             f'relative {abs(total.numpy() / n - theirs["loss"]) / theirs["loss"]:.1e} '
             f'(floor {abs(theirs["loss"] - theirs["loss@float64"]) / theirs["loss@float64"]:.1e})')
-      gradients('gradients (ours differentiated here)', ours, theirs, 'grad', n)
-      gradients('gradients (the trainer\'s step)', ours_step, theirs, 'grad', n)
+      gradients('gradients of the loss (ours differentiated here)', ours, theirs, 'grad', n)
+      against_float64('gradients of the loss (ours differentiated here)', ours, theirs, 'grad', n)
+      gradients('gradients of the loss (the trainer\'s step)', ours_step, theirs, 'grad', n)
+      if ours_steady is not None:
+        reached = {k: v for k, v in ours_steady.items()
+                   if np.any(theirs[f'grad_steady/{k}@float64'])}  # not the dense layer's
+        gradients('gradients of the steady-state term alone', reached, theirs, 'grad_steady', n)
+        against_float64('gradients of the steady-state term alone', reached, theirs,
+                        'grad_steady', n)
+        unreached = [k for k in ours_steady if k not in reached]
+        print(f'  ({", ".join(unreached)}: no gradient from the term on either side: ours '
+              f'{max(float(np.abs(ours_steady[k]).max()) for k in unreached):g})')
 
 
 if __name__ == '__main__':

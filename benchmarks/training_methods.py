@@ -191,7 +191,8 @@ def main():
     sys.stdout.flush()
   length = (f'{options.steps} steps each' if options.steps else
             f'budget {budget:.0f} s x {options.time_fraction:g}')
-  print(f'\nMNIST, model {options.model or "each recipe\'s"}, {length}; natural, FGSM, '
+  network = options.model or "each recipe's"
+  print(f'\nMNIST, model {network}, {length}; natural, FGSM, '
         f'PGD-40{", CW-40" if options.model == "small_cnn" else ""} on the first '
         f'{options.eval_examples}; the rest on the first {options.first}')
   columns = ['natural', 'fgsm', 'pgd40'] + (['cw40'] if options.model == 'small_cnn' else []) + [
