@@ -17,7 +17,7 @@ quantities (the bilateral labels, MMA's new ε) and the weight gradients are.
 * MMA: BorealisAI/mma_training (trainer.py's `Trainer.train_one_batch`, anpgd.py's ANPGD) with
   advertorch's LinfPGDAttack, each example's remembered ε and the random start given as ours;
   compared as written, with the trained point clipped to the pixel range (our one deliberate
-  departure there; see common/mma.py), and with our AN-PGD's new ε and points in place of
+  departure there; see common/methods/mma.py), and with our AN-PGD's new ε and points in place of
   their attack's outputs (their loss and gradients at the points we train on).
 * TRADES: yaodongyu/TRADES, trades.py's `trades_loss` (l_inf) run as written on the torch copy
   of Madry's CNN, its start x + 0.001·N(0, 1) drawn as ours (their torch.randn answers our

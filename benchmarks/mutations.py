@@ -214,6 +214,11 @@ MUTATIONS = (
              [('return loss + tf.add_n(self.model_losses) if self.model_losses else loss',
                'return loss')],
              ['tests/test_ode.py']),
+    Mutation('model_losses_every_pass', "the model's own losses taken from the step's last "
+             'pass (an attack\'s or a second pass\'s), not its first training pass',
+             'common/training.py',
+             [('if not attack and not self._losses_taken:', 'if True:')],
+             ['tests/test_ode.py']),
     Mutation('tisode_steady_state_from_zero', "TisODE's steady-state integral from t = 0, "
              'not 0.9', 'common/ode.py',
              [('first = round(self.steady_from / h)', 'first = 0')],

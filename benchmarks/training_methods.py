@@ -161,8 +161,9 @@ def main():
       per_step = seconds_per_step(config, work)
       steps = max(1, int(budget * options.time_fraction / per_step))
       checks = max(1, steps // 5)
-      config = config.replace(max_num_training_steps=steps, robustness_check_steps=checks,
-                              num_checkpoint_steps=checks)
+      config = config.replace(max_num_training_steps=steps, num_checkpoint_steps=checks,
+                              robustness_check_steps=checks if config.robustness_check_steps
+                              else 0)
     began = time.time()
     try:
       training.train(MNIST, config, log=lambda *a, **k: None)

@@ -32,11 +32,13 @@ FAST_TRAINING_KEYS = (
             f'"{name}": {what}' for name, what in TRAINING_ATTACKS.items())
         + '; "yopo": the old spelling of training_method yopo; new'),
     Key('training_step_size', float, 0.0, minimum=0,
-        help='the training attack\'s step; 0: the method\'s own (pgd, trades and yopo: the '
-             'configured PGD\'s, fgsm_rs 1.25 ε, n_fgsm ε, bilateral ε); new'),
+        help='the training attack\'s step; 0: the method\'s own (pgd, trades, yopo and the '
+             'regularisers\' adversarial share: the configured PGD\'s, fgsm_rs 1.25 ε, n_fgsm '
+             'ε, bilateral ε); new'),
     Key('training_num_steps', int, 0, minimum=0,
-        help='the training attack\'s steps (pgd, trades and mma; 0: the configured PGD\'s; '
-             'bilateral: 0 is one); evaluation keeps the configured PGD either way; new'),
+        help='the training attack\'s steps (pgd, trades, mma and the regularisers\' '
+             'adversarial share; 0: the configured PGD\'s; bilateral: 0 is one); evaluation '
+             'keeps the configured PGD either way; new'),
     Key('training_epsilon', float, 0.0, minimum=0,
         help='the training attack\'s ε (pixel units; 0: epsilon, the original\'s one ε for '
              'both); evaluation, the guard and every attack command keep epsilon; new'),

@@ -58,15 +58,17 @@ ATTACK_BATCH_NORM = {
 class _StatefulForward:
   """x -> logits in training mode (batch statistics) through `stateless_call`, in the
   twin's precision, with the model's non-trainable state carried here as tensors instead
-  of assigned. The model's own losses (Keras add_loss: TisODE's steady-state term) of each
-  pass that updates the state are kept, for `with_model_losses`."""
+  of assigned. The model's own losses (Keras add_loss: TisODE's steady-state term) are those
+  of the step's first pass that updates the state and is not the attack's (the natural or
+  training batch's pass of every method), kept for `with_model_losses`: once per step,
+  whatever the number of passes a method takes."""
 
   def __init__(self, twin: precision.Twin, defend=None):
     self.twin, self.model, self.defend = twin, twin.model, defend
     self.state = [v.value for v in self.model.non_trainable_variables]
-    self.model_losses = []
+    self.model_losses, self._losses_taken = [], False
 
-  def __call__(self, x, update_state):
+  def __call__(self, x, update_state, attack=False):
     if self.defend is not None:  # the input defence in front of the network
       x = self.defend(x)
     logits, state, model_losses = self.twin.stateless_call(
@@ -74,7 +76,9 @@ class _StatefulForward:
         return_losses=True)
     if update_state:
       self.state = state
-      self.model_losses += [tf.cast(loss, tf.float32) for loss in model_losses]
+      if not attack and not self._losses_taken:
+        self.model_losses = [tf.cast(loss, tf.float32) for loss in model_losses]
+        self._losses_taken = True
     return logits
 
   def with_model_losses(self, loss):
@@ -227,7 +231,8 @@ class Trainer:
     """The x -> logits function the training-time attack differentiates."""
     if self.attack_batch_norm == 'inference':
       return lambda x: self.twin(self._defended(x), training=False)
-    return lambda x: forward(x, update_state=self.attack_batch_norm == 'batch_update')
+    return lambda x: forward(x, update_state=self.attack_batch_norm == 'batch_update',
+                             attack=True)
 
   @tf.function
   def train_step(self, batch):

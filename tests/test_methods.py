@@ -32,9 +32,10 @@ def test_every_module_of_the_package_is_a_registered_method():
     for challenge in ('mnist', 'cifar10'):
       keys = module.keys(challenge)
       assert all(key.name.startswith(name.split('_')[0]) for key in keys), name
-  keys = [key.name for key in MNIST.config_keys]
-  assert len(keys) == len(set(keys))
-  assert set(methods.METHODS) == set(
+  for challenge in (MNIST, CIFAR10):
+    keys = [key.name for key in challenge.config_keys]
+    assert len(keys) == len(set(keys))
+  assert {''} | set(methods.METHODS) == set(
       next(key for key in MNIST.config_keys if key.name == 'training_method').choices)
 
 
@@ -69,6 +70,7 @@ def test_no_method_imports_another_or_the_trainer():
     (dict(training_loss='mma'), 'mma'),
     (dict(training_attack='yopo'), 'yopo'),
     (dict(training_loss='madry'), 'madry'),
+    ({}, 'madry'),
     (dict(training_method='trades', training_loss='trades'), 'trades'),
     (dict(training_method='yopo', training_attack='yopo'), 'yopo'),
 ])
@@ -77,12 +79,17 @@ def test_the_old_keys_still_name_the_method(old, new):
   assert config.training_method == new
   assert {key: config[key] for key in old} == old  # kept as given (a run's config.json)
   spelled = MNIST.load_config(overrides={'training_method': new})
-  assert type(methods.build(MNIST, config, MNIST.attack_params(config))) is type(
-      methods.build(MNIST, spelled, MNIST.attack_params(spelled)))
+  built = methods.build(MNIST, config, MNIST.attack_params(config))
+  built_new = methods.build(MNIST, spelled, MNIST.attack_params(spelled))
+  assert type(built) is type(built_new)
+  assert {k: v for k, v in vars(built).items() if not k.startswith('_')} == {
+      k: v for k, v in vars(built_new).items() if not k.startswith('_')}
 
 
 @pytest.mark.parametrize('changes, message', [
     (dict(training_method='mma', training_loss='trades'), 'two methods'),
+    (dict(training_method='madry', training_loss='trades'), 'two methods'),
+    (dict(training_method='madry', training_attack='yopo'), 'two methods'),
     (dict(training_method='bilateral', training_attack='yopo'), 'two methods'),
     (dict(training_loss='trades', training_attack='yopo'), 'trades.*its own search'),
     (dict(training_method='mart'), 'training_method" must be one of'),

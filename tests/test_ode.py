@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import losses, ode, training
+from common import losses, ode, precision, training
 from common.errors import ChallengeError
 from conftest import REPO, quiet, run_script, tiny_config
 from mnist_challenge import model as mnist_model
@@ -119,3 +119,19 @@ def test_train_py_runs_the_ode_recipes(tmp_path, mnist_dir, recipe):
                        '--training_batch_size', '8', '--num_output_steps', '1'])
   assert result.returncode == 0, result.stderr
   assert 'training nat accuracy' in result.stdout
+
+
+def test_a_steps_model_losses_are_its_first_training_passes_whatever_the_method():
+  # TRADES takes three passes, MMA two, an attack in batch-update mode more: the steady-state
+  # term is counted once, from the first pass that is not the attack's.
+  model = mnist_model.build_tisode()
+  forward = training._StatefulForward(precision.Twin(model, None, 'float32'))  # pylint: disable=protected-access
+  images = [tf.constant(RNG.uniform(0, 1, (2, 784)).astype(np.float32)) for _ in range(3)]
+  forward(images[0], update_state=True, attack=True)
+  forward(images[1], update_state=False)
+  forward(images[1], update_state=True)
+  forward(images[2], update_state=True)
+  _, _, expected = model.stateless_call([v.value for v in model.trainable_variables], [],
+                                        images[1], training=True, return_losses=True)
+  assert len(forward.model_losses) == 1
+  np.testing.assert_allclose(forward.with_model_losses(1.0), 1.0 + expected[0], rtol=1e-6)

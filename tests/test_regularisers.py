@@ -152,6 +152,18 @@ def test_the_adversarial_fraction_replaces_the_first_rows_of_the_global_batch(na
   assert np.all(method.prepare(x[:4], seed, (0, 8), None)[-1].numpy())
 
 
+@pytest.mark.parametrize('name', ['jacobian', 'cross_lipschitz'])
+@pytest.mark.parametrize('changes, message', [
+    (dict(defence='bit_depth', bpda='on'), 'input defence "bit_depth"'),
+    (dict(defence='thermometer', bpda='approximation'), 'input defence "thermometer"'),
+    (dict(precision='mixed_float16'), 'float16'),
+])
+def test_what_blocks_the_input_gradients_is_refused(name, changes, message):
+  config = MNIST.load_config(overrides=dict(training_method=name, **changes))
+  with pytest.raises(ChallengeError, match=message):
+    methods.build(MNIST, config, MNIST.attack_params(config))
+
+
 def test_the_regularisers_keys_reach_them_with_the_authors_defaults():
   config = MNIST.load_config()
   assert config.jacobian_lambda == pytest.approx(0.1 * 0.3081 ** 2)

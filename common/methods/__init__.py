@@ -17,7 +17,9 @@ The modules are found here, not listed: a new method is its module, its recipe f
 its docs. The interface the trainer calls is common.methods.base.
 
 The old keys still load as they did: `training_loss` (madry, trades, bilateral, mma) and
-`training_attack: "yopo"` name the method where `training_method` is left at its default.
+`training_attack: "yopo"` name the method where `training_method` is not given (its default,
+"", means: the old keys' method, else madry); a `training_method` that names another method
+than they do is an error.
 """
 import dataclasses
 import importlib
@@ -29,6 +31,7 @@ from common.errors import ChallengeError
 from common.methods.base import Method, Result, Step, descend  # noqa: F401  (the interface)
 
 DEFAULT = 'madry'
+UNSET = ''  # training_method's default: the method the old keys name, else DEFAULT
 OLD_TRAINING_LOSSES = ('madry', 'trades', 'bilateral', 'mma')  # `training_loss`'s values
 
 
@@ -50,19 +53,22 @@ def config_keys(challenge_name: str):
   """`training_method`, the old `training_loss`, and every method's own keys with the
   defaults of its authors for the data set."""
   return (
-      Key('training_method', str, DEFAULT, choices=tuple(METHODS),
+      Key('training_method', str, UNSET, choices=(UNSET,) + tuple(METHODS),
           help='the training method: ' + '; '.join(
-              f'"{name}": {module.SUMMARY}' for name, module in METHODS.items()) + '; new'),
+              f'"{name}": {module.SUMMARY}' for name, module in METHODS.items())
+          + '; "" (the default): the one the old keys name (training_loss, training_attack '
+          'yopo), else madry; new'),
       Key('training_loss', str, DEFAULT, choices=OLD_TRAINING_LOSSES,
           help='the old name of training_method (madry, trades, bilateral, mma), read as it '
-               'where training_method is left at madry; new'),
+               'where training_method is not given; new'),
   ) + tuple(key for module in METHODS.values() for key in module.keys(challenge_name))
 
 
 def resolve(config):
   """`config` with `training_method` naming the method its keys choose: the new key, or
-  where it is left at its default, the old spellings (`training_loss`, `training_attack:
-  "yopo"`), which stay as they were (a run's config.json keeps them)."""
+  where it is not given, the old spellings (`training_loss`, `training_attack: "yopo"`),
+  else madry. The old keys stay as given (a run's config.json keeps them, beside the
+  resolved training_method)."""
   old = [(key, value) for key, value in (('training_loss', config.training_loss),
                                           ('training_attack', config.training_attack))
          if value in METHODS and value != DEFAULT]
@@ -72,9 +78,10 @@ def resolve(config):
         f'training_loss "{name}" runs its own search ({METHODS[name].OWN_SEARCH}), so '
         'training_attack "yopo" would be ignored; set training_attack to "pgd" (the default)')
   if not old:
-    return config
+    return (config.replace(training_method=DEFAULT) if config.training_method == UNSET
+            else config)
   (key, name), = old
-  if config.training_method not in (DEFAULT, name):
+  if config.training_method not in (UNSET, name):
     raise ChallengeError(
         f'training_method "{config.training_method}" and the old key {key} "{name}" name two '
         f'methods; keep training_method alone (and {key} at its default)')

@@ -76,16 +76,14 @@ class Method:
 def input_gradients(step: Step, x, directions, pixel_max: float):
   """One training-mode pass over x (it updates the state) and, for each direction v ([batch,
   classes]), the gradient of Σ v · logits with respect to the image on [0, 1] (x /
-  pixel_max), recorded for a second derivative: (logits, [gradients like x]). In float32;
-  under float16 the inner gradient is taken of the loss-scaled product and unscaled."""
-  scale = step.loss_scale or 1.0
+  pixel_max), recorded for a second derivative: (logits, [gradients like x]). In float32
+  (the methods refuse float16: `refuse_for_input_gradients`)."""
   with tf.GradientTape(persistent=len(directions) > 1) as tape:
     tape.watch(x)
     logits = step.forward(x, update_state=True)
     wide = tf.cast(logits, tf.float32)
-    products = [tf.reduce_sum(wide * v) * scale for v in directions]
-  gradients = [tf.cast(tape.gradient(p, x), tf.float32) * (pixel_max / scale)
-               for p in products]
+    products = [tf.reduce_sum(wide * v) for v in directions]
+  gradients = [tf.cast(tape.gradient(p, x), tf.float32) * pixel_max for p in products]
   del tape
   return logits, gradients
 
@@ -113,3 +111,20 @@ def refuse_attack_settings(config, why: str) -> None:
     raise ChallengeError(f'training_method "{config.training_method}" runs no training attack'
                          f'{" " + why if why else ""}, so {", ".join(ignored)} would be ignored; leave them at '
                          'their defaults')
+
+
+def refuse_for_input_gradients(config) -> None:
+  """Settings under which a regulariser of the input gradients (`input_gradients`) cannot be
+  computed: an input defence in front of the network (its gradient is blocked, or replaced
+  by BPDA's), and float16 (the second derivative has no loss scale of its own)."""
+  method = config.training_method
+  if config.defence != 'none':
+    raise ChallengeError(
+        f'training_method "{method}" regularises the network\'s input gradients, which the '
+        f'input defence "{config.defence}" in front of it blocks or replaces: train without '
+        'it (defence "none") and evaluate behind it')
+  if config.precision == 'mixed_float16':
+    raise ChallengeError(
+        f'training_method "{method}" differentiates input gradients again, which float16 '
+        'would overflow or flush with no loss scale of their own: use precision float32, '
+        'tf32 or mixed_bfloat16')

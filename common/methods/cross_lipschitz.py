@@ -54,6 +54,7 @@ def keys(challenge_name):
 
 
 def check(config):
+  base.refuse_for_input_gradients(config)
   if not config.cross_lipschitz_adversarial_fraction:
     base.refuse_attack_settings(config, 'with cross_lipschitz_adversarial_fraction 0')
 

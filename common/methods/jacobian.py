@@ -57,6 +57,7 @@ def keys(challenge_name):
 
 
 def check(config):
+  base.refuse_for_input_gradients(config)
   if not config.jacobian_adversarial_fraction:
     base.refuse_attack_settings(config, 'with jacobian_adversarial_fraction 0')
 
