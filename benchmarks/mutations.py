@@ -206,8 +206,8 @@ MUTATIONS = (
              ['tests/test_regularisers.py']),
     Mutation('adversarial_rows_per_replica', "the regularisers' adversarial share counted in "
              "each replica's batch, not the global batch's first rows", 'common/methods/base.py',
-             [('return tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count',
-               'return tf.range(tf.shape(x)[0]) < count')],
+             [('replaced = tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count',
+               'replaced = tf.range(tf.shape(x)[0]) < count')],
              ['tests/test_regularisers.py']),
     Mutation('model_losses_dropped', "the model's own losses (TisODE's steady-state term) "
              'left out of the loss the trainer differentiates', 'common/training.py',

@@ -22,7 +22,10 @@ are.
   training mode through `stateless_call(..., return_losses=True)` (the logits and the
   steady-state term the block adds), and the gradients of our training loss (the summed
   cross-entropy + the added term) twice: differentiated here, and by the trainer's own
-  (compiled) step of the natural method.
+  (compiled) step of the natural method. Then the same network and weights again under Keras'
+  float64 dtype policy (its logits layer float32 by construction, the steady-state term cast
+  to float32), against their float64 run: where float32 leaves ours further from theirs than
+  their own float32 run, this says whether the two compute the same function.
 
 Weights: Keras NHWC kernels as torch OIHW, the dense kernel transposed, group norm's gamma and
 beta as its weight and bias; the time channel of the ODENet's convolutions is the first input
@@ -273,6 +276,11 @@ def grid(times):
   return '; '.join(parts)
 
 
+def rel(ours, theirs):
+  """|ours - theirs| / |theirs| of scalars."""
+  return abs(ours - theirs) / abs(theirs)
+
+
 def against_float64(name, ours, theirs, prefix, scale):
   """Ours against their float64 run (ours's own float32 rounding, beside theirs)."""
   print(f'  {name}, ours against their float64 (theirs x {scale:g}; in brackets their float32 '
@@ -281,6 +289,51 @@ def against_float64(name, ours, theirs, prefix, scale):
       f'{k} {relative(v, scale * theirs[f"{prefix}/{k}@float64"]):.1e} '
       f'({relative(theirs[f"{prefix}/{k}"], theirs[f"{prefix}/{k}@float64"]):.1e})'
       for k, v in ours.items()))
+
+
+def ours_computed(model, images, labels, losses, tf):
+  """Ours: (a) inference logits; (b) training-mode logits and the model's added losses (the
+  steady-state term) through stateless_call; (c) the gradients of the summed cross-entropy +
+  the added losses, and of the added losses alone; by our_variables' names."""
+  variables = our_variables(model)
+  index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+  x, y = tf.constant(images.astype(model.compute_dtype)), tf.constant(labels)
+  logits_eval = model(x, training=False)
+  values = [v.value for v in model.trainable_variables]
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(values)
+    logits_train, _, model_losses = model.stateless_call(
+        values, [v.value for v in model.non_trainable_variables], x, training=True,
+        return_losses=True)
+    ce = tf.reduce_sum(losses.xent(y, logits_train))
+    added = tf.add_n(model_losses) if model_losses else tf.constant(0.0)
+    total = ce + added
+  by_name = lambda grads: {name: (np.zeros(v.shape) if grads[index[id(v)]] is None
+                                  else grads[index[id(v)]].numpy())
+                           for name, v in variables.items()}
+  out = dict(logits_eval=logits_eval.numpy(), logits_train=logits_train.numpy(),
+             ce=float(ce), added=float(added), grads=by_name(tape.gradient(total, values)),
+             steady=by_name(tape.gradient(added, values)) if model_losses else None,
+             by_name=by_name)
+  del tape
+  return out
+
+
+def ours_in_float64(build, weights, images, labels, losses, tf):
+  """ours_computed of the same network and weights under Keras' float64 dtype policy (its
+  logits layer is float32 by construction, and the steady-state term is cast to float32)."""
+  import keras
+  floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+  keras.config.set_floatx('float64')
+  keras.config.set_dtype_policy('float64')
+  try:
+    model = build()
+  finally:
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+  for name, variable in our_variables(model).items():
+    variable.assign(weights[name].astype(variable.dtype))
+  return ours_computed(model, images, labels, losses, tf)
 
 
 def main():
@@ -361,27 +414,16 @@ def main():
                       arrays_path, out_path, '--tisode', options.tisode], check=True)
       theirs = dict(np.load(out_path))
 
-      # Ours: (a) inference; (b) training mode with the block's own losses; (c) gradients.
-      x, y = tf.constant(images), tf.constant(labels)
-      logits_eval = model(x, training=False).numpy()
-      index = {id(v): i for i, v in enumerate(model.trainable_variables)}
-      values = [v.value for v in model.trainable_variables]
-      with tf.GradientTape(persistent=True) as tape:
-        tape.watch(values)
-        logits_train, _, model_losses = model.stateless_call(
-            values, [v.value for v in model.non_trainable_variables], x, training=True,
-            return_losses=True)
-        ce = tf.reduce_sum(losses.xent(y, logits_train))
-        added = tf.add_n(model_losses) if model_losses else tf.constant(0.0)
-        total = ce + added
-      by_name = lambda grads: {name: (np.zeros(v.shape) if grads[index[id(v)]] is None
-                                      else grads[index[id(v)]].numpy())
-                               for name, v in variables.items()}
-      ours = by_name(tape.gradient(total, values))
-      ours_steady = by_name(tape.gradient(added, values)) if model_losses else None
-      del tape
-      step = trainer._gradients(x, y, ())  # the trainer's compiled step  # pylint: disable=protected-access
-      ours_step = by_name(step[0])
+      # Ours: (a) inference; (b) training mode with the block's own losses; (c) gradients;
+      # then the trainer's own step, and the same network in float64.
+      computed = ours_computed(model, images, labels, losses, tf)
+      logits_eval, logits_train = computed['logits_eval'], computed['logits_train']
+      ce, added, ours, ours_steady = (computed[k] for k in ('ce', 'added', 'grads', 'steady'))
+      step = trainer._gradients(  # pylint: disable=protected-access
+          tf.constant(images), tf.constant(labels), ())
+      ours_step = computed['by_name'](step[0])
+      in64 = ours_in_float64(lambda: MNIST.build_model(config), weights, images, labels,
+                             losses, tf)
 
       step_size, train_period, test_period = THEIRS[network][2:]
       ode = model.get_layer('ode')
@@ -404,28 +446,29 @@ def main():
       if 'logits_t_last' in theirs:
         print(f'  (check: with our t channel given to their last input channel instead: max '
               f'|difference| {np.abs(logits_eval - theirs["logits_t_last"]).max():.2e})')
-      pixels('training-mode logits', logits_train.numpy(), theirs, 'logits_train')
-      print(f'  ours: cross-entropy (summed) / n {ce.numpy() / n:.7g}, the added loss / n '
-            f'{added.numpy() / n:.7g}')
+      pixels('training-mode logits', logits_train, theirs, 'logits_train')
+      print(f'  ours: cross-entropy (summed) / n {ce / n:.7g}, the added loss / n '
+            f'{added / n:.7g}')
       if network == 'tisode':
         steady, floor = (W_STEADY * theirs[k] for k in ('steady', 'steady@float64'))
         print(f'  theirs: loss {theirs["loss"]:.7g} = cross-entropy {theirs["ce"]:.7g} + '
               f'{W_STEADY:g} x L1(x_steady_diff, 0) {theirs["steady"]:.7g}')
-        print(f'  steady-state term: ours / n {added.numpy() / n:.7g}, theirs '
-              f'{steady:.7g}: relative {abs(added.numpy() / n - steady) / steady:.1e} (their '
-              f'float32 against their float64: {abs(steady - floor) / floor:.1e})')
+        print(f'  steady-state term: ours / n {added / n:.7g}, theirs '
+              f'{steady:.7g}: relative {rel(added / n, steady):.1e} (their '
+              f'float32 against their float64: {rel(steady, floor):.1e})')
         print('  the steady-state term\'s share of their gradient (||its gradient|| / '
               '||gradient||):')
-        print('    ' + ', '.join(
-            f'{k} {np.linalg.norm(theirs[f"grad_steady/{k}"]) / np.linalg.norm(theirs[f"grad/{k}"]):.1e}'
-            for k in ours))
+        norm = lambda key: np.linalg.norm(theirs[key])
+        print('    ' + ', '.join(f'{k} {norm(f"grad_steady/{k}") / norm(f"grad/{k}"):.1e}'
+                                 for k in ours))
       else:
         print(f'  theirs: loss (cross-entropy) {theirs["loss"]:.7g}')
-      print(f'  ours: total loss / n {total.numpy() / n:.7g}, theirs {theirs["loss"]:.7g}: '
-            f'relative {abs(total.numpy() / n - theirs["loss"]) / theirs["loss"]:.1e} '
-            f'(floor {abs(theirs["loss"] - theirs["loss@float64"]) / theirs["loss@float64"]:.1e})')
+      print(f'  ours: total loss / n {(ce + added) / n:.7g}, theirs {theirs["loss"]:.7g}: '
+            f'relative {rel((ce + added) / n, theirs["loss"]):.1e} '
+            f'(floor {rel(theirs["loss"], theirs["loss@float64"]):.1e})')
       gradients('gradients of the loss (ours differentiated here)', ours, theirs, 'grad', n)
-      against_float64('gradients of the loss (ours differentiated here)', ours, theirs, 'grad', n)
+      against_float64('gradients of the loss (ours differentiated here)', ours, theirs, 'grad',
+                      n)
       gradients('gradients of the loss (the trainer\'s step)', ours_step, theirs, 'grad', n)
       if ours_steady is not None:
         reached = {k: v for k, v in ours_steady.items()
@@ -437,6 +480,18 @@ def main():
         print(f'  ({", ".join(unreached)}: no gradient from the term on either side: ours '
               f'{max(float(np.abs(ours_steady[k]).max()) for k in unreached):g})')
 
+      print('  ours in float64 (Keras\' float64 dtype policy; the logits layer stays float32, '
+            'the steady-state term is cast to float32) against their float64:')
+      difference = lambda key: np.abs(in64[key] - theirs[f'{key}@float64']).max()
+      print(f'    logits max |difference|: inference {difference("logits_eval"):.2e}, training '
+            f'mode {difference("logits_train"):.2e}; loss relative '
+            f'{rel((in64["ce"] + in64["added"]) / n, theirs["loss@float64"]):.1e}'
+            + (f'; steady-state term relative '
+               f'{rel(in64["added"] / n, W_STEADY * theirs["steady@float64"]):.1e}'
+               if network == 'tisode' else ''))
+      print('    gradients of the loss, relative per variable: ' + ', '.join(
+          f'{k} {relative(v, n * theirs[f"grad/{k}@float64"]):.1e}'
+          for k, v in in64['grads'].items()))
 
 if __name__ == '__main__':
   main()

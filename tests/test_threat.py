@@ -222,9 +222,13 @@ def test_eval_evaluate_autoattack_and_the_guard_attack_in_l2(l2_model, monkeypat
 
 def test_training_methods_take_the_norm(tmp_path, mnist_dir):
   config = tiny_config(tmp_path, mnist_dir, norm='l2')
-  for changes in ({}, {'training_loss': 'trades'}, {'training_attack': 'fgsm_rs'},
-                  {'training_attack': 'yopo'}, {'training_loss': 'mma'},
-                  {'training_loss': 'bilateral'}):  # (their ℓ2 steps: test_training_l2.py)
+  for changes in ({}, {'training_method': 'trades'}, {'training_attack': 'fgsm_rs'},
+                  {'training_method': 'yopo'}, {'training_method': 'mma'},
+                  {'training_method': 'bilateral'}, {'training_method': 'natural'},
+                  {'training_method': 'jacobian', 'jacobian_adversarial_fraction': 0.5},
+                  {'training_method': 'cross_lipschitz',
+                   'cross_lipschitz_adversarial_fraction': 0.5}):
+    # (their ℓ2 steps: test_training_l2.py; the regularisers' share: PGD's ℓ2 steps)
     method = methods.build(MNIST, config.replace(**changes),
                                     MNIST.attack_params(config))
     assert method.params.norm == 'l2' and method.params.epsilon == 2.0

@@ -12,8 +12,7 @@ import tensorflow as tf
 
 from cifar10_challenge import model as cifar_model
 from cifar10_challenge.challenge import CIFAR10
-from common import losses, precision, training
-from common.methods import base
+from common import losses, training
 from common.methods import trades
 from common.attacks import pgd
 from common.errors import ChallengeError
@@ -21,6 +20,7 @@ from conftest import quiet, tiny_cifar_config, tiny_config
 from mnist_challenge.challenge import MNIST
 from test_training import (assert_same_gradient, first_moments, one_device_and_two_replicas,
                            straight_and_resumed, weights)
+from test_training_methods import make_step
 
 RNG_SEED = 5  # conftest reseeds RNG with it before each test
 RNG = np.random.default_rng(RNG_SEED)
@@ -110,18 +110,6 @@ def batch_norm_model(dropout=0.0):
   return keras.Sequential(layers + [keras.layers.Dense(5, name='logits')])
 
 
-def trades_step(model):
-  """A base.Step over `model` in float32, the loss summed; `stateful` as the trainer sets it."""
-  forward = training._StatefulForward(precision.Twin(model, None, 'float32'))  # pylint: disable=protected-access
-  return base.Step(
-      forward=forward, inference=lambda v: model(v, training=False),
-      attack_model=lambda v: model(v, training=False),
-      loss=lambda labels, logits, per_example=None: tf.reduce_sum(
-          losses.xent(labels, logits) if per_example is None else per_example),
-      scale_loss=lambda loss: loss, variables=model.trainable_variables, loss_scale=None,
-      stateful=bool(model.non_trainable_variables))
-
-
 def trades_batch(n=16):
   x = RNG.uniform(0, 1, (n, 6)).astype(np.float32)
   return tf.constant(x), tf.constant(RNG.integers(0, 5, n)), tf.constant(x + 0.001)
@@ -134,7 +122,7 @@ def test_the_search_runs_in_inference_mode():
   x, y, start = trades_batch()
   params = pgd.PGDParams(0.1, 3, 0.03)
   method = trades.Trades(params, 1.0, 1.0)
-  got = method.gradients(trades_step(model), x, y, (start,)).x_adv
+  got = method.gradients(make_step(model), x, y, (start,)).x_adv
   want = trades.search(lambda v: model(v, training=False), x, params, start)
   np.testing.assert_array_equal(got, want)
   in_training = trades.search(lambda v: model(v, training=True), x, params, start)
@@ -148,7 +136,7 @@ def test_batch_norm_sees_the_authors_passes(passes):
   model = batch_norm_model()
   x, y, start = trades_batch()
   method = trades.Trades(pgd.PGDParams(0.1, 2, 0.03), 1.0, 1.0, passes)
-  step = trades_step(model)
+  step = make_step(model)
   x_adv = method.gradients(step, x, y, (start,)).x_adv
   reference = batch_norm_model()
   for inputs in ((x, x_adv, x) if passes == 'three' else (x,)):
@@ -167,7 +155,7 @@ def test_three_passes_are_the_authors_objective_and_one_pass_where_the_network_h
   params = pgd.PGDParams(0.1, 2, 0.03)
   for model in (batch_norm_model(), keras.Sequential(
       [keras.Input((6,)), keras.layers.Dense(8, activation='tanh'), keras.layers.Dense(5)])):
-    result = trades.Trades(params, 2.0, 1.0).gradients(trades_step(model), x, y, (start,))
+    result = trades.Trades(params, 2.0, 1.0).gradients(make_step(model), x, y, (start,))
     reference = keras.models.clone_model(model)
     reference.set_weights(model.get_weights())
     with tf.GradientTape() as tape:
@@ -185,10 +173,10 @@ def test_each_pass_draws_its_own_dropout_mask():
   # logits (one pass would give KL(f(x) || f(x)) = 0 at x' = x).
   model = batch_norm_model(dropout=0.5)
   x, y, _ = trades_batch()
-  step = trades_step(model)
+  step = make_step(model)
   three = trades.Trades(pgd.PGDParams(0.0, 0, 0.03), 1.0, 1.0).gradients(step, x, y, (x,))
   one = trades.Trades(pgd.PGDParams(0.0, 0, 0.03), 1.0, 1.0, 'one').gradients(
-      trades_step(model), x, y, (x,))
+      make_step(model), x, y, (x,))
   assert max(np.abs(a - b).max() for a, b in zip(three.gradients, one.gradients)) > 1e-4
 
 

@@ -51,14 +51,16 @@ def small_model(inputs=12, hidden=16, classes=10):
 
 
 def make_step(model):
-  """A methods.Step over `model` in float32, the loss summed (MNIST's reduction)."""
+  """A methods.Step over `model` in float32, the loss summed (MNIST's reduction), `stateful`
+  as the trainer sets it."""
   forward = training._StatefulForward(precision.Twin(model, None, 'float32'))  # pylint: disable=protected-access
   return methods.Step(
       forward=forward, inference=lambda v: model(v, training=False),
       attack_model=lambda v: model(v, training=False),
       loss=lambda labels, logits, per_example=None: tf.reduce_sum(
           losses.xent(labels, logits) if per_example is None else per_example),
-      scale_loss=lambda loss: loss, variables=model.trainable_variables, loss_scale=None)
+      scale_loss=lambda loss: loss, variables=model.trainable_variables, loss_scale=None,
+      stateful=bool(model.non_trainable_variables))
 
 
 def full_gradient(model, x, y):

@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Optional
 
 import tensorflow as tf
 
+from common.attacks import pgd
 from common.errors import ChallengeError
 
 
@@ -88,14 +89,39 @@ def input_gradients(step: Step, x, directions, pixel_max: float):
   return logits, gradients
 
 
-def adversarial_rows(x, fraction: float, rows):
-  """Whether each of this replica's examples is among the global batch's first
-  round(fraction · batch) (`rows`: (this replica's first row, the global batch)): those a
-  regulariser mixed with adversarial training replaces by the training attack's (as
-  Hein and Andriushchenko's `alpha_adv` replaces the first ones of each batch)."""
-  first, total = rows
-  count = int(round(fraction * total))
-  return tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count
+def configured_attack(config, params):
+  """The training attack `training_attack` names, at `params`' ε, pixel range and loss, with
+  `training_num_steps` steps of `training_step_size` (0: its defaults; pgd.training_attack_params)."""
+  return pgd.training_attack_params(params, config.training_attack, config.training_step_size,
+                                    config.noise_multiplier, config.training_num_steps)
+
+
+class AdversarialShare:
+  """The share of each batch a regulariser replaces by the training attack's examples: the
+  global batch's first round(fraction · batch) (as Hein and Andriushchenko's `alpha_adv`
+  replaces the first ones of each batch); fraction 0: none, and no attack is run."""
+
+  def __init__(self, params, fraction: float):
+    self.params, self.fraction = params, fraction
+
+  def prepare(self, x, seed, rows) -> tuple:
+    """(the attack's start, whether each of this replica's rows is replaced); rows: (this
+    replica's first row, the global batch)."""
+    if not self.fraction:
+      return ()
+    first, total = rows
+    count = int(round(self.fraction * total))
+    replaced = tf.cast(first, tf.int32) + tf.range(tf.shape(x)[0]) < count
+    return pgd.starting_points(x, self.params, seed, rows=rows)[0], replaced
+
+  def mix(self, step, x, y, inputs):
+    """x with the replaced rows the attack's examples (`inputs`: `prepare`'s)."""
+    if not self.fraction:
+      return x
+    start, replaced = inputs
+    x_adv = pgd.pgd(step.attack_model, x, y, self.params, loss_scale=step.loss_scale,
+                    start=start)
+    return tf.where(tf.reshape(replaced, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
 
 
 ATTACK_KEYS = (('training_attack', 'pgd'), ('training_num_steps', 0),

@@ -73,19 +73,13 @@ class CrossLipschitz(base.Method):
                classes: int = 10):
     self.params, self.lam, self.fraction = params, lam, fraction
     self.pixel_max, self.classes = pixel_max, classes
+    self.share = base.AdversarialShare(params, fraction)
 
   def prepare(self, x, seed, rows, examples):
-    if not self.fraction:
-      return ()
-    start = pgd.starting_points(x, self.params, seed, rows=rows)[0]
-    return start, base.adversarial_rows(x, self.fraction, rows)
+    return self.share.prepare(x, seed, rows)
 
   def gradients(self, step, x, y, inputs):
-    if self.fraction:
-      x_adv = pgd.pgd(step.attack_model, x, y, self.params, loss_scale=step.loss_scale,
-                      start=inputs[0])
-      replace = tf.reshape(inputs[1], [-1] + [1] * (len(x.shape) - 1))
-      x = tf.where(replace, x_adv, x)
+    x = self.share.mix(step, x, y, inputs)
     directions = [tf.one_hot(tf.fill([tf.shape(x)[0]], k), self.classes)
                   for k in range(self.classes)]
 
@@ -98,8 +92,5 @@ class CrossLipschitz(base.Method):
 
 
 def build(challenge, config, params: pgd.PGDParams) -> CrossLipschitz:
-  params = pgd.training_attack_params(params, config.training_attack,
-                                      config.training_step_size, config.noise_multiplier,
-                                      config.training_num_steps)
-  return CrossLipschitz(params, config.cross_lipschitz_lambda,
+  return CrossLipschitz(base.configured_attack(config, params), config.cross_lipschitz_lambda,
                         config.cross_lipschitz_adversarial_fraction, challenge.pixel_max)

@@ -89,21 +89,15 @@ class Jacobian(base.Method):
                pixel_max: float, classes: int = 10):
     self.params, self.lam, self.count, self.fraction = params, lam, count, fraction
     self.pixel_max, self.classes = pixel_max, classes
+    self.share = base.AdversarialShare(params, fraction)
 
   def prepare(self, x, seed, rows, examples):
-    directions = projections(x, self.classes, self.count, seed, rows)
-    if not self.fraction:
-      return (directions,)
-    start = pgd.starting_points(x, self.params, seed, rows=rows)[0]
-    return directions, start, base.adversarial_rows(x, self.fraction, rows)
+    return (projections(x, self.classes, self.count, seed, rows),) + self.share.prepare(
+        x, seed, rows)
 
   def gradients(self, step, x, y, inputs):
     directions = inputs[0]
-    if self.fraction:
-      x_adv = pgd.pgd(step.attack_model, x, y, self.params, loss_scale=step.loss_scale,
-                      start=inputs[1])
-      replace = tf.reshape(inputs[2], [-1] + [1] * (len(x.shape) - 1))
-      x = tf.where(replace, x_adv, x)
+    x = self.share.mix(step, x, y, inputs[1:])
 
     def loss():
       logits, products = base.input_gradients(
@@ -116,8 +110,6 @@ class Jacobian(base.Method):
 
 
 def build(challenge, config, params: pgd.PGDParams) -> Jacobian:
-  params = pgd.training_attack_params(params, config.training_attack,
-                                      config.training_step_size, config.noise_multiplier,
-                                      config.training_num_steps)
-  return Jacobian(params, config.jacobian_lambda, config.jacobian_projections,
-                  config.jacobian_adversarial_fraction, challenge.pixel_max)
+  return Jacobian(base.configured_attack(config, params), config.jacobian_lambda,
+                  config.jacobian_projections, config.jacobian_adversarial_fraction,
+                  challenge.pixel_max)

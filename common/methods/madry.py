@@ -39,6 +39,4 @@ class Madry(base.Method):
 
 def build(challenge, config, params: pgd.PGDParams) -> Madry:
   del challenge
-  return Madry(pgd.training_attack_params(params, config.training_attack,
-                                          config.training_step_size, config.noise_multiplier,
-                                          config.training_num_steps))
+  return Madry(base.configured_attack(config, params))
