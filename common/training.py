@@ -123,7 +123,7 @@ class Trainer:
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work
     self.jit_compile = runtime.set_up(self.strategy, config.precision, config.jit_compile,
-                                      config.deterministic)
+                                      config.deterministic) and self.method.supports_xla
     # An input defence (common/defences) in front of the network, in every forward pass of
     # training and of its attack; the checkpoint holds the network alone.
     self.defence = defences.from_config(config, challenge.image_shape, challenge.pixel_max)

@@ -68,6 +68,7 @@ def regulariser(class_gradients):
 
 class CrossLipschitz(base.Method):
   """CE + λ Ω on the (possibly mixed) batch."""
+  supports_xla = False  # base.refuse_for_input_gradients
 
   def __init__(self, params: pgd.PGDParams, lam: float, fraction: float, pixel_max: float,
                classes: int = 10):

@@ -84,6 +84,7 @@ def regulariser(jacobian_products, classes: int, count: int):
 
 class Jacobian(base.Method):
   """CE + λ R on the (possibly mixed) batch."""
+  supports_xla = False  # base.refuse_for_input_gradients
 
   def __init__(self, params: pgd.PGDParams, lam: float, count: int, fraction: float,
                pixel_max: float, classes: int = 10):
