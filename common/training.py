@@ -117,8 +117,9 @@ class Trainer:
     # The training method (common.methods): the original's PGD training (with the
     # configured PGD, fewer or other steps, or a single-step attack), TRADES, bilateral
     # adversarial training, MMA, YOPO, ...; its attack's settings.
-    self.method_name = methods.resolve(config).training_method
-    self.method = methods.build(challenge, config, challenge.attack_params(config))
+    resolved = methods.resolve(config)
+    self.method_name = resolved.training_method
+    self.method = methods.build(challenge, resolved, challenge.attack_params(config))
     self.attack_params = self.method.params
     self.training_loss = challenge.make_training_loss(config)
     losses.attack_loss(self.attack_params.loss_func)  # an unknown name fails before any work

@@ -115,6 +115,6 @@ class Trades(base.Method):
 
 
 def build(challenge, config, params: pgd.PGDParams) -> Trades:
-  params = pgd.training_attack_params(params, 'pgd', config.training_step_size,
-                                      num_steps=config.training_num_steps)
-  return Trades(params, config.trades_beta, challenge.pixel_max, config.trades_passes)
+  # training_attack is "pgd" (methods.check): the configured PGD's steps, as PGD training's.
+  return Trades(base.configured_attack(config, params), config.trades_beta, challenge.pixel_max,
+                config.trades_passes)
